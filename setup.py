@@ -43,7 +43,7 @@ extensions = [
     Extension(
         f"ringcast.{name}",
         [f"src/ringcast/{name}.pyx"],
-        include_dirs=["csrc", "src/ringcast"],
+        include_dirs=["csrc"],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
@@ -57,6 +57,6 @@ setup(
         extensions,
         compiler_directives=directives,
         annotate=os.environ.get("RINGCAST_ANNOTATE") == "1",
-        include_path=["src/ringcast"],
+        include_path=["src"],
     ),
 )

@@ -25,6 +25,12 @@ class InvalidSubject(RingcastError, ValueError):
     code = 1
 
 
+class WrongType(RingcastError, TypeError):
+    """An argument has the wrong type (payload not bytes-like, subject not str...)."""
+
+    code = 14
+
+
 class LimitExceeded(RingcastError, ValueError):
     """A frame, message, header block or count is over a documented limit."""
 
@@ -114,6 +120,7 @@ _BY_CODE: Dict[int, Type[RingcastError]] = {
         ServiceError,
         ConnectionLost,
         NotFound,
+        WrongType,
     )
 }
 
@@ -143,5 +150,6 @@ __all__ = [
     "ServiceError",
     "ConnectionLost",
     "NotFound",
+    "WrongType",
     "error_from_code",
 ]

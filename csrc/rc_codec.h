@@ -1,0 +1,75 @@
+/* Wire primitives of the ringcast protocol (docs/protocol.md).
+ *
+ * A frame is a run of records; a record is `cmd:u8 len:u32le body[len]`.
+ * Inside a body, integers are unsigned LEB128 varints and strings are a
+ * varint length followed by UTF-8 bytes. The fixed-width record length lets
+ * an encoder back-patch it and a decoder reject an oversize record before
+ * touching its body. Portable C99: no GNU extensions (MSVC, clang, gcc).
+ */
+#ifndef RC_CODEC_H
+#define RC_CODEC_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define RC_PROTO_VERSION 1
+#define RC_REC_HDR 5          /* cmd byte + u32 length */
+#define RC_UVARINT_MAX 10     /* bytes in the longest uint64 varint */
+
+static inline void rc_u32le_put(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v & 0xff);
+    p[1] = (unsigned char)((v >> 8) & 0xff);
+    p[2] = (unsigned char)((v >> 16) & 0xff);
+    p[3] = (unsigned char)((v >> 24) & 0xff);
+}
+
+static inline uint32_t rc_u32le_get(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static inline size_t rc_uvarint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* Write v at p (room for RC_UVARINT_MAX bytes); returns bytes written. */
+static inline size_t rc_uvarint_put(unsigned char *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (unsigned char)v;
+    return n;
+}
+
+/* Read a varint from p[0:avail]. Returns bytes consumed, or 0 when the
+ * input is truncated or longer than a uint64 can hold. */
+static inline size_t rc_uvarint_get(const unsigned char *p, size_t avail, uint64_t *out)
+{
+    uint64_t v = 0;
+    unsigned shift = 0;
+    size_t i;
+    for (i = 0; i < avail && i < RC_UVARINT_MAX; i++) {
+        uint64_t b = p[i];
+        if (shift == 63 && b > 1)
+            return 0;
+        v |= (b & 0x7f) << shift;
+        if (b < 0x80) {
+            *out = v;
+            return i + 1;
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+#endif /* RC_CODEC_H */

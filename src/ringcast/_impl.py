@@ -1,0 +1,34 @@
+"""Pick the native core, or the pure-Python reference when asked.
+
+``RINGCAST_NO_EXTENSIONS=1`` selects the pure-Python twin (slow, for
+debugging and for platforms without a wheel). Otherwise the compiled
+modules must import: a broken build fails loudly instead of silently
+running the slow path.
+"""
+
+import os
+
+USE_EXTENSIONS = os.environ.get("RINGCAST_NO_EXTENSIONS", "") in ("", "0")
+
+if USE_EXTENSIONS:
+    from ._ring import Message, Ring, policy_code
+    from ._router import MAX_SUBJECT_LEN, CoreRouter, check_pattern, check_subject
+else:  # pragma: no cover - exercised by the impl=py test run
+    from ._ring_py import Message, Ring, policy_code  # type: ignore[assignment]
+    from ._router_py import (  # type: ignore[assignment]
+        MAX_SUBJECT_LEN,
+        CoreRouter,
+        check_pattern,
+        check_subject,
+    )
+
+__all__ = [
+    "USE_EXTENSIONS",
+    "Message",
+    "Ring",
+    "CoreRouter",
+    "policy_code",
+    "check_pattern",
+    "check_subject",
+    "MAX_SUBJECT_LEN",
+]

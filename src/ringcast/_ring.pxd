@@ -1,0 +1,63 @@
+# Declarations of the native ring, shared with _router.pyx and _codec.pyx
+# so that routing and wire encoding touch slots without Python objects.
+from libc.stdint cimport uint64_t
+
+cdef extern from "rc_ring.h":
+    ctypedef struct rc_slot:
+        uint64_t seq
+        void *subject
+        void *payload
+        void *headers
+    enum:
+        RC_BLOCK
+        RC_DROP_OLDEST
+        RC_DROP_NEWEST
+    uint64_t RC_RING_MAX_CAPACITY
+    uint64_t rc_ring_round_capacity(uint64_t n)
+
+
+cdef class Message:
+    cdef readonly str subject
+    cdef readonly object payload
+    cdef readonly object headers
+    cdef readonly uint64_t seq
+    cdef readonly bint redelivered
+    cdef readonly unsigned int delivery_count
+    # settlement handle: the queue consumer for acks, the reply slot for requests
+    cdef public object _owner
+    cdef public uint64_t _tag
+
+    cdef object _settlement(self)
+
+
+cdef class Ring:
+    cdef rc_slot *slots
+    cdef readonly uint64_t capacity
+    cdef uint64_t mask
+    cdef uint64_t wpos          # next position to write
+    cdef uint64_t rpos          # next position to read
+    cdef uint64_t next_seq      # sequence number of the next offered message
+    cdef readonly int policy
+    cdef readonly uint64_t dropped
+    cdef readonly uint64_t offered
+    cdef readonly bint closed
+    # one-shot callbacks: called once when data arrives / room appears
+    cdef object on_ready
+    cdef object on_space
+
+    cdef inline bint full(self):
+        return self.wpos - self.rpos >= self.capacity
+
+    cdef inline uint64_t used(self):
+        return self.wpos - self.rpos
+
+    # Store one message (new references taken). Returns 1 when stored,
+    # 0 when dropped by drop_newest, -1 when refused (block policy, full).
+    cdef int push(self, object subject, object payload, object headers) except -2
+    # Move the oldest slot into *out (references transferred to the caller).
+    # Returns 0 when empty.
+    cdef int take(self, rc_slot *out) noexcept
+    # Fire on_ready if armed (call after a push, outside any slot update).
+    cdef object fire_ready(self)
+    cdef object fire_space(self)
+    cdef Message make_message(self, rc_slot *slot)

@@ -1,0 +1,315 @@
+# cython: freethreading_compatible=False
+"""Native ring buffer and the Message it delivers.
+
+One consumer per ring; producers are the router. A slot holds owned
+references to the subject, payload and headers objects, so fan-out to N
+rings costs N reference increments, never a copy of the payload. All state
+changes happen with the GIL held and without calling back into Python
+halfway, which is what makes concurrent publishers safe.
+"""
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_DECREF, Py_XDECREF
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
+
+from ringcast.errors import RingcastError, LimitExceeded
+
+_POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
+_POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
+
+
+def policy_code(name):
+    """Map an overflow policy name to its native code (ValueError if unknown)."""
+    try:
+        return _POLICY_BY_NAME[name]
+    except (KeyError, TypeError):
+        raise LimitExceeded(
+            f"unknown overflow policy {name!r}; expected one of {sorted(_POLICY_BY_NAME)}"
+        ) from None
+
+
+@cython.freelist(512)
+cdef class Message:
+    """One delivered message.
+
+    ``payload`` is the very object the publisher passed (zero-copy); treat it
+    as read-only. ``seq`` is the subscription's sequence number: a jump of
+    more than one means the subscription dropped messages by policy.
+    """
+
+    def __init__(self, str subject, payload, headers=None, uint64_t seq=0,
+                 bint redelivered=False, unsigned int delivery_count=1):
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.seq = seq
+        self.redelivered = redelivered
+        self.delivery_count = delivery_count
+
+    @property
+    def data(self):
+        """Alias of ``payload``."""
+        return self.payload
+
+    def ack(self):
+        """Settle a queue delivery: the message is done and will not return."""
+        self._settlement().ack(self)
+
+    def nack(self, requeue=True):
+        """Give a queue delivery back (``requeue=True``) or reject it for good."""
+        self._settlement().nack(self, requeue)
+
+    def respond(self, payload, headers=None):
+        """Answer a request received through ``serve``."""
+        self._settlement().respond(self, payload, headers)
+
+    cdef object _settlement(self):
+        if self._owner is None:
+            raise RingcastError(
+                "this message was not delivered by a queue consumer or a responder; "
+                "there is nothing to ack, nack or respond to"
+            )
+        return self._owner
+
+    def __repr__(self):
+        p = self.payload
+        if isinstance(p, (bytes, bytearray)) and len(p) > 32:
+            p = bytes(p[:32]) + b"..."
+        extra = ", redelivered" if self.redelivered else ""
+        return f"Message({self.subject!r}, {p!r}, seq={self.seq}{extra})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Message):
+            return NotImplemented
+        cdef Message o = other
+        return (self.subject == o.subject and self.payload == o.payload
+                and self.headers == o.headers and self.seq == o.seq)
+
+    __hash__ = None
+
+
+cdef class Ring:
+    """Fixed-capacity, sequence-numbered ring with a per-ring overflow policy."""
+
+    def __cinit__(self, capacity=8192, policy="block"):
+        if isinstance(policy, str):
+            policy = policy_code(policy)
+        if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
+            raise LimitExceeded(f"unknown overflow policy code {policy!r}")
+        if not isinstance(capacity, int) or capacity < 1 or capacity > RC_RING_MAX_CAPACITY:
+            raise LimitExceeded(
+                f"ring capacity must be an int in 1..{RC_RING_MAX_CAPACITY}, got {capacity!r}"
+            )
+        self.capacity = rc_ring_round_capacity(capacity)
+        self.mask = self.capacity - 1
+        self.slots = <rc_slot *>calloc(self.capacity, sizeof(rc_slot))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.policy = policy
+        self.next_seq = 1
+
+    def __dealloc__(self):
+        cdef rc_slot s
+        if self.slots != NULL:
+            while self.take(&s):
+                Py_XDECREF(<PyObject *>s.subject)
+                Py_XDECREF(<PyObject *>s.payload)
+                Py_XDECREF(<PyObject *>s.headers)
+            free(self.slots)
+            self.slots = NULL
+
+    @property
+    def policy_name(self):
+        return _POLICY_NAMES[self.policy]
+
+    @property
+    def last_seq(self):
+        """Sequence number given to the most recently offered message (0: none)."""
+        return self.next_seq - 1
+
+    def __len__(self):
+        return self.wpos - self.rpos
+
+    @property
+    def free(self):
+        return self.capacity - (self.wpos - self.rpos)
+
+    cdef int push(self, object subject, object payload, object headers) except -2:
+        cdef rc_slot *slot
+        cdef rc_slot old
+        cdef bint evicted = False
+        self.offered += 1
+        if self.wpos - self.rpos >= self.capacity:
+            if self.policy == RC_BLOCK:
+                self.offered -= 1
+                return -1
+            if self.policy == RC_DROP_NEWEST:
+                self.next_seq += 1
+                self.dropped += 1
+                return 0
+            # drop_oldest: evict the oldest slot, release it after the update
+            old = self.slots[self.rpos & self.mask]
+            self.rpos += 1
+            self.dropped += 1
+            evicted = True
+        slot = &self.slots[self.wpos & self.mask]
+        slot.seq = self.next_seq
+        Py_INCREF(subject)
+        Py_INCREF(payload)
+        slot.subject = <PyObject *>subject
+        slot.payload = <PyObject *>payload
+        if headers is None:
+            slot.headers = NULL
+        else:
+            Py_INCREF(headers)
+            slot.headers = <PyObject *>headers
+        self.next_seq += 1
+        self.wpos += 1
+        if evicted:
+            Py_XDECREF(<PyObject *>old.subject)
+            Py_XDECREF(<PyObject *>old.payload)
+            Py_XDECREF(<PyObject *>old.headers)
+        return 1
+
+    cdef int take(self, rc_slot *out) noexcept:
+        if self.rpos == self.wpos:
+            return 0
+        out[0] = self.slots[self.rpos & self.mask]
+        self.rpos += 1
+        return 1
+
+    cdef Message make_message(self, rc_slot *slot):
+        """Build a Message from a taken slot, consuming the slot's references."""
+        cdef Message m = Message.__new__(Message)
+        m.subject = <str>slot.subject
+        m.payload = <object>slot.payload
+        m.headers = <object>slot.headers if slot.headers != NULL else None
+        m.seq = slot.seq
+        m.delivery_count = 1
+        Py_DECREF(<object>slot.subject)
+        Py_DECREF(<object>slot.payload)
+        Py_XDECREF(<PyObject *>slot.headers)
+        return m
+
+    cdef object fire_ready(self):
+        cb = self.on_ready
+        if cb is not None:
+            self.on_ready = None
+            cb()
+
+    cdef object fire_space(self):
+        cb = self.on_space
+        if cb is not None:
+            self.on_space = None
+            cb()
+
+    def arm_ready(self, callback):
+        """Call ``callback()`` once, when a message is next stored.
+
+        Returns False without arming when messages are already waiting, so a
+        consumer checks and arms in one step with no lost wake-up.
+        """
+        if self.wpos != self.rpos:
+            return False
+        self.on_ready = callback
+        return True
+
+    def arm_space(self, callback):
+        """Call ``callback()`` once, when room next appears; False if there is room now."""
+        if self.wpos - self.rpos < self.capacity:
+            return False
+        self.on_space = callback
+        return True
+
+    def disarm(self):
+        self.on_ready = None
+        self.on_space = None
+
+    def put(self, str subject, payload, headers=None):
+        """Offer one message. Returns 1 stored, 0 dropped by policy, -1 refused (block, full)."""
+        cdef int rc = self.push(subject, payload, headers)
+        if rc == 1:
+            self.fire_ready()
+        return rc
+
+    def put_many(self, str subject, payloads, headers=None):
+        """Offer many payloads under one subject; returns how many were consumed
+        (stored or dropped). Under ``block`` it stops at the first refusal."""
+        cdef Py_ssize_t i, n
+        cdef list items = payloads if type(payloads) is list else list(payloads)
+        n = len(items)
+        for i in range(n):
+            if self.push(subject, items[i], headers) < 0:
+                n = i
+                break
+        if self.wpos != self.rpos:
+            self.fire_ready()
+        return n
+
+    def pop(self):
+        """The oldest message, or None when empty."""
+        cdef rc_slot s
+        if not self.take(&s):
+            return None
+        m = self.make_message(&s)
+        if self.on_space is not None:
+            self.fire_space()
+        return m
+
+    def pop_many(self, Py_ssize_t max_count=1 << 30):
+        """Up to ``max_count`` oldest messages, as a list."""
+        cdef rc_slot s
+        cdef list out = []
+        cdef Py_ssize_t i = 0
+        while i < max_count and self.take(&s):
+            out.append(self.make_message(&s))
+            i += 1
+        if i and self.on_space is not None:
+            self.fire_space()
+        return out
+
+    def pop_payloads(self, Py_ssize_t max_count=1 << 30):
+        """Up to ``max_count`` payloads, without building Message objects.
+
+        The batch fast path: the list holds the publishers' payload objects.
+        """
+        cdef rc_slot s
+        cdef Py_ssize_t i, n = self.wpos - self.rpos
+        if n > max_count:
+            n = max_count
+        if n < 0:
+            n = 0
+        cdef list out = [None] * n
+        for i in range(n):
+            self.take(&s)
+            # the list takes over the slot's payload reference
+            out[i] = <object>s.payload
+            Py_DECREF(<object>s.payload)
+            Py_DECREF(<object>s.subject)
+            Py_XDECREF(<PyObject *>s.headers)
+        if n and self.on_space is not None:
+            self.fire_space()
+        return out
+
+    def clear(self):
+        """Discard everything unread; returns how many were discarded."""
+        cdef rc_slot s
+        cdef Py_ssize_t n = 0
+        while self.take(&s):
+            Py_XDECREF(<PyObject *>s.subject)
+            Py_XDECREF(<PyObject *>s.payload)
+            Py_XDECREF(<PyObject *>s.headers)
+            n += 1
+        if n and self.on_space is not None:
+            self.fire_space()
+        return n
+
+    def close(self):
+        """Stop accepting messages; wakes any armed waiter so it can notice."""
+        self.closed = True
+        self.fire_ready()
+        self.fire_space()
+
+    def __repr__(self):
+        return (f"<Ring {self.wpos - self.rpos}/{self.capacity} "
+                f"policy={self.policy_name} dropped={self.dropped}>")

@@ -1,0 +1,28 @@
+from ringcast._ring cimport Ring
+
+cdef class _Node:
+    cdef dict children
+    cdef _Node star
+    cdef list subs
+    cdef list tail_subs
+
+    cdef bint empty(self)
+
+
+cdef class _Match:
+    cdef list rings
+    cdef bint blocking
+
+
+cdef class CoreRouter:
+    cdef _Node root
+    cdef dict cache
+    cdef readonly Py_ssize_t cache_max
+    cdef readonly Py_ssize_t subscriptions
+    cdef readonly unsigned long long published
+    cdef readonly unsigned long long delivered
+    cdef readonly unsigned long long cache_misses
+    cdef readonly Ring blocked_ring
+
+    cdef _Match lookup(self, str subject)
+    cdef _Match _miss(self, str subject)
