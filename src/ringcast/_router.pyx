@@ -42,7 +42,11 @@ cdef Py_ssize_t _check(object text, bint pattern) except -1:
         raise WrongType(
             f"{'pattern' if pattern else 'subject'} must be str, not {type(text).__name__}"
         )
-    s = PyUnicode_AsUTF8AndSize(text, &n)
+    try:
+        s = PyUnicode_AsUTF8AndSize(text, &n)
+    except UnicodeEncodeError:
+        raise InvalidSubject(f"{'pattern' if pattern else 'subject'} {text[:80]!r} "
+                             f"is not valid UTF-8 (lone surrogate)") from None
     rc = rc_subject_check(s, <size_t>n, pattern, &ntokens)
     if rc != 0:
         raise InvalidSubject(
@@ -93,20 +97,20 @@ cdef class _Match:
     pass
 
 
-cdef void _collect(_Node node, list tokens, Py_ssize_t i, list out):
+cdef int _collect(_Node node, list tokens, Py_ssize_t i, list out) except -1:
     cdef Py_ssize_t n = len(tokens)
     cdef PyObject *child
     while True:
         if i == n:
             out.extend(node.subs)
-            return
+            return 0
         if node.tail_subs:
             out.extend(node.tail_subs)   # '>' takes one or more remaining tokens
         if node.star is not None:
             _collect(node.star, tokens, i + 1, out)
         child = PyDict_GetItem(node.children, tokens[i])
         if child == NULL:
-            return
+            return 0
         node = <_Node>child
         i += 1
 

@@ -47,6 +47,7 @@ Handler = Callable[[Message], Any]
 T = TypeVar("T")
 
 _DEFAULT_CAPACITY = 8192
+_MAX_REQUEST_BACKLOG = 1 << 20  # requests waiting for a responder with room
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
@@ -560,13 +561,18 @@ class Responder:
         return True
 
     def _poll(self) -> Optional[Message]:
-        msg = self.ring.pop()
-        if msg is None:
-            if self.ring.closed:
-                raise errors.Closed(f"responder for {self.name!r} is closed")
-            return None
-        msg._owner = self._pending.popleft()
-        return msg
+        while True:
+            msg = self.ring.pop()
+            if msg is None:
+                if self.ring.closed:
+                    raise errors.Closed(f"responder for {self.name!r} is closed")
+                return None
+            pending = self._pending.popleft()
+            self._service.refill(self)
+            if not pending.settled:  # expired or withdrawn requests are never handed out
+                msg._owner = pending
+                return msg
+            self._service.expired += 1
 
     def _arm(self) -> bool:
         return bool(self.ring.arm_ready(self._signal.notify)) or self.ring.closed
@@ -619,6 +625,13 @@ class Responder:
             pending = self._pending.popleft()
             if not pending.settled:
                 self._router._dispatch_request(self._service, msg.payload, msg.headers, pending)
+        service = self._service
+        for other in service.responders:
+            service.refill(other)
+        if not service.responders:
+            while service.backlog:
+                service.backlog.popleft()[2].fail(
+                    errors.NoResponders(f"no responders left for {service.name!r}"))
 
     def __enter__(self) -> "Responder":
         return self
@@ -642,15 +655,29 @@ def answer(msg: Message, handler: Handler) -> None:
 
 
 class _Service:
-    __slots__ = ("name", "responders", "_next", "requests", "late_replies", "failed")
+    """Responders of one name, plus requests waiting for room in any of them."""
+
+    __slots__ = ("name", "responders", "backlog", "_next", "requests", "late_replies",
+                 "failed", "expired")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.responders: List[Responder] = []
+        self.backlog: Deque[Tuple[Any, Headers, PendingRequest]] = collections.deque()
         self._next = 0
         self.requests = 0
         self.late_replies = 0
         self.failed = 0
+        self.expired = 0
+
+    def refill(self, responder: Responder) -> None:
+        """Move backlogged requests into ``responder`` while it has room."""
+        while self.backlog and responder.ring.free and not responder.ring.closed:
+            payload, headers, pending = self.backlog.popleft()
+            if pending.settled:
+                self.expired += 1
+            else:
+                responder._offer(payload, headers, pending)
 
     def pick(self) -> List[Responder]:
         """Responders in round-robin order starting after the last one used."""
@@ -824,11 +851,17 @@ class Router:
         if not service.responders:
             pending.fail(errors.NoResponders(f"no responders left for {service.name!r}"))
             return
-        for responder in service.pick():
-            if responder._offer(payload, headers, pending):
-                return
-        service.failed += 1
-        pending.fail(errors.WouldBlock(f"every responder of {service.name!r} is full"))
+        if not service.backlog:
+            for responder in service.pick():
+                if responder._offer(payload, headers, pending):
+                    return
+        if len(service.backlog) >= _MAX_REQUEST_BACKLOG:
+            service.failed += 1
+            pending.fail(errors.WouldBlock(
+                f"every responder of {service.name!r} is full and "
+                f"{_MAX_REQUEST_BACKLOG} requests already wait"))
+            return
+        service.backlog.append((payload, headers, pending))
 
     def request(self, name: str, payload: Any, headers: Headers = None, *,
                 timeout: float = 5.0) -> Message:
@@ -883,7 +916,8 @@ class Router:
             "queues": {name: q.stats() for name, q in list(self._queues.items())},
             "services": {
                 name: {"responders": len(s.responders), "requests": s.requests,
-                       "late_replies": s.late_replies, "failed": s.failed}
+                       "late_replies": s.late_replies, "failed": s.failed,
+                       "expired": s.expired, "backlog": len(s.backlog)}
                 for name, s in list(self._services.items())
             },
             "cache": {"size": core.cache_size, "misses": core.cache_misses},

@@ -1,0 +1,227 @@
+"""Pure-Python twin of ``_ring`` (selected by RINGCAST_NO_EXTENSIONS=1).
+
+Same behaviour, same API, written for obviousness rather than speed; the
+test suite runs against both implementations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import LimitExceeded, RingcastError
+
+RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST = 0, 1, 2
+MAX_CAPACITY = 1 << 30
+_POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
+_POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
+
+
+def policy_code(name: Any) -> int:
+    try:
+        return _POLICY_BY_NAME[name]
+    except (KeyError, TypeError):
+        raise LimitExceeded(
+            f"unknown overflow policy {name!r}; expected one of {sorted(_POLICY_BY_NAME)}"
+        ) from None
+
+
+class Message:
+    __slots__ = ("subject", "payload", "headers", "seq", "redelivered", "delivery_count",
+                 "_owner", "_tag")
+
+    def __init__(self, subject: str, payload: Any, headers: Optional[Dict[str, str]] = None,
+                 seq: int = 0, redelivered: bool = False, delivery_count: int = 1) -> None:
+        if type(subject) is not str:
+            raise TypeError("subject must be str")
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.seq = seq
+        self.redelivered = bool(redelivered)
+        self.delivery_count = delivery_count
+        self._owner: Any = None
+        self._tag = 0
+
+    @property
+    def data(self) -> Any:
+        return self.payload
+
+    def _settlement(self) -> Any:
+        if self._owner is None:
+            raise RingcastError(
+                "this message was not delivered by a queue consumer or a responder; "
+                "there is nothing to ack, nack or respond to"
+            )
+        return self._owner
+
+    def ack(self) -> None:
+        self._settlement().ack(self)
+
+    def nack(self, requeue: bool = True) -> None:
+        self._settlement().nack(self, requeue)
+
+    def respond(self, payload: Any, headers: Optional[Dict[str, str]] = None) -> None:
+        self._settlement().respond(self, payload, headers)
+
+    def __repr__(self) -> str:
+        p = self.payload
+        if isinstance(p, (bytes, bytearray)) and len(p) > 32:
+            p = bytes(p[:32]) + b"..."
+        extra = ", redelivered" if self.redelivered else ""
+        return f"Message({self.subject!r}, {p!r}, seq={self.seq}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.subject, self.payload, self.headers, self.seq) == (
+            other.subject, other.payload, other.headers, other.seq)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Ring:
+    def __init__(self, capacity: int = 8192, policy: Any = "block") -> None:
+        if isinstance(policy, str):
+            policy = policy_code(policy)
+        if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
+            raise LimitExceeded(f"unknown overflow policy code {policy!r}")
+        if not isinstance(capacity, int) or capacity < 1 or capacity > MAX_CAPACITY:
+            raise LimitExceeded(
+                f"ring capacity must be an int in 1..{MAX_CAPACITY}, got {capacity!r}")
+        self.capacity = 1 << (capacity - 1).bit_length()
+        self.policy = policy
+        self._slots: List[Optional[Tuple[int, str, Any, Any]]] = [None] * self.capacity
+        self._wpos = self._rpos = 0
+        self._next_seq = 1
+        self.dropped = 0
+        self.offered = 0
+        self.closed = False
+        self.on_ready: Optional[Callable[[], None]] = None
+        self.on_space: Optional[Callable[[], None]] = None
+
+    policy_name = property(lambda self: _POLICY_NAMES[self.policy])
+    last_seq = property(lambda self: self._next_seq - 1)
+    free = property(lambda self: self.capacity - (self._wpos - self._rpos))
+
+    def __len__(self) -> int:
+        return self._wpos - self._rpos
+
+    def full(self) -> bool:
+        return self._wpos - self._rpos >= self.capacity
+
+    def push(self, subject: str, payload: Any, headers: Any) -> int:
+        if self.full():
+            if self.policy == RC_BLOCK:
+                return -1
+            self.offered += 1
+            self.dropped += 1
+            if self.policy == RC_DROP_NEWEST:
+                self._next_seq += 1
+                return 0
+            self._slots[self._rpos % self.capacity] = None
+            self._rpos += 1
+        else:
+            self.offered += 1
+        self._slots[self._wpos % self.capacity] = (self._next_seq, subject, payload, headers)
+        self._next_seq += 1
+        self._wpos += 1
+        return 1
+
+    def _take(self) -> Optional[Tuple[int, str, Any, Any]]:
+        if self._rpos == self._wpos:
+            return None
+        i = self._rpos % self.capacity
+        slot, self._slots[i] = self._slots[i], None
+        self._rpos += 1
+        return slot
+
+    def fire_ready(self) -> None:
+        cb, self.on_ready = self.on_ready, None
+        if cb is not None:
+            cb()
+
+    def fire_space(self) -> None:
+        cb, self.on_space = self.on_space, None
+        if cb is not None:
+            cb()
+
+    def arm_ready(self, callback: Callable[[], None]) -> bool:
+        if self._wpos != self._rpos:
+            return False
+        self.on_ready = callback
+        return True
+
+    def arm_space(self, callback: Callable[[], None]) -> bool:
+        if not self.full():
+            return False
+        self.on_space = callback
+        return True
+
+    def disarm(self) -> None:
+        self.on_ready = self.on_space = None
+
+    def put(self, subject: str, payload: Any, headers: Any = None) -> int:
+        rc = self.push(subject, payload, headers)
+        if rc == 1:
+            self.fire_ready()
+        return rc
+
+    def put_many(self, subject: str, payloads: Any, headers: Any = None) -> int:
+        items = list(payloads)
+        n = len(items)
+        for i, p in enumerate(items):
+            if self.push(subject, p, headers) < 0:
+                n = i
+                break
+        if len(self):
+            self.fire_ready()
+        return n
+
+    def _after_pop(self, n: int) -> None:
+        if n and self.on_space is not None:
+            self.fire_space()
+
+    def pop(self) -> Optional[Message]:
+        slot = self._take()
+        if slot is None:
+            return None
+        seq, subject, payload, headers = slot
+        self._after_pop(1)
+        return Message(subject, payload, headers, seq)
+
+    def pop_many(self, max_count: int = 1 << 30) -> List[Message]:
+        out = []
+        while len(out) < max_count:
+            slot = self._take()
+            if slot is None:
+                break
+            seq, subject, payload, headers = slot
+            out.append(Message(subject, payload, headers, seq))
+        self._after_pop(len(out))
+        return out
+
+    def pop_payloads(self, max_count: int = 1 << 30) -> List[Any]:
+        out = []
+        while len(out) < max_count:
+            slot = self._take()
+            if slot is None:
+                break
+            out.append(slot[2])
+        self._after_pop(len(out))
+        return out
+
+    def clear(self) -> int:
+        n = 0
+        while self._take() is not None:
+            n += 1
+        self._after_pop(n)
+        return n
+
+    def close(self) -> None:
+        self.closed = True
+        self.fire_ready()
+        self.fire_space()
+
+    def __repr__(self) -> str:
+        return (f"<Ring {len(self)}/{self.capacity} policy={self.policy_name} "
+                f"dropped={self.dropped}>")
