@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Check what a built ringcast wheel holds.
+
+    python tools/check_wheel.py dist/ringcast-X.Y.Z-cp311-cp311-linux_x86_64.whl
+
+- a platform wheel (never py3-none-any: that would be a build that silently
+  skipped the extensions);
+- one compiled module (.so/.pyd) per Cython module of setup.py's MODULES
+  that has a .pyx in the source tree, and a .pyi stub beside each;
+- py.typed, _version.py, and METADATA whose Version is the one in
+  src/ringcast/_version.py;
+- no Cython output (.c), no object files, no tests.
+Exit status 0 when all hold, 1 with a list of problems if not.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "src" / "ringcast"
+
+
+def setup_modules() -> list[str]:
+    """MODULES from setup.py, read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "MODULES" for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            return [str(v) for v in value]
+    raise SystemExit("check_wheel: no MODULES list in setup.py")
+
+
+def source_version() -> str:
+    text = (PKG / "_version.py").read_text()
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    if match is None:
+        raise SystemExit("check_wheel: no __version__ in src/ringcast/_version.py")
+    return match.group(1)
+
+
+def check(wheel: Path) -> list[str]:
+    problems: list[str] = []
+    if wheel.name.endswith("-none-any.whl"):
+        problems.append(f"{wheel.name} is a pure wheel: the extension modules were not built")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        metadata = next((n for n in names if n.endswith(".dist-info/METADATA")), None)
+        meta_text = zf.read(metadata).decode() if metadata else ""
+
+    for mod in setup_modules():
+        if not (PKG / f"{mod}.pyx").exists():
+            continue  # not written yet; setup.py skips it too
+        compiled = [
+            n for n in names
+            if n.startswith(f"ringcast/{mod}.") and n.endswith((".so", ".pyd"))
+        ]
+        if len(compiled) != 1:
+            problems.append(f"expected one compiled ringcast/{mod} module, found {compiled}")
+        if f"ringcast/{mod}.pyi" not in names:
+            problems.append(f"missing stub ringcast/{mod}.pyi")
+
+    for required in ("ringcast/__init__.py", "ringcast/_version.py", "ringcast/py.typed"):
+        if required not in names:
+            problems.append(f"missing {required}")
+
+    match = re.search(r"^Version: (\S+)$", meta_text, re.MULTILINE)
+    version = source_version()
+    if match is None or match.group(1) != version:
+        found = match.group(1) if match else None
+        problems.append(f"METADATA Version {found!r} != _version.py {version!r}")
+
+    for n in sorted(names):
+        if n.endswith((".c", ".o", ".obj", ".html")) or n.startswith("tests/"):
+            problems.append(f"should not be in the wheel: {n}")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    wheel = Path(argv[1])
+    problems = check(wheel)
+    for p in problems:
+        print(f"check_wheel: {p}", file=sys.stderr)
+    if problems:
+        print(f"check_wheel: FAIL {wheel.name}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"check_wheel: OK {wheel.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
