@@ -403,6 +403,7 @@ class Consumer:
     def __init__(self, queue: Queue, prefetch: int) -> None:
         self.queue = queue
         self.prefetch = prefetch
+        self._signal = queue._signal  # consumers of one queue wait together
         self._unacked: Dict[int, Message] = {}
         self.closed = False
 
@@ -425,7 +426,7 @@ class Consumer:
 
     def recv(self, timeout: Optional[float] = None) -> Message:
         """Next message of the queue; ack or nack it when done."""
-        return self.queue._signal.wait(self._poll, self._arm, _deadline(timeout))
+        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
 
     def recv_nowait(self) -> Message:
         msg = self._poll()

@@ -1,0 +1,166 @@
+"""Embedded point-to-point queues: competing consumers, acks, redelivery."""
+
+import threading
+
+import pytest
+
+import ringcast
+from ringcast import errors
+
+
+@pytest.fixture
+def router():
+    with ringcast.Router() as r:
+        yield r
+
+
+def test_each_message_goes_to_exactly_one_competing_consumer(router):
+    consumers = [router.consume("jobs") for _ in range(3)]
+    for i in range(300):
+        router.send("jobs", b"%d" % i)
+    got = {i: [] for i in range(3)}
+    progress = True
+    while progress:
+        progress = False
+        for i, c in enumerate(consumers):
+            batch = c.recv_many(7)
+            for m in batch:
+                got[i].append(int(m.payload))
+                m.ack()
+            progress |= bool(batch)
+    everything = sorted(x for v in got.values() for x in v)
+    assert everything == list(range(300))
+    assert all(got.values())  # all three competed
+    assert router.queue("jobs").stats()["acked"] == 300
+
+
+def test_competing_consumer_threads_get_each_message_once(router):
+    total, seen, lock = 4000, [], threading.Lock()
+    stop = threading.Event()
+
+    def worker():
+        with router.consume("work") as c:
+            while not stop.is_set():
+                try:
+                    m = c.recv(timeout=0.05)
+                except errors.Timeout:
+                    continue
+                with lock:
+                    seen.append(int(m.payload))
+                m.ack()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(total):
+        router.send("work", b"%d" % i)
+    q = router.queue("work")
+    while q.stats()["acked"] < total:
+        with lock:
+            if len(seen) >= total:
+                break
+        threading.Event().wait(0.001)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    assert sorted(seen) == list(range(total))
+
+
+def test_nack_requeues_flagged_redelivered_with_count(router):
+    c = router.consume("q")
+    router.send("q", b"job")
+    first = c.recv(timeout=1)
+    assert not first.redelivered and first.delivery_count == 1
+    first.nack()
+    again = c.recv(timeout=1)
+    assert (again.payload, again.redelivered, again.delivery_count) == (b"job", True, 2)
+    again.ack()
+    with pytest.raises(errors.Timeout):
+        c.recv(timeout=0.01)
+
+
+def test_closed_consumer_returns_unacked_in_order_as_redelivered(router):
+    c1, c2 = router.consume("q"), router.consume("q")
+    for i in range(5):
+        router.send("q", b"%d" % i)
+    taken = [c1.recv(timeout=1) for _ in range(3)]
+    taken[1].ack()
+    c1.close()
+    got = [c2.recv(timeout=1) for _ in range(4)]
+    assert [m.payload for m in got] == [b"0", b"2", b"3", b"4"]
+    assert [m.redelivered for m in got] == [True, True, False, False]
+    with pytest.raises(errors.AckError):
+        taken[0].ack()  # taken back when c1 closed: a late ack is an error, not a success
+
+
+def test_double_ack_and_foreign_message_are_errors(router):
+    c = router.consume("q")
+    router.send("q", b"x")
+    m = c.recv(timeout=1)
+    m.ack()
+    with pytest.raises(errors.AckError):
+        m.ack()
+    with pytest.raises(errors.RingcastError):
+        ringcast.Message("q", b"y").ack()
+
+
+def test_reject_goes_to_dead_letter_queue_with_reason(router):
+    router.declare_queue("orders", dead_letter="orders.dlq")
+    c = router.consume("orders")
+    router.send("orders", b"poison", {"id": "7"})
+    c.recv(timeout=1).nack(requeue=False)
+    dead = router.consume("orders.dlq").recv(timeout=1)
+    assert dead.payload == b"poison"
+    assert dead.headers["x-dead-letter-from"] == "orders"
+    assert dead.headers["id"] == "7"
+    assert router.queue("orders").stats()["rejected"] == 1
+
+
+def test_reject_without_dead_letter_is_counted(router):
+    c = router.consume("plain")
+    router.send("plain", b"x")
+    c.recv(timeout=1).nack(requeue=False)
+    assert router.queue("plain").stats()["rejected"] == 1
+
+
+def test_prefetch_limits_unacked_messages(router):
+    c = router.consume("p", prefetch=2)
+    for i in range(4):
+        router.send("p", b"%d" % i)
+    a, b = c.recv(timeout=1), c.recv(timeout=1)
+    with pytest.raises(errors.WouldBlock):
+        c.recv(timeout=0)
+    assert c.recv_many(10) == []
+    a.ack()
+    assert c.recv(timeout=1).payload == b"2"
+    assert c.credit == 0 and c.unacked == 2
+
+
+def test_queue_bound_to_subjects_receives_published_messages(router):
+    router.declare_queue("shipping", bind=["orders.placed", "orders.*"])
+    billing = router.subscribe("orders.>")
+    assert router.publish("orders.placed", b"o1") == 2
+    msg = router.consume("shipping").recv(timeout=1)
+    assert (msg.subject, msg.payload) == ("orders.placed", b"o1")
+    assert billing.recv(timeout=1).payload == b"o1"
+    assert router.queue("shipping").depth == 0  # one copy despite two matching binds
+
+
+def test_full_queue_blocks_sender_until_consumed(router):
+    router.declare_queue("small", capacity=2)
+    router.send("small", b"1")
+    router.send("small", b"2")
+    with pytest.raises(errors.WouldBlock):
+        router.send("small", b"3", timeout=0)
+    c = router.consume("small")
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (router.send("small", b"3", timeout=5), done.set()))
+    t.start()
+    got = [c.recv(timeout=5).payload for _ in range(3)]
+    t.join(5)
+    assert done.is_set() and got == [b"1", b"2", b"3"]
+
+
+def test_unknown_queue_lookup(router):
+    with pytest.raises(errors.NotFound):
+        router.queue("missing")

@@ -1,0 +1,148 @@
+"""Embedded request/reply: replies, NoResponders, timeouts, load balancing."""
+
+import threading
+
+import pytest
+
+import ringcast
+from ringcast import errors
+
+
+@pytest.fixture
+def router():
+    with ringcast.Router() as r:
+        yield r
+
+
+def test_request_gets_the_handlers_reply(router):
+    router.serve("inventory.check", lambda m: b"stock:" + m.payload)
+    reply = router.request("inventory.check", b"widget", timeout=1)
+    assert reply.payload == b"stock:widget"
+
+
+def test_no_responders_is_immediate(router):
+    with pytest.raises(errors.NoResponders):
+        router.request("nobody.home", b"?", timeout=30)
+
+
+def test_timeout_and_late_reply_never_reaches_the_next_request(router):
+    responder = router.serve("slow")
+    with pytest.raises(errors.Timeout):
+        router.request("slow", b"first", timeout=0.05)
+    # The expired request is never handed out; the next one is.
+    answers = []
+
+    def serve_one():
+        msg = responder.recv(timeout=5)
+        answers.append(msg.payload)
+        msg.respond(b"answer:" + msg.payload)
+
+    t = threading.Thread(target=serve_one)
+    t.start()
+    assert router.request("slow", b"second", timeout=5).payload == b"answer:second"
+    t.join(5)
+    assert answers == [b"second"]
+    assert router.stats()["services"]["slow"]["expired"] == 1
+
+
+def test_answer_after_deadline_is_counted_not_delivered(router):
+    responder = router.serve("late")
+    box = []
+    pending = router.request_cb("late", b"q", box.append, timeout=0.01)
+    msg = responder.recv(timeout=1)
+    pending.expire()
+    msg.respond(b"too late")
+    assert isinstance(box[0], errors.Timeout) and len(box) == 1
+    assert router.stats()["services"]["late"]["late_replies"] == 1
+
+
+def test_responders_share_requests_round_robin(router):
+    counts = {"a": 0, "b": 0, "c": 0}
+
+    def make(name):
+        def handler(msg):
+            counts[name] += 1
+            return name.encode()
+        return handler
+
+    for name in counts:
+        router.serve("svc", make(name))
+    replies = [router.request("svc", b"", timeout=1).payload for _ in range(30)]
+    assert counts == {"a": 10, "b": 10, "c": 10}
+    assert set(replies) == {b"a", b"b", b"c"}
+
+
+def test_failing_handler_reports_service_error_and_keeps_serving(router):
+    def handler(msg):
+        if msg.payload == b"bad":
+            raise ValueError("cannot")
+        return b"ok"
+
+    router.serve("svc", handler)
+    with pytest.raises(errors.ServiceError, match="ValueError: cannot"):
+        router.request("svc", b"bad", timeout=1)
+    assert router.request("svc", b"good", timeout=1).payload == b"ok"
+
+
+def test_threaded_responder_answers_many_requests(router):
+    responder = router.serve("echo")
+
+    def serve():
+        for msg in responder:
+            msg.respond(msg.payload)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    for i in range(200):
+        assert router.request("echo", b"%d" % i, timeout=5).payload == b"%d" % i
+    responder.close()
+    t.join(5)
+    assert not t.is_alive()
+    with pytest.raises(errors.NoResponders):
+        router.request("echo", b"x", timeout=1)
+
+
+def test_closing_a_responder_hands_its_queue_to_the_others(router):
+    first = router.serve("svc", capacity=4)
+    results = []
+    for i in range(3):
+        router.request_cb("svc", b"%d" % i, results.append, timeout=5)
+    second = router.serve("svc")
+    first.close()
+    for _ in range(3):
+        msg = second.recv(timeout=1)
+        msg.respond(b"r" + msg.payload)
+    assert sorted(r.payload for r in results) == [b"r0", b"r1", b"r2"]
+
+
+def test_requests_wait_in_backlog_when_responders_are_full(router):
+    responder = router.serve("svc", capacity=2)
+    results = []
+    for i in range(10):
+        router.request_cb("svc", b"%d" % i, results.append, timeout=5)
+    assert router.stats()["services"]["svc"]["backlog"] == 8
+    served = []
+    while len(served) < 10:
+        msg = responder.recv(timeout=1)
+        served.append(msg.payload)
+        msg.respond(msg.payload)
+    assert served == [b"%d" % i for i in range(10)]
+    assert [r.payload for r in results] == served
+
+
+def test_request_inside_a_handler_is_refused_not_deadlocked(router):
+    router.serve("inner", lambda m: b"inner")
+
+    def outer(msg):
+        return router.request("inner", b"", timeout=1).payload
+
+    router.serve("outer", outer)
+    with pytest.raises(errors.ServiceError, match="request_cb"):
+        router.request("outer", b"", timeout=1)
+
+
+def test_respond_to_a_non_request_is_an_error(router):
+    sub = router.subscribe("x")
+    router.publish("x", b"1")
+    with pytest.raises(errors.RingcastError):
+        sub.recv(timeout=1).respond(b"no")
