@@ -26,3 +26,5 @@ cdef class CoreRouter:
 
     cdef _Match lookup(self, str subject)
     cdef _Match _miss(self, str subject)
+    cdef int _publish(self, object subject, object payload, object headers) except -2
+    cdef Py_ssize_t _publish_many(self, object subject, list items, object headers) except -1

@@ -151,9 +151,12 @@ cdef bint _drop(_Node node, Ring ring, bint tail):
 cdef class CoreRouter:
     """Patterns -> rings. ``publish`` pushes into every matching ring."""
 
-    def __cinit__(self, Py_ssize_t cache_max=8192):
+    def __cinit__(self, *args, **kwargs):
         self.root = _Node()
         self.cache = {}
+        self.cache_max = 8192
+
+    def __init__(self, Py_ssize_t cache_max=8192):
         self.cache_max = cache_max
 
     def add(self, pattern, Ring ring not None):
@@ -228,13 +231,7 @@ cdef class CoreRouter:
         _collect(self.root, (<str>subject).split("."), 0, out)
         return out
 
-    def publish(self, subject, payload, headers=None):
-        """Push one message into every matching ring.
-
-        Returns the number of rings that stored it, or -1 when a
-        ``block``-policy ring is full: then nothing was delivered anywhere
-        and ``blocked_ring`` names the ring to wait on.
-        """
+    cdef int _publish(self, object subject, object payload, object headers) except -2:
         if type(subject) is not str:
             _check(subject, False)
         if type(payload) is not bytes:
@@ -268,16 +265,9 @@ cdef class CoreRouter:
                     r.fire_ready()
         return stored
 
-    def publish_many(self, subject, payloads, headers=None):
-        """Publish a list of payloads under one subject.
-
-        Returns how many payloads were taken. Under a full ``block`` ring it
-        takes only as many as every blocking ring has room for (possibly 0),
-        so each payload reaches all its rings or none; ``blocked_ring`` is set.
-        """
+    cdef Py_ssize_t _publish_many(self, object subject, list items, object headers) except -1:
         if type(subject) is not str:
             _check(subject, False)
-        cdef list items = payloads if type(payloads) is list else list(payloads)
         if headers is not None:
             _check_headers(headers)
         cdef Py_ssize_t i, j, n = len(items), room
@@ -310,6 +300,48 @@ cdef class CoreRouter:
                 if r.on_ready is not None and r.wpos != r.rpos:
                     r.fire_ready()
         return n
+
+    def publish(self, subject, payload, headers=None, timeout=None):
+        """Deliver one message to every matching subscription and bound queue.
+
+        Returns how many buffers stored it. When a ``block``-policy buffer is
+        full nothing is delivered anywhere and ``_on_blocked`` decides: the
+        bare core returns -1 (``blocked_ring`` names the full ring);
+        ``ringcast.Router`` waits up to ``timeout`` seconds (None: forever,
+        0: raise WouldBlock at once) and then delivers to all.
+        """
+        cdef int n = self._publish(subject, payload, headers)
+        if n >= 0:
+            return n
+        return self._on_blocked(subject, payload, headers, timeout)
+
+    def try_publish(self, subject, payload, headers=None):
+        """As ``publish`` but never waits: -1 when a ``block`` buffer is full."""
+        return self._publish(subject, payload, headers)
+
+    def publish_many(self, subject, payloads, headers=None, timeout=None):
+        """Publish a list of payloads under one subject in one native call.
+
+        Each payload reaches all its buffers or none. Returns how many were
+        taken; when a ``block`` buffer fills up, the rest go to
+        ``_on_blocked_many`` (the bare core stops there; Router waits).
+        """
+        cdef list items = payloads if type(payloads) is list else list(payloads)
+        cdef Py_ssize_t n = self._publish_many(subject, items, headers)
+        if n == len(items):
+            return n
+        return self._on_blocked_many(subject, items, headers, timeout, n)
+
+    def try_publish_many(self, subject, payloads, headers=None):
+        """As ``publish_many`` but never waits for room."""
+        return self._publish_many(subject, payloads if type(payloads) is list else list(payloads),
+                                  headers)
+
+    def _on_blocked(self, subject, payload, headers, timeout):
+        return -1
+
+    def _on_blocked_many(self, subject, items, headers, timeout, done):
+        return done
 
     def clear_cache(self):
         self.cache = {}

@@ -128,7 +128,27 @@ class CoreRouter:
                 return r
         return None
 
-    def publish(self, subject: str, payload: Any, headers: Any = None) -> int:
+    def publish(self, subject: str, payload: Any, headers: Any = None,
+                timeout: Optional[float] = None) -> int:
+        n = self.try_publish(subject, payload, headers)
+        return n if n >= 0 else self._on_blocked(subject, payload, headers, timeout)
+
+    def publish_many(self, subject: str, payloads: Any, headers: Any = None,
+                     timeout: Optional[float] = None) -> int:
+        items = list(payloads)
+        n = self.try_publish_many(subject, items, headers)
+        return n if n == len(items) else self._on_blocked_many(subject, items, headers,
+                                                               timeout, n)
+
+    def _on_blocked(self, subject: str, payload: Any, headers: Any,
+                    timeout: Optional[float]) -> int:
+        return -1
+
+    def _on_blocked_many(self, subject: str, items: List[Any], headers: Any,
+                         timeout: Optional[float], done: int) -> int:
+        return done
+
+    def try_publish(self, subject: str, payload: Any, headers: Any = None) -> int:
         _check_payload(payload)
         _check_headers(headers)
         rings = self.match(subject)
@@ -144,7 +164,7 @@ class CoreRouter:
                 r.fire_ready()
         return stored
 
-    def publish_many(self, subject: str, payloads: Any, headers: Any = None) -> int:
+    def try_publish_many(self, subject: str, payloads: Any, headers: Any = None) -> int:
         items = list(payloads)
         _check_headers(headers)
         for p in items:

@@ -172,10 +172,10 @@ class Router:
                            headers: Headers = None, *, timeout: Optional[float] = None) -> int:
         items = payloads if isinstance(payloads, list) else list(payloads)
         deadline = _deadline(timeout)
-        done: int = self.sync._core.publish_many(subject, items, headers)
+        done: int = self.sync.try_publish_many(subject, items, headers)
         while done < len(items):
             await self._wait_space(deadline)
-            done += self.sync._core.publish_many(subject, items[done:], headers)
+            done += self.sync.try_publish_many(subject, items[done:], headers)
         return done
 
     async def _wait_space(self, deadline: Optional[float]) -> None:

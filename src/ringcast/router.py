@@ -688,11 +688,18 @@ class _Service:
         return self.responders[start:] + self.responders[:start]
 
 
-class Router:
-    """In-process message router: pub/sub, queues and request/reply."""
+class Router(CoreRouter):
+    """In-process message router: pub/sub, queues and request/reply.
+
+    A subclass of the native ``CoreRouter`` (as pyzmq's sugar subclasses its
+    backend): ``publish``, ``try_publish`` and ``publish_many`` are the native
+    methods themselves, so a publish is one native call; this class adds the
+    waiting they fall back to when a ``block`` buffer is full, and the
+    friendly objects around them.
+    """
 
     def __init__(self, *, cache_size: int = 8192) -> None:
-        self._core = CoreRouter(cache_size)
+        super().__init__(cache_size)
         self._subs: Dict[int, Subscription] = {}
         self._queues: Dict[str, Queue] = {}
         self._services: Dict[str, _Service] = {}
@@ -711,50 +718,30 @@ class Router:
         policy_code(overflow)
         sub = Subscription(self, pattern, capacity, overflow, callback)
         with self._lock:
-            self._core.add(pattern, sub.ring)
+            self.add(pattern, sub.ring)
             self._subs[id(sub)] = sub
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             if self._subs.pop(id(sub), None) is not None:
-                self._core.remove(sub.pattern, sub.ring)
+                self.remove(sub.pattern, sub.ring)
 
-    def publish(self, subject: str, payload: Any, headers: Headers = None, *,
-                timeout: Optional[float] = None) -> int:
-        """Deliver to every matching subscription and bound queue; returns how
-        many stored it. A full ``block`` buffer makes it wait up to ``timeout``
-        (None: forever, 0: raise WouldBlock at once); nothing is half-delivered."""
-        n: int = self._core.publish(subject, payload, headers)
-        if n >= 0:
-            return n
+    def _on_blocked(self, subject: str, payload: Any, headers: Headers,
+                    timeout: Optional[float]) -> int:
         deadline = _deadline(timeout)
         while True:
-            self._wait_space(self._core.blocked_ring, deadline)
-            n = self._core.publish(subject, payload, headers)
+            self._wait_space(self.blocked_ring, deadline)
+            n: int = self.try_publish(subject, payload, headers)
             if n >= 0:
                 return n
 
-    def try_publish(self, subject: str, payload: Any, headers: Headers = None) -> int:
-        """Publish without waiting: -1 when a ``block`` buffer is full (see
-        ``blocked_ring`` and ``Ring.arm_space`` to learn when to retry)."""
-        return int(self._core.publish(subject, payload, headers))
-
-    @property
-    def blocked_ring(self) -> Optional[Ring]:
-        return self._core.blocked_ring  # type: ignore[no-any-return]
-
-    def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None, *,
-                     timeout: Optional[float] = None) -> int:
-        """Publish many payloads under one subject in one native call."""
-        items = payloads if isinstance(payloads, list) else list(payloads)
-        done: int = self._core.publish_many(subject, items, headers)
-        if done == len(items):
-            return done
+    def _on_blocked_many(self, subject: str, items: List[Any], headers: Headers,
+                         timeout: Optional[float], done: int) -> int:
         deadline = _deadline(timeout)
         while done < len(items):
-            self._wait_space(self._core.blocked_ring, deadline)
-            done += self._core.publish_many(subject, items[done:], headers)
+            self._wait_space(self.blocked_ring, deadline)
+            done += self.try_publish_many(subject, items[done:], headers)
         return done
 
     def _wait_space(self, ring: Ring, deadline: Optional[float]) -> None:
@@ -786,12 +773,12 @@ class Router:
             if q is not None:
                 for pattern in binds:
                     if pattern not in q.bind:
-                        self._core.add(pattern, q.ring)
+                        self.add(pattern, q.ring)
                         q.bind += (pattern,)
                 return q
             q = Queue(self, name, binds, capacity, overflow, dead_letter)
             for pattern in binds:
-                self._core.add(pattern, q.ring)
+                self.add(pattern, q.ring)
             self._queues[name] = q
             return q
 
@@ -909,10 +896,9 @@ class Router:
         self.close()
 
     def stats(self) -> Dict[str, Any]:
-        core = self._core
         return {
-            "published": core.published,
-            "delivered": core.delivered,
+            "published": self.published,
+            "delivered": self.delivered,
             "subscriptions": [s.stats() for s in list(self._subs.values())],
             "queues": {name: q.stats() for name, q in list(self._queues.items())},
             "services": {
@@ -921,7 +907,7 @@ class Router:
                        "expired": s.expired, "backlog": len(s.backlog)}
                 for name, s in list(self._services.items())
             },
-            "cache": {"size": core.cache_size, "misses": core.cache_misses},
+            "cache": {"size": self.cache_size, "misses": self.cache_misses},
         }
 
 
