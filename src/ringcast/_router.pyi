@@ -2,7 +2,7 @@
 # Kept in step with the .pyx by `python -m mypy.stubtest` (tools/check_typing.sh).
 from typing import Any, Dict, List, Optional
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 from ._ring import Ring
 
@@ -15,7 +15,7 @@ def check_pattern(pattern: object) -> None: ...
 class CoreRouter:
     """Patterns -> rings. ``publish`` pushes into every matching ring."""
 
-    def __new__(cls, cache_max: int = 8192) -> Self: ...
+    def __init__(self, cache_max: int = 8192) -> None: ...
     @property
     def cache_max(self) -> int: ...
     @property
@@ -35,9 +35,31 @@ class CoreRouter:
     def match(self, subject: str) -> List[Ring]: ...
     def match_uncached(self, subject: str) -> List[Ring]: ...
     def publish(
+        self,
+        subject: str,
+        payload: Any,
+        headers: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> int: ...
+    def try_publish(
         self, subject: str, payload: Any, headers: Optional[Dict[str, str]] = None
     ) -> int: ...
     def publish_many(
+        self,
+        subject: str,
+        payloads: Any,
+        headers: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> int: ...
+    def try_publish_many(
         self, subject: str, payloads: Any, headers: Optional[Dict[str, str]] = None
+    ) -> int: ...
+    def _on_blocked(
+        self, subject: str, payload: Any, headers: Optional[Dict[str, str]],
+        timeout: Optional[float],
+    ) -> int: ...
+    def _on_blocked_many(
+        self, subject: str, items: List[Any], headers: Optional[Dict[str, str]],
+        timeout: Optional[float], done: int,
     ) -> int: ...
     def clear_cache(self) -> None: ...
