@@ -44,3 +44,16 @@ __all__ = [
     "AckError",
     "Closed",
 ]
+
+# The broker and its clients load ZeroMQ and the wire codec only when used,
+# so embedded use (and the pure-Python core) does not depend on them.
+_LAZY = {"Broker": "broker", "Client": "client", "connect": "client"}
+
+
+def __getattr__(name: str):  # PEP 562
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ringcast' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,568 @@
+# cython: freethreading_compatible=False
+"""Batched wire codec of the ringcast protocol (docs/protocol.md).
+
+Many records travel in one ZeroMQ frame; encoding and decoding them here,
+in one native loop per frame, is what lets a Python publish loop and the
+broker move millions of small messages per second. The broker routes
+publish records straight from a frame into the native router and encodes
+deliveries straight out of subscription rings, so no Message object is
+built on its hot path; payload objects are shared by reference across
+fan-out.
+"""
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp
+
+from ringcast._ring cimport Ring, Message, rc_slot
+
+from ringcast.errors import LimitExceeded, ProtocolError, UnknownCommand, WrongType
+
+cdef extern from "rc_codec.h":
+    int RC_PROTO_VERSION
+    int RC_REC_HDR
+    int RC_UVARINT_MAX
+    void rc_u32le_put(unsigned char *p, uint32_t v) nogil
+    uint32_t rc_u32le_get(const unsigned char *p) nogil
+    size_t rc_uvarint_len(uint64_t v) nogil
+    size_t rc_uvarint_put(unsigned char *p, uint64_t v) nogil
+    size_t rc_uvarint_get(const unsigned char *p, size_t avail, uint64_t *out) nogil
+
+PROTOCOL_VERSION = RC_PROTO_VERSION
+
+# Commands, client -> broker
+HELLO = 0x01
+PUB = 0x02
+SUB = 0x03
+CLOSE = 0x04
+CREDIT = 0x05
+DECLARE = 0x06
+SEND = 0x07
+CONSUME = 0x08
+ACK = 0x09
+NACK = 0x0A
+SERVE = 0x0B
+REQ = 0x0C
+REP = 0x0D
+REPERR = 0x0E
+STATS = 0x0F
+HB = 0x10
+BYE = 0x11
+# Commands, broker -> client
+WELCOME = 0x81
+OK = 0x82
+ERR = 0x83
+MSG = 0x84
+QMSG = 0x85
+RQST = 0x86
+REPLY = 0x87
+REPLYERR = 0x88
+PCREDIT = 0x89
+STATSREP = 0x8A
+
+#: Body layout per command: u varint, s string, l list of strings,
+#: h headers, p payload (the rest of the body). Shared by both directions.
+FORMATS = {
+    HELLO: "uus", PUB: "shp", SUB: "usuuu", CLOSE: "u", CREDIT: "uu",
+    DECLARE: "usuul", SEND: "shp", CONSUME: "usu", ACK: "uu", NACK: "uuu",
+    SERVE: "usu", REQ: "usuhp", REP: "uuhp", REPERR: "uuus", STATS: "u",
+    HB: "", BYE: "",
+    WELCOME: "uuuuuus", OK: "u", ERR: "uus", MSG: "uushp", QMSG: "uuuushp",
+    RQST: "uuushp", REPLY: "uhp", REPLYERR: "uus", PCREDIT: "u", STATSREP: "us",
+}
+
+# Format strings indexed by command byte, for the decoder's inner loop.
+cdef object _FMT_BY_BYTE = [None] * 256
+for _c, _f in FORMATS.items():
+    _FMT_BY_BYTE[_c] = _f.encode()
+
+DEFAULT_MAX_FRAME = 4 << 20
+DEFAULT_MAX_MESSAGE = 1 << 20
+DEFAULT_MAX_SUBJECT = 1024
+MAX_HEADERS = 64 << 10
+
+cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
+    if type(s) is not str:
+        raise WrongType(f"expected str, not {type(s).__name__}")
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+@cython.final
+cdef class Writer:
+    """A growing frame of records; ``take()`` hands the frame over as bytes."""
+    cdef unsigned char *buf
+    cdef size_t length
+    cdef size_t cap
+    #: records written since the last take()
+    cdef readonly Py_ssize_t records
+
+    def __cinit__(self, size_t initial=65536):
+        self.cap = initial if initial > 64 else 64
+        self.buf = <unsigned char *>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def __len__(self):
+        return self.length
+
+    cdef int _room(self, size_t extra) except -1:
+        cdef size_t need = self.length + extra
+        cdef size_t cap = self.cap
+        cdef unsigned char *nb
+        if need <= cap:
+            return 0
+        while cap < need:
+            cap *= 2
+        nb = <unsigned char *>realloc(self.buf, cap)
+        if nb == NULL:
+            raise MemoryError()
+        self.buf = nb
+        self.cap = cap
+        return 0
+
+    cdef inline size_t _begin(self, int cmd) except? 0:
+        cdef size_t start
+        self._room(RC_REC_HDR)
+        start = self.length
+        self.buf[start] = <unsigned char>cmd
+        self.length += RC_REC_HDR
+        return start
+
+    cdef inline int _end(self, size_t start) except -1:
+        rc_u32le_put(self.buf + start + 1, <uint32_t>(self.length - start - RC_REC_HDR))
+        self.records += 1
+        return 0
+
+    cdef inline int _uv(self, uint64_t v) except -1:
+        self._room(RC_UVARINT_MAX)
+        self.length += rc_uvarint_put(self.buf + self.length, v)
+        return 0
+
+    cdef inline int _raw(self, const char *p, size_t n) except -1:
+        self._room(n)
+        memcpy(self.buf + self.length, p, n)
+        self.length += n
+        return 0
+
+    cdef inline int _str(self, object s) except -1:
+        cdef Py_ssize_t n
+        cdef const char *p = _utf8(s, &n)
+        self._uv(<uint64_t>n)
+        self._raw(p, <size_t>n)
+        return 0
+
+    cdef int _headers(self, object headers) except -1:
+        if headers is None:
+            return self._uv(0)
+        if type(headers) is not dict:
+            raise WrongType(f"headers must be a dict of str to str, not {type(headers).__name__}")
+        self._uv(len(<dict>headers))
+        for k, v in (<dict>headers).items():
+            if type(k) is not str or type(v) is not str:
+                raise WrongType("headers must be a dict of str to str")
+            self._str(k)
+            self._str(v)
+        return 0
+
+    cdef int _payload(self, object payload) except -1:
+        cdef Py_buffer view
+        if type(payload) is bytes:
+            return self._raw(PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload))
+        if type(payload) is str:
+            raise WrongType("payload must be bytes-like, not str (encode it first)")
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            self._raw(<const char *>view.buf, <size_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return 0
+
+    def pub(self, str subject, payload, headers=None):
+        """Append a PUB record; returns the frame's size so far."""
+        cdef size_t start = self._begin(PUB)
+        self._str(subject)
+        self._headers(headers)
+        self._payload(payload)
+        self._end(start)
+        return self.length
+
+    def pub_many(self, str subject, payloads, headers=None):
+        """Append one PUB record per payload under one subject."""
+        cdef size_t start
+        for payload in payloads:
+            start = self._begin(PUB)
+            self._str(subject)
+            self._headers(headers)
+            self._payload(payload)
+            self._end(start)
+        return self.length
+
+    def record(self, int cmd, *fields):
+        """Append any record; ``fields`` follow ``FORMATS[cmd]``."""
+        fmt = _FMT_BY_BYTE[cmd & 0xff] if 0 <= cmd < 256 else None
+        if fmt is None:
+            raise UnknownCommand(f"unknown command 0x{cmd:02x}")
+        cdef bytes f = fmt
+        if len(fields) != len(f):
+            raise ValueError(f"command 0x{cmd:02x} takes {len(f)} fields, got {len(fields)}")
+        cdef size_t start = self._begin(cmd)
+        cdef Py_ssize_t i
+        for i in range(len(f)):
+            c = f[i]
+            x = fields[i]
+            if c == 117:    # u
+                self._uv(<uint64_t>x)
+            elif c == 115:  # s
+                self._str(x)
+            elif c == 104:  # h
+                self._headers(x)
+            elif c == 112:  # p
+                self._payload(x)
+            else:           # l
+                self._uv(len(x))
+                for item in x:
+                    self._str(item)
+        self._end(start)
+        return self.length
+
+    def write_ring(self, Ring ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
+        """Move up to ``max_count`` messages out of ``ring`` as MSG records,
+        stopping once the frame reaches ``max_bytes``; returns how many."""
+        cdef rc_slot s
+        cdef Py_ssize_t n = 0
+        cdef size_t start
+        while n < max_count and self.length < max_bytes and ring.take(&s):
+            n += 1
+            try:
+                start = self._begin(MSG)
+                self._uv(handle)
+                self._uv(s.seq)
+                self._str(<object>s.subject)
+                self._headers(<object>s.headers if s.headers != NULL else None)
+                self._payload(<object>s.payload)
+                self._end(start)
+            finally:
+                Py_XDECREF(<PyObject *>s.subject)
+                Py_XDECREF(<PyObject *>s.payload)
+                Py_XDECREF(<PyObject *>s.headers)
+        if n:
+            ring.fire_space()
+        return n
+
+    def take(self):
+        """The frame as bytes; the writer starts over empty."""
+        out = PyBytes_FromStringAndSize(<char *>self.buf, <Py_ssize_t>self.length)
+        self.length = 0
+        self.records = 0
+        return out
+
+    def clear(self):
+        self.length = 0
+        self.records = 0
+
+
+@cython.final
+cdef class Reader:
+    """Walks the records of one received frame, checking every length
+    against the limits before building anything from it."""
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef const unsigned char *p
+    cdef size_t n
+    cdef size_t pos
+    cdef size_t max_message
+    cdef size_t max_subject
+    cdef size_t max_record
+    cdef dict subjects
+    # current record body [b, e)
+    cdef size_t b
+    cdef size_t e
+    # last decoded subject, to skip the decode for runs of one subject
+    cdef object last_subject
+    cdef const unsigned char *last_raw
+    cdef size_t last_len
+
+    def __cinit__(self, frame, size_t max_message=DEFAULT_MAX_MESSAGE,
+                  size_t max_subject=DEFAULT_MAX_SUBJECT, dict subjects=None):
+        PyObject_GetBuffer(frame, &self.view, PyBUF_SIMPLE)
+        self.has_view = True
+        self.p = <const unsigned char *>self.view.buf
+        self.n = <size_t>self.view.len
+        self.max_message = max_message
+        self.max_subject = max_subject
+        self.max_record = max_message + max_subject + MAX_HEADERS + 64
+        self.subjects = subjects if subjects is not None else {}
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+    @property
+    def offset(self):
+        """Position of the next unread record."""
+        return self.pos
+
+    def seek(self, size_t pos):
+        """Go back to a record start seen earlier (to retry a refused record)."""
+        if pos > self.n:
+            raise ValueError("offset past the end of the frame")
+        self.pos = pos
+
+    @property
+    def size(self):
+        return self.n
+
+    def at_end(self):
+        return self.pos >= self.n
+
+    cpdef int peek(self) except -2:
+        """Command byte of the next record, -1 at the end of the frame."""
+        if self.pos >= self.n:
+            return -1
+        return self.p[self.pos]
+
+    cdef int _open(self) except -1:
+        """Validate the record at pos; set [b, e) to its body; returns its cmd."""
+        cdef size_t avail = self.n - self.pos
+        cdef uint32_t ln
+        cdef int cmd
+        if avail < <size_t>RC_REC_HDR:
+            raise ProtocolError(f"truncated record header at offset {self.pos}")
+        cmd = self.p[self.pos]
+        ln = rc_u32le_get(self.p + self.pos + 1)
+        if ln > self.max_record:
+            raise LimitExceeded(f"record of {ln} bytes exceeds the limit of {self.max_record}")
+        if ln > avail - RC_REC_HDR:
+            raise ProtocolError(f"record at offset {self.pos} runs past the end of the frame")
+        if _FMT_BY_BYTE[cmd] is None:
+            raise UnknownCommand(f"unknown command 0x{cmd:02x} at offset {self.pos}")
+        self.b = self.pos + RC_REC_HDR
+        self.e = self.b + ln
+        return cmd
+
+    cdef uint64_t _uv(self) except? 0xFFFFFFFFFFFFFFFF:
+        cdef uint64_t v = 0
+        cdef size_t k = rc_uvarint_get(self.p + self.b, self.e - self.b, &v)
+        if k == 0:
+            raise ProtocolError("bad or truncated varint")
+        self.b += k
+        return v
+
+    cdef const unsigned char *_span(self, size_t limit, size_t *out_len) except NULL:
+        cdef uint64_t ln = self._uv()
+        cdef const unsigned char *s
+        if ln > limit:
+            raise LimitExceeded(f"field of {ln} bytes exceeds the limit of {limit}")
+        if ln > self.e - self.b:
+            raise ProtocolError("string runs past the end of its record")
+        s = self.p + self.b
+        self.b += <size_t>ln
+        out_len[0] = <size_t>ln
+        return s
+
+    cdef object _str(self, size_t limit):
+        cdef size_t ln
+        cdef const unsigned char *s = self._span(limit, &ln)
+        try:
+            return PyUnicode_DecodeUTF8(<const char *>s, <Py_ssize_t>ln, NULL)
+        except UnicodeDecodeError:
+            raise ProtocolError("string is not valid UTF-8") from None
+
+    cdef object _subject(self):
+        """Decode a subject, reusing the str of the previous or a known one."""
+        cdef size_t ln
+        cdef const unsigned char *s = self._span(self.max_subject, &ln)
+        cdef PyObject *hit
+        if self.last_subject is not None and ln == self.last_len \
+                and memcmp(s, self.last_raw, ln) == 0:
+            return self.last_subject
+        try:
+            subj = PyUnicode_DecodeUTF8(<const char *>s, <Py_ssize_t>ln, NULL)
+        except UnicodeDecodeError:
+            raise ProtocolError("subject is not valid UTF-8") from None
+        hit = PyDict_GetItem(self.subjects, subj)
+        if hit != NULL:
+            subj = <object>hit
+        else:
+            if len(self.subjects) >= 65536:
+                self.subjects.clear()
+            PyDict_SetItem(self.subjects, subj, subj)
+        self.last_subject = subj
+        self.last_raw = s
+        self.last_len = ln
+        return subj
+
+    cdef object _headers(self):
+        cdef uint64_t count = self._uv()
+        cdef uint64_t i
+        cdef size_t start = self.b
+        if count == 0:
+            return None
+        if count > (self.e - self.b) // 2:
+            raise ProtocolError("header count runs past the end of its record")
+        cdef dict h = {}
+        for i in range(count):
+            k = self._str(MAX_HEADERS)
+            h[k] = self._str(MAX_HEADERS)
+            if self.b - start > <size_t>MAX_HEADERS:
+                raise LimitExceeded(f"headers exceed the limit of {MAX_HEADERS} bytes")
+        return h
+
+    cdef object _payload(self):
+        cdef size_t ln = self.e - self.b
+        if ln > self.max_message:
+            raise LimitExceeded(
+                f"message of {ln} bytes exceeds the limit of {self.max_message}")
+        out = PyBytes_FromStringAndSize(<const char *>(self.p + self.b), <Py_ssize_t>ln)
+        self.b = self.e
+        return out
+
+    cdef object _fields(self, int cmd):
+        cdef bytes f = _FMT_BY_BYTE[cmd]
+        cdef Py_ssize_t i, nf = len(f)
+        cdef list out = [cmd]
+        cdef uint64_t cnt
+        for i in range(nf):
+            c = f[i]
+            if c == 117:
+                out.append(self._uv())
+            elif c == 115:
+                out.append(self._str(self.max_message))
+            elif c == 104:
+                out.append(self._headers())
+            elif c == 112:
+                out.append(self._payload())
+            else:
+                cnt = self._uv()
+                if cnt > self.e - self.b:
+                    raise ProtocolError("list count runs past the end of its record")
+                out.append([self._str(self.max_subject) for _ in range(cnt)])
+        if self.b != self.e:
+            raise ProtocolError(f"record 0x{cmd:02x} has {self.e - self.b} unexpected trailing bytes")
+        return tuple(out)
+
+    def next(self):
+        """The next record as ``(cmd, *fields)``, or None at the end."""
+        if self.pos >= self.n:
+            return None
+        cdef int cmd = self._open()
+        rec = self._fields(cmd)
+        self.pos = self.e
+        return rec
+
+    def route(self, publish, dict counts=None):
+        """Publish consecutive PUB records through ``publish(subject, payload,
+        headers)``; stops at the first other record, the end of the frame, or
+        when ``publish`` returns -1 (a full ``block`` ring; that record stays
+        unread). Returns how many were published. ``counts`` accumulates
+        messages per subject."""
+        cdef Py_ssize_t done = 0, run = 0
+        cdef int cmd
+        cdef object subject, prev = None
+        cdef PyObject *c
+        while self.pos < self.n and self.p[self.pos] == PUB:
+            cmd = self._open()
+            subject = self._subject()
+            headers = self._headers()
+            payload = self._payload()
+            if publish(subject, payload, headers) == -1:
+                break
+            self.pos = self.e
+            done += 1
+            if counts is not None:
+                if subject is not prev:
+                    if prev is not None:
+                        _bump(counts, prev, run)
+                    prev = subject
+                    run = 0
+                run += 1
+        if counts is not None and prev is not None:
+            _bump(counts, prev, run)
+        return done
+
+    def events(self, dict owners=None):
+        """Decode a broker frame for a client: a list of tuples ``(cmd, ...)``.
+
+        Deliveries become Message objects, and consecutive ones for one
+        handle are grouped as ``(MSG|QMSG, handle, [Message, ...])``; a
+        request for a responder is ``(RQST, handle, Message, timeout_ms)``.
+        ``owners`` maps handle -> the object that settles its messages.
+        """
+        cdef list out = []
+        cdef list batch = None
+        cdef int cmd, batch_cmd = -1
+        cdef uint64_t handle, batch_handle = 0, flags, timeout_ms = 0
+        cdef Message m
+        cdef PyObject *o
+        while self.pos < self.n:
+            cmd = self._open()
+            if cmd == MSG or cmd == QMSG or cmd == RQST:
+                m = Message.__new__(Message)
+                handle = self._uv()
+                if cmd == MSG:
+                    m.seq = self._uv()
+                    m.delivery_count = 1
+                elif cmd == QMSG:
+                    m._tag = self._uv()
+                    flags = self._uv()
+                    m.redelivered = (flags & 1) != 0
+                    m.delivery_count = <unsigned int>self._uv()
+                else:
+                    m._tag = self._uv()
+                    timeout_ms = self._uv()
+                    m.delivery_count = 1
+                m.subject = self._subject()
+                m.headers = self._headers()
+                m.payload = self._payload()
+                if cmd != MSG and owners is not None:
+                    o = PyDict_GetItem(owners, handle)
+                    if o != NULL:
+                        m._owner = <object>o
+                self.pos = self.e
+                if cmd == RQST:
+                    batch = None
+                    out.append((RQST, handle, m, timeout_ms))
+                    continue
+                if batch is None or batch_cmd != cmd or batch_handle != handle:
+                    batch = []
+                    batch_cmd = cmd
+                    batch_handle = handle
+                    out.append((cmd, handle, batch))
+                batch.append(m)
+            else:
+                batch = None
+                out.append(self._fields(cmd))
+                self.pos = self.e
+        return out
+
+
+cdef inline void _bump(dict counts, object key, Py_ssize_t n):
+    cdef PyObject *c = PyDict_GetItem(counts, key)
+    if c == NULL:
+        counts[key] = n
+    else:
+        counts[key] = <object>c + n
+
+
+def message(str subject, payload, headers=None, uint64_t seq=0, bint redelivered=False,
+            unsigned int delivery_count=1, owner=None, uint64_t tag=0):
+    """Build a Message with its settlement owner (used by client code paths
+    that do not come from a frame, such as replies)."""
+    cdef Message m = Message.__new__(Message)
+    m.subject = subject
+    m.payload = payload
+    m.headers = headers
+    m.seq = seq
+    m.redelivered = redelivered
+    m.delivery_count = delivery_count
+    m._owner = owner
+    m._tag = tag
+    return m

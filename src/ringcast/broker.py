@@ -1,0 +1,726 @@
+"""The broker: an embedded :class:`~ringcast.router.Router` served over ZeroMQ.
+
+Remote subscriptions are Router subscriptions, remote queue consumers are
+Router consumers and remote responders are Router responders, so remote and
+embedded clients share one set of semantics and one native router. This
+module adds only I/O: a ROUTER socket, sessions with heartbeats, credit in
+both directions, and the batched codec.
+
+Flow control, in short (docs/protocol.md has the details):
+
+* a subscriber grants credit in messages; the broker moves at most that many
+  out of the subscription's ring, so a stalled subscriber costs at most its
+  ring (whose overflow policy then applies) plus its credit window;
+* a publisher spends credit in bytes per ordered frame and gets it back once
+  the frame is routed; a frame that meets a full ``block`` ring waits, whole,
+  until the ring has room, and the publisher runs out of credit: that is
+  block-policy backpressure across processes, with bounded broker memory.
+
+One thread runs the loop; the Router may also be used from other threads of
+the same program (publishes from them reach remote subscribers too).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import zmq
+
+from . import _codec as C
+from . import errors
+from ._impl import Message
+from .router import Router
+
+log = logging.getLogger("ringcast.broker")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7450"
+#: outbound frames are cut at this size
+FRAME_TARGET = 64 << 10
+#: publish credit (bytes of ordered frames in flight) per client
+DEFAULT_WINDOW = 8 << 20
+#: frames queued for a client whose socket pipe is full, before it is dropped
+MAX_BACKLOG = 256
+# commands that may start an ordered (credit-counted, strictly sequential) frame
+_ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE, C.REQ))
+_OVERFLOW = ("block", "drop_oldest", "drop_newest")
+
+
+class _Session:
+    """One connected client (one ROUTER identity)."""
+
+    def __init__(self, ident: bytes, name: str, heartbeat: float, now: float) -> None:
+        self.ident = ident
+        self.name = name
+        self.heartbeat = heartbeat
+        self.last_rx = now
+        self.last_tx = now
+        self.out = C.Writer()
+        self.frames: Deque[bytes] = collections.deque()
+        self.parked: Deque[Tuple[C.Reader, int]] = collections.deque()
+        self.credit_due = 0
+        self.subs: Dict[int, Any] = {}           # handle -> Subscription
+        self.sub_credit: Dict[int, int] = {}
+        self.consumers: Dict[int, Any] = {}      # handle -> Consumer
+        self.delivered: Dict[int, Dict[int, Message]] = {}   # handle -> tag -> msg (queues)
+        self.services: Dict[int, Any] = {}       # handle -> Responder
+        self.concurrency: Dict[int, int] = {}
+        self.asked: Dict[int, Dict[int, Message]] = {}       # handle -> tag -> request
+        self.tags = itertools.count(1)
+        self.armed: Set[int] = set()   # handles with a ready-callback registered
+        self.alive = True
+
+
+class Broker:
+    """A ringcast broker. ``run()`` blocks; ``start()`` runs it in a thread.
+
+    ``bind`` endpoints may use port 0 (``tcp://127.0.0.1:0``); ``endpoints``
+    reports the real ones once started. Pass ``router`` to serve an existing
+    embedded Router, so in-process and remote clients meet.
+    """
+
+    def __init__(self, bind: Union[str, Sequence[str]] = (DEFAULT_ENDPOINT,), *,
+                 router: Optional[Router] = None, heartbeat: float = 1.0,
+                 max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
+                 max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.bind = [bind] if isinstance(bind, str) else list(bind)
+        self.router = router if router is not None else Router()
+        self.heartbeat = heartbeat
+        self.max_frame = max_frame
+        self.max_message = max_message
+        self.max_subject = max_subject
+        self.window = max(window, max_frame)
+        self.endpoints: List[str] = []
+        self._ctx = context or zmq.Context.instance()
+        self._sessions: Dict[bytes, _Session] = {}
+        self._ready: Deque[Tuple[_Session, int]] = collections.deque()  # (session, handle)
+        self._calls: Deque[Any] = collections.deque()     # callbacks from other threads
+        self._retry: Set[bytes] = set()                   # sessions with parked frames to retry
+        self._deadlines: List[Tuple[float, int, Any]] = []  # heap of (deadline, n, PendingRequest)
+        self._seq = itertools.count()
+        self._subjects: Dict[str, str] = {}
+        self._counts: Dict[str, int] = {}
+        self._refused: Dict[bytes, float] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._loop_ident: Optional[int] = None
+        self._started = threading.Event()
+        self._stopping = False
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        self._sock: Optional[zmq.Socket] = None
+        self._publish = self.router._core.publish
+        self.counters = collections.Counter()
+        self._start_error: Optional[BaseException] = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> "Broker":
+        """Run in a daemon thread; returns once the sockets are bound."""
+        self._thread = threading.Thread(target=self.run, name="ringcast-broker", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop (from any thread or a signal handler) and wait for it."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # the transport refuses oversize frames before allocating them
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.RCVHWM, 100000)
+        for ep in self.bind:
+            sock.bind(ep)
+            self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._sock = sock
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        addr = f"inproc://ringcast-broker-{id(self)}"
+        self._wake_rx.bind(addr)
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(addr)
+
+    def run(self) -> None:
+        """Serve until ``stop()``."""
+        try:
+            self._open()
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            raise
+        self._loop_ident = threading.get_ident()
+        log.info("ringcast broker listening on %s", ", ".join(self.endpoints))
+        self._started.set()
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for s in list(self._sessions.values()):
+            self._flush_out(s)
+        for s in list(self._sessions.values()):
+            self._drop(s, "broker stopping", notify=False)
+        assert self._sock is not None
+        self._sock.close(linger=100)
+        self._wake_rx.close(linger=0)
+        self._wake_tx.close(linger=0)
+        log.info("ringcast broker stopped")
+
+    def _wake(self) -> None:
+        """Interrupt the loop's poll (from another thread)."""
+        if threading.get_ident() == self._loop_ident:
+            return
+        with self._wake_lock:
+            if self._wake_pending or self._sock is None:
+                return
+            self._wake_pending = True
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _call_soon(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread."""
+        if threading.get_ident() == self._loop_ident:
+            fn(*args)
+        else:
+            self._calls.append((fn, args))
+            self._wake()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        next_timer = 0.0
+        tick = min(self.heartbeat / 4, 0.25)
+        while not self._stopping:
+            busy = bool(self._ready or self._calls or self._retry)
+            now = time.monotonic()
+            timeout = 0 if busy else max(0, int((next_timer - now) * 1000) + 1)
+            if self._deadlines and not busy:
+                timeout = min(timeout, max(0, int((self._deadlines[0][0] - now) * 1000) + 1))
+            poller.poll(timeout)
+            with self._wake_lock:
+                if self._wake_pending:
+                    self._wake_pending = False
+                    try:
+                        self._wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+            now = time.monotonic()
+            for _ in range(512):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(parts) == 2:
+                    self._on_frame(parts[0], parts[1], now)
+            while self._calls:
+                fn, args = self._calls.popleft()
+                fn(*args)
+            if self._retry:
+                retry, self._retry = self._retry, set()
+                for ident in retry:
+                    s = self._sessions.get(ident)
+                    if s is not None:
+                        self._resume(s)
+            self._flush_ready()
+            if self._deadlines:
+                self._expire(now)
+            if now >= next_timer:
+                self._heartbeats(now)
+                next_timer = now + tick
+            for s in list(self._sessions.values()):
+                if len(s.out) or s.frames or s.credit_due:
+                    self._flush_out(s)
+
+    # -- inbound ----------------------------------------------------------------------------
+    def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
+        s = self._sessions.get(ident)
+        if s is None:
+            self._hello(ident, frame, now)
+            return
+        s.last_rx = now
+        try:
+            reader = C.Reader(frame, self.max_message, self.max_subject, self._subjects)
+            first = reader.peek()
+            if first in _ORDERED:
+                if s.parked:
+                    s.parked.append((reader, len(frame)))
+                    return
+                if not self._process(s, reader):
+                    s.parked.append((reader, len(frame)))
+                    return
+                s.credit_due += len(frame)
+            else:
+                self._process(s, reader)
+        except errors.RingcastError as exc:
+            self.counters["protocol_errors"] += 1
+            log.warning("client %r sent a bad frame: %s; dropping its session", s.name, exc)
+            self._error(s, 0, exc)
+            self._drop(s, str(exc))
+        except Exception as exc:  # a bug must cost one session, not the broker
+            self.counters["internal_errors"] += 1
+            log.exception("internal error on a frame from %r; dropping its session", s.name)
+            self._error(s, 0, errors.RingcastError(f"internal broker error: {exc}"))
+            self._drop(s, "internal error")
+
+    def _hello(self, ident: bytes, frame: bytes, now: float) -> None:
+        try:
+            rec = C.Reader(frame, 4096, self.max_subject).next()
+            if rec is None or rec[0] != C.HELLO:
+                raise errors.ConnectionLost("no session: send HELLO first")
+            _, version, hb_ms, name = rec
+            if version != C.PROTOCOL_VERSION:
+                raise errors.VersionMismatch(
+                    f"protocol version {version} not supported; this broker speaks "
+                    f"{C.PROTOCOL_VERSION}")
+        except errors.RingcastError as exc:
+            self.counters["refused_frames"] += 1
+            last = self._refused.get(ident, 0.0)
+            if now - last >= 0.5:   # answer a confused or hostile peer at a bounded rate
+                self._refused[ident] = now
+                if len(self._refused) > 10000:
+                    self._refused.clear()
+                w = C.Writer(256)
+                w.record(C.ERR, 0, exc.code, str(exc))
+                self._send(ident, w.take())
+            return
+        hb = min(max(hb_ms / 1000.0, 0.05), 60.0)
+        s = _Session(ident, name, hb, now)
+        self._sessions[ident] = s
+        self.counters["sessions"] += 1
+        s.out.record(C.WELCOME, C.PROTOCOL_VERSION, int(hb * 1000), self.max_frame,
+                     self.max_message, self.max_subject, self.window, f"ringcast-{os.getpid()}")
+        log.info("client %r connected", name)
+
+    def _process(self, s: _Session, reader: C.Reader) -> bool:
+        """Apply the records of a frame in order. Returns False when a record
+        met a full block-policy buffer: the reader stays at that record."""
+        while True:
+            cmd = reader.peek()
+            if cmd == -1:
+                return True
+            if cmd == C.PUB:
+                reader.route(self._publish, self._counts)
+                if reader.peek() == C.PUB:   # a block-policy ring is full
+                    return self._park(s, self.router._core.blocked_ring)
+                continue
+            start = reader.offset
+            rec = reader.next()
+            handler = self._handlers.get(cmd)
+            if handler is None:
+                raise errors.ProtocolError(f"command 0x{cmd:02x} is not a client command")
+            if handler(self, s, rec) is False:
+                reader.seek(start)
+                return False
+
+    def _park(self, s: _Session, ring: Any) -> bool:
+        self.counters["publisher_waits"] += 1
+        if ring is None or not ring.arm_space(lambda: self._call_soon(self._wakeup, s.ident)):
+            self._retry.add(s.ident)
+        return False
+
+    def _wakeup(self, ident: bytes) -> None:
+        self._retry.add(ident)
+
+    def _resume(self, s: _Session) -> None:
+        """Retry a session's parked frames after room appeared."""
+        while s.parked and s.alive:
+            reader, size = s.parked[0]
+            try:
+                if not self._process(s, reader):
+                    return
+            except errors.RingcastError as exc:
+                self._error(s, 0, exc)
+                self._drop(s, str(exc))
+                return
+            s.parked.popleft()
+            s.credit_due += size
+
+    def _error(self, s: _Session, ref: int, exc: errors.RingcastError) -> None:
+        s.out.record(C.ERR, ref, exc.code or errors.RingcastError.code, str(exc))
+
+    # -- command handlers (return False to leave the record for a retry) -------------------
+    def _on_sub(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, pattern, capacity, overflow, window = rec
+        try:
+            if overflow >= len(_OVERFLOW):
+                raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
+            sub = self.router.subscribe(pattern, capacity=max(1, capacity),
+                                        overflow=_OVERFLOW[overflow])
+        except errors.RingcastError as exc:
+            self._error(s, hid, exc)
+            return
+        self._close_handle(s, hid)
+        s.subs[hid] = sub
+        s.sub_credit[hid] = window
+        self._arm_sub(s, hid)
+
+    def _arm_sub(self, s: _Session, hid: int) -> None:
+        if hid in s.subs and not self._arm(s, hid, s.subs[hid].on_ready):
+            self._ready.append((s, hid))
+
+    def _arm(self, s: _Session, hid: int, on_ready: Any) -> bool:
+        """Register for the next message of a handle once; False when one is
+        there already."""
+        if hid in s.armed:
+            return True
+        if on_ready(lambda: self._mark(s, hid)):
+            s.armed.add(hid)
+            return True
+        return False
+
+    def _mark(self, s: _Session, hid: int) -> None:
+        s.armed.discard(hid)
+        self._ready.append((s, hid))
+        self._wake()
+
+    def _on_credit(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, n = rec
+        if hid in s.sub_credit:
+            was = s.sub_credit[hid]
+            s.sub_credit[hid] = was + n
+            if was <= 0:
+                self._ready.append((s, hid))
+
+    def _on_close(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        self._close_handle(s, rec[1])
+
+    def _close_handle(self, s: _Session, hid: int) -> None:
+        sub = s.subs.pop(hid, None)
+        if sub is not None:
+            s.sub_credit.pop(hid, None)
+            sub.close()
+        consumer = s.consumers.pop(hid, None)
+        if consumer is not None:
+            s.delivered.pop(hid, None)
+            consumer.close()   # unacked messages go back, flagged redelivered
+        responder = s.services.pop(hid, None)
+        if responder is not None:
+            s.concurrency.pop(hid, None)
+            responder.close()
+            for msg in s.asked.pop(hid, {}).values():
+                msg._owner.fail(errors.ServiceError("the responder disconnected"))
+
+    def _on_declare(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, ref, name, capacity, overflow, bind = rec
+        try:
+            if overflow >= len(_OVERFLOW):
+                raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
+            self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
+                                      overflow=_OVERFLOW[overflow])
+        except errors.RingcastError as exc:
+            self._error(s, ref, exc)
+            return
+        s.out.record(C.OK, ref)
+
+    def _on_send(self, s: _Session, rec: Tuple[Any, ...]) -> Optional[bool]:
+        _, queue, headers, payload = rec
+        try:
+            self.router.send(queue, payload, headers, timeout=0)
+        except errors.WouldBlock:
+            return self._park(s, self.router.queue(queue).ring)
+        except errors.RingcastError as exc:
+            self._error(s, 0, exc)
+        return None
+
+    def _on_consume(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, queue, prefetch = rec
+        try:
+            consumer = self.router.consume(queue, prefetch=max(1, prefetch))
+        except errors.RingcastError as exc:
+            self._error(s, hid, exc)
+            return
+        self._close_handle(s, hid)
+        s.consumers[hid] = consumer
+        s.delivered[hid] = {}
+        self._ready.append((s, hid))
+
+    def _settle(self, s: _Session, hid: int, tag: int) -> Optional[Message]:
+        msg = s.delivered.get(hid, {}).pop(tag, None)
+        if msg is None:
+            self._error(s, 0, errors.AckError(f"delivery {tag} on handle {hid} is unknown "
+                                              "or already settled"))
+            return None
+        self._ready.append((s, hid))   # credit freed
+        return msg
+
+    def _on_ack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        msg = self._settle(s, rec[1], rec[2])
+        if msg is not None:
+            msg.ack()
+
+    def _on_nack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        msg = self._settle(s, rec[1], rec[2])
+        if msg is not None:
+            msg.nack(requeue=bool(rec[3]))
+
+    def _on_serve(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, name, concurrency = rec
+        try:
+            responder = self.router.serve(name, capacity=1024)
+        except errors.RingcastError as exc:
+            self._error(s, hid, exc)
+            return
+        self._close_handle(s, hid)
+        s.services[hid] = responder
+        s.concurrency[hid] = max(1, concurrency)
+        s.asked[hid] = {}
+        self._ready.append((s, hid))
+
+    def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, rid, service, timeout_ms, headers, payload = rec
+        timeout = timeout_ms / 1000.0
+
+        def done(result: Any) -> None:
+            self._call_soon(self._replied, s, rid, result)
+
+        try:
+            pending = self.router.request_cb(service, payload, done, headers, timeout=timeout)
+        except errors.RingcastError as exc:
+            s.out.record(C.REPLYERR, rid, exc.code, str(exc))
+            return
+        if not pending.settled:
+            heap = self._deadlines
+            if len(heap) > 50000:   # drop answered requests so the heap tracks live ones
+                heap[:] = [e for e in heap if not e[2].settled]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (time.monotonic() + timeout, next(self._seq), pending))
+
+    def _replied(self, s: _Session, rid: int, result: Any) -> None:
+        if not s.alive:
+            return
+        if isinstance(result, BaseException):
+            code = getattr(result, "code", 0) or errors.ServiceError.code
+            s.out.record(C.REPLYERR, rid, code, str(result))
+        else:
+            s.out.record(C.REPLY, rid, result.headers, result.payload)
+
+    def _on_rep(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, tag, headers, payload = rec
+        msg = s.asked.get(hid, {}).pop(tag, None)
+        if msg is None:
+            return   # the responder answered after its handle was closed
+        msg.respond(payload, headers)
+        self._ready.append((s, hid))
+
+    def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        _, hid, tag, code, text = rec
+        msg = s.asked.get(hid, {}).pop(tag, None)
+        if msg is None:
+            return
+        msg._owner.fail(errors.error_from_code(code, text))
+        self._ready.append((s, hid))
+
+    def _on_stats(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        s.out.record(C.STATSREP, rec[1], json.dumps(self.stats(), default=str))
+
+    def _on_hb(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        pass
+
+    def _on_bye(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        self._drop(s, "said goodbye", notify=False)
+
+    def _on_hello(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        # a client starting over on the same socket: forget the old session first
+        self._drop(s, "restarted its session", notify=False)
+        w = C.Writer(64)
+        w.record(*rec)
+        self._hello(s.ident, w.take(), time.monotonic())
+
+    _handlers = {
+        C.SUB: _on_sub, C.CLOSE: _on_close, C.CREDIT: _on_credit, C.DECLARE: _on_declare,
+        C.SEND: _on_send, C.CONSUME: _on_consume, C.ACK: _on_ack, C.NACK: _on_nack,
+        C.SERVE: _on_serve, C.REQ: _on_req, C.REP: _on_rep, C.REPERR: _on_reperr,
+        C.STATS: _on_stats, C.HB: _on_hb, C.BYE: _on_bye, C.HELLO: _on_hello,
+    }
+
+    # -- outbound ----------------------------------------------------------------------------
+    def _flush_ready(self) -> None:
+        ready, self._ready = self._ready, collections.deque()
+        seen: Set[Tuple[bytes, int]] = set()
+        for s, hid in ready:
+            key = (s.ident, hid)
+            if key in seen or not s.alive:
+                continue
+            seen.add(key)
+            if hid in s.subs:
+                self._flush_sub(s, hid)
+            elif hid in s.consumers:
+                self._flush_consumer(s, hid)
+            elif hid in s.services:
+                self._flush_service(s, hid)
+
+    def _flush_sub(self, s: _Session, hid: int) -> None:
+        sub = s.subs[hid]
+        ring = sub.ring
+        while True:
+            credit = s.sub_credit[hid]
+            if credit <= 0:
+                return   # CREDIT from the client re-marks it
+            n = s.out.write_ring(ring, hid, credit, FRAME_TARGET)
+            s.sub_credit[hid] = credit - n
+            if len(s.out) >= FRAME_TARGET:
+                s.frames.append(s.out.take())
+                if len(s.frames) > 8:
+                    self._flush_out(s)
+                    if len(s.frames) > 8:   # pipe full: come back next loop
+                        self._ready.append((s, hid))
+                        return
+                continue
+            if len(ring) == 0:
+                if not self._arm(s, hid, sub.on_ready):
+                    continue
+                return
+
+    def _flush_consumer(self, s: _Session, hid: int) -> None:
+        consumer = s.consumers[hid]
+        delivered = s.delivered[hid]
+        room = consumer.prefetch - len(delivered)
+        if room <= 0:
+            return
+        msgs = consumer.recv_many(room)
+        for msg in msgs:
+            delivered[msg._tag] = msg
+            s.out.record(C.QMSG, hid, msg._tag, 1 if msg.redelivered else 0,
+                         msg.delivery_count, msg.subject, msg.headers, msg.payload)
+        if len(msgs) < room and not self._arm(s, hid, consumer.queue.on_ready):
+            self._ready.append((s, hid))
+
+    def _flush_service(self, s: _Session, hid: int) -> None:
+        responder = s.services[hid]
+        asked = s.asked[hid]
+        now = time.monotonic()
+        while len(asked) < s.concurrency[hid]:
+            msg = responder.recv_nowait()
+            if msg is None:
+                if not responder.ring.arm_ready(lambda: self._mark(s, hid)):
+                    continue
+                return
+            pending = msg._owner
+            if pending.settled:
+                continue   # expired while queued
+            left = 60000 if pending.deadline is None else int((pending.deadline - now) * 1000)
+            if left <= 0:
+                pending.expire()
+                continue
+            tag = next(s.tags)
+            asked[tag] = msg
+            s.out.record(C.RQST, hid, tag, left, msg.subject, msg.headers, msg.payload)
+
+    def _flush_out(self, s: _Session) -> None:
+        if s.credit_due:
+            s.out.record(C.PCREDIT, s.credit_due)
+            s.credit_due = 0
+        if len(s.out):
+            s.frames.append(s.out.take())
+        while s.frames:
+            if not self._send(s.ident, s.frames[0]):
+                if len(s.frames) > MAX_BACKLOG:
+                    self._drop(s, "not reading (outbound backlog full)", notify=False)
+                return
+            s.frames.popleft()
+            s.last_tx = time.monotonic()
+
+    def _send(self, ident: bytes, frame: bytes) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart((ident, frame), zmq.NOBLOCK, copy=len(frame) < 65536)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                s = self._sessions.get(ident)
+                if s is not None:
+                    self._drop(s, "gone", notify=False)
+                return True
+            raise
+
+    # -- time ---------------------------------------------------------------------------------
+    def _heartbeats(self, now: float) -> None:
+        for s in list(self._sessions.values()):
+            if now - s.last_rx > 3 * s.heartbeat:
+                self._drop(s, "heartbeats missed", notify=False)
+            elif now - s.last_tx >= s.heartbeat and not len(s.out):
+                s.out.record(C.HB)
+
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, pending = heapq.heappop(heap)
+            pending.expire()
+
+    def _drop(self, s: _Session, why: str, notify: bool = True) -> None:
+        """Forget a session: its subscriptions end, its unacked queue
+        messages are redelivered, its in-flight requests to it fail."""
+        if not s.alive:
+            return
+        s.alive = False
+        if notify:
+            self._flush_out(s)
+        self._sessions.pop(s.ident, None)
+        for hid in list(s.subs) + list(s.consumers) + list(s.services):
+            self._close_handle(s, hid)
+        s.parked.clear()
+        self.counters["sessions_dropped"] += 1
+        log.info("client %r disconnected: %s", s.name, why)
+
+    # -- introspection ------------------------------------------------------------------------
+    def stats(self) -> Dict[str, Any]:
+        """Router counts, per-subject publish counts, drops, clients, memory."""
+        rs = self.router.stats()
+        subs = rs.get("subscriptions", [])
+        return {
+            "clients": len(self._sessions),
+            "client_names": sorted(s.name for s in self._sessions.values()),
+            "published": rs.get("published"),
+            "delivered": rs.get("delivered"),
+            "subjects": dict(self._counts),
+            "dropped": sum(int(x.get("dropped", 0)) for x in subs),
+            "subscriptions": subs,
+            "queues": rs.get("queues", {}),
+            "services": rs.get("services", {}),
+            "counters": dict(self.counters),
+            "memory_rss": _rss(),
+            "endpoints": list(self.endpoints),
+        }
+
+
+def _rss() -> int:
+    """Resident set size of this process in bytes (0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        try:
+            import resource
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        except Exception:
+            return 0

@@ -1,0 +1,493 @@
+"""Synchronous client: ``ringcast.connect(url)``.
+
+The methods mirror the embedded :class:`~ringcast.router.Router`. One I/O
+thread per client owns the ZeroMQ socket (sockets are not thread-safe) and
+drives the shared :class:`~ringcast.protocol.ClientProtocol`; application
+threads buffer into the protocol under its lock and wait on a condition.
+Callbacks and ``serve`` handlers run on a separate dispatch thread, so a
+handler may itself call ``request`` on the same client.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Union
+
+import zmq
+
+from . import errors
+from ._impl import Message, check_subject
+from .protocol import (
+    ClientProtocol,
+    Headers,
+    RemoteConsumer,
+    RemoteService,
+    RemoteSubscription,
+    _Handle,
+)
+
+log = logging.getLogger("ringcast.client")
+
+Handler = Callable[[Message], Any]
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class Client:
+    """A connection to a ringcast broker (see module docstring)."""
+
+    def __init__(self, url: str = "tcp://127.0.0.1:7450", *, name: Optional[str] = None,
+                 heartbeat: float = 1.0, linger: float = 0.002, timeout: float = 5.0,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self.proto = ClientProtocol(name or f"py-{os.getpid()}", heartbeat=heartbeat,
+                                    linger=linger, lock=self._lock)
+        self.proto.kick = self._kick
+        self.proto.on_credit = self._cond.notify_all
+        self.proto.on_deliver = self._delivered
+        self._ctx = context or zmq.Context.instance()
+        self._valid: Set[str] = set()
+        self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
+        self._jobs: Deque[_Handle] = collections.deque()
+        self._jobs_cond = threading.Condition(threading.Lock())
+        self._notify = False
+        self._closing = False
+        self._wake_pending = False
+        addr = f"inproc://ringcast-client-{id(self)}"
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(addr)
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(addr)
+        self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
+        self._dispatcher: Optional[threading.Thread] = None
+        self._io.start()
+        if timeout:
+            self.wait_ready(timeout)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def wait_ready(self, timeout: Optional[float] = 5.0) -> None:
+        """Wait until the broker has welcomed this client (ConnectionLost if not)."""
+        deadline = _deadline(timeout)
+        with self._cond:
+            while not self.proto.ready:
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closing:
+                    raise errors.Closed("client is closed")
+                if left is not None and left <= 0:
+                    raise errors.ConnectionLost(f"no broker answered at {self.url}")
+                self._cond.wait(left)
+
+    @property
+    def connected(self) -> bool:
+        return self.proto.ready
+
+    @property
+    def sessions(self) -> int:
+        """Handshakes completed so far (more than 1 after a reconnection)."""
+        return self.proto.sessions
+
+    def close(self) -> None:
+        """Flush, say goodbye and stop. Waiters get ``Closed``."""
+        if self._closing:
+            return
+        self._closing = True
+        self._kick_now()
+        self._io.join(5)
+        with self._cond:
+            for h in list(self.proto.handles.values()):
+                h.closed = True
+            self._cond.notify_all()
+        with self._jobs_cond:
+            self._jobs_cond.notify_all()
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(5)
+        self._wake_tx.close(linger=0)
+        self._wake_rx.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the I/O thread ---------------------------------------------------------------
+    def _kick(self) -> None:
+        # called with the lock held, from any thread
+        if threading.current_thread() is self._io or self._wake_pending:
+            return
+        self._wake_pending = True
+        self._kick_now()
+
+    def _kick_now(self) -> None:
+        with self._lock:
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)   # bounded by publish credit, not by the HWM
+        sock.setsockopt(zmq.RCVHWM, 0)   # bounded by subscription credit
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.url)
+        return sock
+
+    def _run(self) -> None:
+        proto = self.proto
+        sock = self._socket()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        proto.connection_made(time.monotonic())
+        try:
+            while True:
+                now = time.monotonic()
+                lost, wait = proto.timer(now)
+                if lost:
+                    sock = self._reconnect(sock, poller, errors.ConnectionLost(
+                        "the broker stopped answering heartbeats"))
+                    continue
+                for frame in proto.data_to_send(now):
+                    sock.send(frame, copy=len(frame) < 65536)
+                if self._closing:
+                    break
+                events = dict(poller.poll(wait * 1000))
+                if self._wake_rx in events:
+                    with self._lock:
+                        self._wake_pending = False
+                        while True:
+                            try:
+                                self._wake_rx.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                if sock in events:
+                    now = time.monotonic()
+                    for _ in range(256):
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        err = proto.frame_received(frame, now)
+                        if err is not None:
+                            log.warning("session ended by the broker: %s", err)
+                            sock = self._reconnect(sock, poller, errors.ConnectionLost(str(err)))
+                            break
+                    if self._notify:
+                        with self._cond:
+                            self._notify = False
+                            self._cond.notify_all()
+            for frame in proto.bye():
+                sock.send(frame)
+        except zmq.ZMQError as exc:
+            if not self._closing:
+                log.error("client I/O stopped: %s", exc)
+        finally:
+            sock.close(linger=200)
+            with self._cond:
+                self.proto.closed = True
+                self._cond.notify_all()
+
+    def _reconnect(self, sock: zmq.Socket, poller: zmq.Poller,
+                   exc: errors.RingcastError) -> zmq.Socket:
+        """A new socket and a new session; handles are re-declared on WELCOME."""
+        self.proto.connection_lost(exc)
+        poller.unregister(sock)
+        sock.close(linger=0)
+        sock = self._socket()
+        poller.register(sock, zmq.POLLIN)
+        self.proto.connection_made(time.monotonic())
+        with self._cond:
+            self._cond.notify_all()
+        return sock
+
+    def _delivered(self, h: _Handle) -> None:
+        # called by the protocol on the I/O thread, lock held
+        self._notify = True
+        if h.id in self._callbacks:
+            with self._jobs_cond:
+                self._jobs.append(h)
+                self._jobs_cond.notify()
+
+    # -- callbacks and handlers --------------------------------------------------------
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is None:
+            self._dispatcher = threading.Thread(target=self._dispatch, name="ringcast-client-cb",
+                                                daemon=True)
+            self._dispatcher.start()
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._jobs_cond:
+                while not self._jobs and not self._closing:
+                    self._jobs_cond.wait()
+                if self._closing:
+                    return
+                h = self._jobs.popleft()
+            fn = self._callbacks.get(h.id)
+            if fn is None:
+                continue
+            with self._lock:
+                try:
+                    msgs = h.take(1 << 30)
+                except errors.RingcastError:
+                    continue
+            for msg in msgs:
+                if isinstance(h, RemoteService):
+                    _answer(msg, fn)
+                else:
+                    try:
+                        fn(msg)
+                    except Exception:
+                        log.exception("callback for handle %d raised", h.id)
+
+    # -- waiting -----------------------------------------------------------------------------
+    def _take(self, h: _Handle, max_count: int, timeout: Optional[float]) -> List[Message]:
+        deadline = _deadline(timeout)
+        with self._cond:
+            while True:
+                msgs = h.take(max_count)
+                if msgs:
+                    return msgs
+                if self.proto.closed:
+                    raise errors.Closed("client is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise errors.Timeout("timed out waiting for a message")
+                self._cond.wait(left)
+
+    # -- pub/sub ------------------------------------------------------------------------------
+    def publish(self, subject: str, payload: Any, headers: Headers = None, *,
+                timeout: Optional[float] = None) -> None:
+        """Send one message (batched; see ``flush``). Waits up to ``timeout``
+        when the broker's credit is used up (``WouldBlock`` after it)."""
+        if subject not in self._valid:
+            check_subject(subject)
+            if len(self._valid) < 4096:
+                self._valid.add(subject)
+        if not self.proto.publish(subject, payload, headers):
+            self._wait_credit(timeout)
+
+    def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None, *,
+                     timeout: Optional[float] = None) -> None:
+        """Send many payloads under one subject in one native call."""
+        check_subject(subject)
+        if not self.proto.publish_many(subject, payloads, headers):
+            self._wait_credit(timeout)
+
+    def _wait_credit(self, timeout: Optional[float]) -> None:
+        deadline = _deadline(timeout)
+        with self._cond:
+            while not self.proto.can_publish():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise errors.WouldBlock("the broker has not granted publish credit in time")
+                self._cond.wait(left)
+
+    def flush(self, timeout: Optional[float] = 5.0) -> None:
+        """Send everything buffered now; waits until it left this process."""
+        self.proto.flush()
+        deadline = _deadline(timeout)
+        with self._cond:
+            while self.proto.unsent() and not self.proto.closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise errors.Timeout("flush timed out (no credit from the broker)")
+                self._cond.wait(min(left, 0.01) if left is not None else 0.01)
+
+    def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
+                  window: Optional[int] = None,
+                  callback: Optional[Handler] = None) -> "Subscription":
+        """Receive messages on subjects matching ``pattern``. ``capacity`` and
+        ``overflow`` configure the buffer held for you at the broker;
+        ``window`` bounds messages in flight to this process."""
+        h = self.proto.subscribe(pattern, capacity, overflow, window or min(capacity, 8192))
+        if callback is not None:
+            self._callbacks[h.id] = callback
+            self._start_dispatcher()
+        return Subscription(self, h)
+
+    # -- queues -------------------------------------------------------------------------------
+    def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
+                      capacity: int = 65536, overflow: str = "block",
+                      timeout: float = 5.0) -> None:
+        """Create a queue at the broker (idempotent), bound to ``bind`` patterns."""
+        binds = [bind] if isinstance(bind, str) else list(bind)
+        done = threading.Event()
+        box: List[Any] = []
+
+        def settle(result: Any) -> None:
+            box.append(result)
+            done.set()
+
+        self.proto.declare_queue(name, binds, capacity, overflow, settle)
+        if not done.wait(timeout):
+            raise errors.Timeout(f"declare_queue({name!r}) got no answer")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+
+    def send(self, queue: str, payload: Any, headers: Headers = None, *,
+             timeout: Optional[float] = None) -> None:
+        """Put one message on a queue (declared on first use)."""
+        if not self.proto.send(queue, payload, headers):
+            self._wait_credit(timeout)
+
+    def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
+        """A competing consumer; at most ``prefetch`` unacked messages at a time."""
+        return Consumer(self, self.proto.consume(queue, prefetch))
+
+    # -- request/reply ---------------------------------------------------------------------------
+    def request(self, service: str, payload: Any, headers: Headers = None, *,
+                timeout: float = 5.0) -> Message:
+        """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``)."""
+        done = threading.Event()
+        box: List[Any] = []
+
+        def settle(result: Any) -> None:
+            box.append(result)
+            done.set()
+
+        rid = self.proto.request(service, payload, headers, timeout, settle)
+        self._kick_now()
+        if not done.wait(timeout):
+            self.proto.forget_request(rid)
+            if not box:
+                raise errors.Timeout(f"request to {service!r} timed out after {timeout}s")
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def serve(self, name: str, handler: Optional[Handler] = None, *,
+              concurrency: int = 16) -> "Responder":
+        """Answer requests to ``name``: ``handler(msg)`` returns the reply
+        payload; without one, iterate the responder and ``msg.respond(...)``."""
+        h = self.proto.serve(name, concurrency)
+        if handler is not None:
+            self._callbacks[h.id] = handler
+            self._start_dispatcher()
+        return Responder(self, h)
+
+    def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
+        """The broker's statistics (``Broker.stats()``)."""
+        done = threading.Event()
+        box: List[Any] = []
+
+        def settle(result: Any) -> None:
+            box.append(result)
+            done.set()
+
+        self.proto.stats(settle)
+        if not done.wait(timeout):
+            raise errors.Timeout("stats request timed out")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]  # type: ignore[no-any-return]
+
+
+def _answer(msg: Message, handler: Handler) -> None:
+    """Run a handler on a request; its result is the reply, an exception
+    fails the request with ServiceError at the requester."""
+    try:
+        result = handler(msg)
+    except Exception as exc:
+        log.exception("handler for %r raised", msg.subject)
+        msg._owner.fail(msg, exc)
+        return
+    if result is not None:
+        msg.respond(result)
+
+
+class _Receiver:
+    """What subscriptions, consumers and responders share: an inbox to wait on."""
+
+    def __init__(self, client: Client, handle: Any) -> None:
+        self._client = client
+        self._h = handle
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """Next message; waits up to ``timeout`` seconds (None: forever)."""
+        return self._client._take(self._h, 1, timeout)[0]
+
+    def recv_nowait(self) -> Message:
+        with self._client._lock:
+            msgs = self._h.take(1)
+        if not msgs:
+            raise errors.WouldBlock("no message waiting")
+        return msgs[0]
+
+    def recv_many(self, max_count: int = 1024, timeout: Optional[float] = 0.0) -> List[Message]:
+        """Up to ``max_count`` messages; waits up to ``timeout`` for the first."""
+        if timeout == 0:
+            with self._client._lock:
+                return self._h.take(max_count)  # type: ignore[no-any-return]
+        return self._client._take(self._h, max_count, timeout)
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.recv()
+            except errors.Closed:
+                return
+
+    @property
+    def pending(self) -> int:
+        return len(self._h.inbox)
+
+    def close(self) -> None:
+        self._client._callbacks.pop(self._h.id, None)
+        self._client.proto.close_handle(self._h)
+        with self._client._cond:
+            self._client._cond.notify_all()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Subscription(_Receiver):
+    """A remote subscription. ``dropped`` counts the broker's policy drops
+    seen as sequence gaps."""
+
+    _h: RemoteSubscription
+
+    @property
+    def pattern(self) -> str:
+        return self._h.pattern
+
+    @property
+    def dropped(self) -> int:
+        return self._h.dropped
+
+    def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
+        """Up to ``max_count`` payloads, without waiting."""
+        return [m.payload for m in self.recv_many(max_count, 0)]
+
+
+class Consumer(_Receiver):
+    """A remote queue consumer; ``msg.ack()`` / ``msg.nack()`` settle."""
+
+    _h: RemoteConsumer
+
+
+class Responder(_Receiver):
+    """A remote responder; answer with ``msg.respond(payload)``."""
+
+    _h: RemoteService
+
+
+def connect(url: str = "tcp://127.0.0.1:7450", **kwargs: Any) -> Client:
+    """Connect to a broker and wait for its welcome (``timeout=`` seconds)."""
+    return Client(url, **kwargs)

@@ -1,0 +1,530 @@
+"""Client side of the wire protocol, without I/O (sans-IO).
+
+The sync client (``client.py``) and the asyncio client (``aio.py``) both
+drive one :class:`ClientProtocol`: they hand it received frames and ask it
+for frames to send; everything about sessions, handles, credit, batching,
+heartbeats and re-establishing state after a broker restart lives here, once.
+The drivers only differ in how they wait and how they wake each other.
+
+Threading: every public method takes ``self.lock`` (an ``RLock`` for the sync
+client, a no-op for asyncio), so the sync client's user threads and I/O
+thread can share one protocol object.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from . import _codec as C
+from . import errors
+from ._impl import Message, check_pattern, check_subject, policy_code
+
+log = logging.getLogger("ringcast.client")
+
+Headers = Optional[Dict[str, str]]
+Settle = Callable[[Any], None]
+
+#: ordered frames are cut at this size; larger batches gain nothing measurable
+FRAME_TARGET = 64 << 10
+#: publishes buffered beyond the broker's credit before ``publish`` must wait
+QUEUED_LIMIT = 8 << 20
+
+
+class _Handle:
+    """Something the broker must know about this client: re-declared on every
+    new session. ``record`` is the (cmd, *fields) that declares it."""
+
+    kind = "handle"
+
+    def __init__(self, proto: "ClientProtocol", hid: int, record: Tuple[Any, ...]) -> None:
+        self.proto = proto
+        self.id = hid
+        self.record = record
+        self.inbox: Deque[Message] = collections.deque()
+        self.closed = False
+        self.error: Optional[errors.RingcastError] = None
+        self.wake: Callable[[], None] = _noop
+
+    def reset(self) -> None:
+        """A new session starts: nothing from the old one is valid any more."""
+        self.inbox.clear()
+
+    def take(self, max_count: int) -> List[Message]:
+        """Up to ``max_count`` messages from the inbox (caller holds the lock)."""
+        inbox = self.inbox
+        if max_count >= len(inbox):
+            out = list(inbox)
+            inbox.clear()
+        else:
+            out = [inbox.popleft() for _ in range(max_count)]
+        if out:
+            self._taken(len(out))
+        elif self.closed or self.error is not None:
+            self._raise_closed()
+        return out
+
+    def _taken(self, n: int) -> None:
+        pass
+
+    def _raise_closed(self) -> None:
+        if self.error is not None:
+            raise self.error
+        raise errors.Closed(f"{self.kind} is closed")
+
+
+class RemoteSubscription(_Handle):
+    """A subscription held at the broker; the client grants it credit as the
+    application takes messages, so at most ``window`` are in flight."""
+
+    kind = "subscription"
+
+    def __init__(self, proto: "ClientProtocol", hid: int, pattern: str, capacity: int,
+                 overflow: str, window: int) -> None:
+        super().__init__(proto, hid, (C.SUB, hid, pattern, capacity, policy_code(overflow), window))
+        self.pattern = pattern
+        self.window = window
+        self.consumed = 0     # taken since the last CREDIT
+        self.last_seq = 0
+        self.dropped = 0      # sequence gaps seen: messages the broker dropped by policy
+
+    def reset(self) -> None:
+        # messages already received stay readable; only the flow state restarts
+        self.consumed = 0
+        self.last_seq = 0
+
+    def deliver(self, msgs: List[Message]) -> None:
+        self.dropped += msgs[-1].seq - self.last_seq - len(msgs)
+        self.last_seq = msgs[-1].seq
+        self.inbox.extend(msgs)
+
+    def _taken(self, n: int) -> None:
+        self.consumed += n
+        if self.consumed * 2 >= self.window:
+            self.proto._urgent(C.CREDIT, self.id, self.consumed)
+            self.consumed = 0
+
+
+class RemoteConsumer(_Handle):
+    """A queue consumer held at the broker with ``prefetch`` unacked at most.
+    It settles its messages: ``msg.ack()`` and ``msg.nack()`` land here."""
+
+    kind = "consumer"
+
+    def __init__(self, proto: "ClientProtocol", hid: int, queue: str, prefetch: int) -> None:
+        super().__init__(proto, hid, (C.CONSUME, hid, queue, prefetch))
+        self.queue = queue
+        self.owner = _Settler(self)
+
+    def reset(self) -> None:
+        super().reset()
+        self.owner.stale = True   # acks of old deliveries mean nothing to a new broker
+        self.owner = _Settler(self)
+
+
+class RemoteService(_Handle):
+    """A responder registered at the broker; requests arrive in the inbox."""
+
+    kind = "responder"
+
+    def __init__(self, proto: "ClientProtocol", hid: int, name: str, concurrency: int) -> None:
+        super().__init__(proto, hid, (C.SERVE, hid, name, concurrency))
+        self.name = name
+        self.owner = _Settler(self)
+
+    def reset(self) -> None:
+        super().reset()
+        self.owner.stale = True
+        self.owner = _Settler(self)
+
+
+class _Settler:
+    """The ``_owner`` of remote queue deliveries and requests, for one session."""
+
+    __slots__ = ("handle", "stale")
+
+    def __init__(self, handle: _Handle) -> None:
+        self.handle = handle
+        self.stale = False
+
+    def _check(self) -> ClientProtocol:
+        if self.stale:
+            raise errors.AckError("delivered in an earlier session; the broker redelivers it")
+        return self.handle.proto
+
+    def ack(self, msg: Message) -> None:
+        self._check()._urgent(C.ACK, self.handle.id, msg._tag)
+
+    def nack(self, msg: Message, requeue: bool = True) -> None:
+        self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
+
+    def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
+        self._check()._urgent(C.REP, self.handle.id, msg._tag, headers, payload)
+
+    def fail(self, msg: Message, exc: BaseException) -> None:
+        code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
+            errors.ServiceError.code
+        self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code,
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _noop() -> None:
+    pass
+
+
+class ClientProtocol:
+    """Session state of one client connection (see module docstring)."""
+
+    def __init__(self, name: str = "", *, heartbeat: float = 1.0, linger: float = 0.002,
+                 lock: Any = None) -> None:
+        self.name = name
+        self.heartbeat = heartbeat
+        self.linger = linger
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.ordered = C.Writer()
+        self.urgent_w = C.Writer(4096)
+        self.frames: Deque[bytes] = collections.deque()   # ordered frames waiting for credit
+        self.queued = 0                                   # bytes in self.frames
+        self.credit = 0
+        self.ready = False           # WELCOME received for the current session
+        self.hello_sent_at = -1.0
+        self.sessions = 0            # completed handshakes
+        self.handles: Dict[int, _Handle] = {}
+        self.owners: Dict[int, _Settler] = {}
+        self.requests: Dict[int, Tuple[str, Settle]] = {}
+        self.waiters: Dict[int, Settle] = {}              # OK/ERR/STATSREP by ref
+        self.ids = itertools.count(1)
+        self.subjects: Dict[str, str] = {}
+        self.max_message = C.DEFAULT_MAX_MESSAGE
+        self.max_frame = C.DEFAULT_MAX_FRAME
+        self.window = 0
+        self.last_rx = self.last_tx = time.monotonic()
+        self.first_buffered = 0.0    # when the ordered writer got its first record
+        #: called (with the lock held) when something should be sent soon
+        self.kick: Callable[[], None] = _noop
+        #: called when a publisher waiting for credit may proceed
+        self.on_credit: Callable[[], None] = _noop
+        #: called with each (handle) that received messages
+        self.on_deliver: Callable[[_Handle], None] = _noop
+        self.closed = False
+
+    # -- session ---------------------------------------------------------------------
+    def connection_made(self, now: float) -> None:
+        """A fresh socket: start a session and queue everything to re-declare."""
+        with self.lock:
+            self.ready = False
+            self.credit = 0
+            self.frames.clear()
+            self.queued = 0
+            self.ordered.clear()
+            self.urgent_w.clear()
+            self.owners.clear()
+            for h in self.handles.values():
+                h.reset()
+                if isinstance(h, (RemoteConsumer, RemoteService)):
+                    self.owners[h.id] = h.owner
+            self.last_rx = self.last_tx = now
+            self._send_hello(now)
+
+    def _send_hello(self, now: float) -> None:
+        self.urgent_w.clear()
+        self.urgent_w.record(C.HELLO, C.PROTOCOL_VERSION, int(self.heartbeat * 1000), self.name)
+        self.hello_sent_at = now
+        self.kick()
+
+    def connection_lost(self, exc: errors.RingcastError) -> None:
+        """The session is gone: fail what cannot survive it (requests, waiters)."""
+        with self.lock:
+            self.ready = False
+            requests, self.requests = self.requests, {}
+            waiters, self.waiters = self.waiters, {}
+        for _, settle in requests.values():
+            settle(exc)
+        for settle in waiters.values():
+            settle(exc)
+
+    def timer(self, now: float) -> Tuple[bool, float]:
+        """Heartbeat bookkeeping. Returns (session_lost, seconds until next call)."""
+        with self.lock:
+            hb = self.heartbeat
+            if now - self.last_rx > 3 * hb:
+                return True, hb
+            if not self.ready and now - self.hello_sent_at > hb:
+                self._send_hello(now)
+            elif self.ready and now - self.last_tx >= hb and not len(self.urgent_w):
+                self.urgent_w.record(C.HB)
+                self.kick()
+            wait = hb - (now - self.last_tx)
+            if len(self.ordered):
+                wait = min(wait, self.linger)
+            return False, max(0.0005, min(wait, hb))
+
+    # -- outbound ----------------------------------------------------------------------
+    def _urgent(self, cmd: int, *fields: Any) -> None:
+        with self.lock:
+            if self.ready:
+                self.urgent_w.record(cmd, *fields)
+                self.kick()
+
+    def _ordered(self, cmd: int, *fields: Any) -> None:
+        with self.lock:
+            if not len(self.ordered):
+                self.first_buffered = time.monotonic()
+            self.ordered.record(cmd, *fields)
+            self._cut_if_full()
+            self.kick()
+
+    def _cut_if_full(self) -> None:
+        if len(self.ordered) >= FRAME_TARGET:
+            frame = self.ordered.take()
+            self.frames.append(frame)
+            self.queued += len(frame)
+
+    def publish(self, subject: str, payload: Any, headers: Headers = None) -> bool:
+        """Buffer one message; returns False when the caller should wait for
+        credit (too much is queued) before publishing more."""
+        if len(payload) > self.max_message:
+            raise errors.LimitExceeded(
+                f"message of {len(payload)} bytes exceeds the broker's limit of {self.max_message}")
+        with self.lock:
+            w = self.ordered
+            if not len(w):
+                self.first_buffered = time.monotonic()
+                self.kick()   # lets a sleeping I/O loop arm its linger timer
+            n = w.pub(subject, payload, headers)
+            if n >= FRAME_TARGET:
+                self._cut_if_full()
+                self.kick()
+            return self.queued < QUEUED_LIMIT
+
+    def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None) -> bool:
+        with self.lock:
+            if not len(self.ordered):
+                self.first_buffered = time.monotonic()
+            self.ordered.pub_many(subject, payloads, headers)
+            self._cut_if_full()
+            self.kick()
+            return self.queued < QUEUED_LIMIT
+
+    def can_publish(self) -> bool:
+        return self.queued < QUEUED_LIMIT or self.closed
+
+    def flush(self) -> None:
+        """Cut the partial ordered frame now instead of after the linger."""
+        with self.lock:
+            if len(self.ordered):
+                frame = self.ordered.take()
+                self.frames.append(frame)
+                self.queued += len(frame)
+            self.kick()
+
+    def unsent(self) -> int:
+        """Bytes not yet handed to the socket (ordered writer + queued frames)."""
+        return len(self.ordered) + self.queued
+
+    def data_to_send(self, now: float, eager: bool = False) -> List[bytes]:
+        """Frames to hand to the socket now, urgent ones first; ordered ones
+        only within publish credit. A partial ordered frame goes once it is
+        ``linger`` old, or at once when ``eager`` (the asyncio client calls
+        this once per event-loop tick, which is its batching window)."""
+        with self.lock:
+            out: List[bytes] = []
+            if len(self.urgent_w):
+                out.append(self.urgent_w.take())
+            if not self.ready:
+                return out
+            if len(self.ordered) and (eager or now - self.first_buffered >= self.linger):
+                frame = self.ordered.take()
+                self.frames.append(frame)
+                self.queued += len(frame)
+            while self.frames and len(self.frames[0]) <= self.credit:
+                frame = self.frames.popleft()
+                self.queued -= len(frame)
+                self.credit -= len(frame)
+                out.append(frame)
+            if out:
+                self.last_tx = now
+            return out
+
+    # -- commands ---------------------------------------------------------------------
+    def subscribe(self, pattern: str, capacity: int, overflow: str,
+                  window: int) -> RemoteSubscription:
+        check_pattern(pattern)
+        with self.lock:
+            h = RemoteSubscription(self, next(self.ids), pattern, capacity, overflow, window)
+            self.handles[h.id] = h
+            self._ordered(*h.record)
+            return h
+
+    def consume(self, queue: str, prefetch: int) -> RemoteConsumer:
+        check_subject(queue)
+        with self.lock:
+            h = RemoteConsumer(self, next(self.ids), queue, prefetch)
+            self.handles[h.id] = h
+            self.owners[h.id] = h.owner
+            self._ordered(*h.record)
+            return h
+
+    def serve(self, name: str, concurrency: int) -> RemoteService:
+        check_subject(name)
+        with self.lock:
+            h = RemoteService(self, next(self.ids), name, concurrency)
+            self.handles[h.id] = h
+            self.owners[h.id] = h.owner
+            self._ordered(*h.record)
+            return h
+
+    def close_handle(self, h: _Handle) -> None:
+        with self.lock:
+            if h.closed:
+                return
+            h.closed = True
+            self.handles.pop(h.id, None)
+            self.owners.pop(h.id, None)
+            if self.ready:
+                self._ordered(C.CLOSE, h.id)
+            h.wake()
+
+    def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
+                      settle: Settle) -> None:
+        check_subject(name)
+        for p in bind:
+            check_pattern(p)
+        with self.lock:
+            ref = next(self.ids)
+            rec = (C.DECLARE, ref, name, capacity, policy_code(overflow), list(bind))
+            # queues outlive a broker restart only if re-declared: keep it as a handle
+            h = _Handle(self, ref, rec)
+            self.handles[ref] = h
+            self.waiters[ref] = settle
+            self._ordered(*rec)
+
+    def send(self, queue: str, payload: Any, headers: Headers = None) -> bool:
+        check_subject(queue)
+        self._ordered(C.SEND, queue, headers, payload)
+        return self.can_publish()
+
+    def request(self, service: str, payload: Any, headers: Headers, timeout: float,
+                settle: Settle) -> int:
+        """Queue a request; ``settle`` gets the reply Message or an exception."""
+        check_subject(service)
+        with self.lock:
+            rid = next(self.ids)
+            self.requests[rid] = (service, settle)
+            self._ordered(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
+            # a request is latency-bound: cut the frame now
+            frame = self.ordered.take()
+            self.frames.append(frame)
+            self.queued += len(frame)
+            return rid
+
+    def forget_request(self, rid: int) -> None:
+        """The caller gave up (timeout, cancellation): a late reply is dropped."""
+        with self.lock:
+            self.requests.pop(rid, None)
+
+    def stats(self, settle: Settle) -> None:
+        with self.lock:
+            ref = next(self.ids)
+            self.waiters[ref] = settle
+            self._urgent(C.STATS, ref)
+
+    def bye(self) -> List[bytes]:
+        with self.lock:
+            self.closed = True
+            out = self.data_to_send(time.monotonic())
+            w = C.Writer(64)
+            w.record(C.BYE)
+            return out + [w.take()]
+
+    # -- inbound ------------------------------------------------------------------------
+    def frame_received(self, frame: bytes, now: float) -> Optional[errors.RingcastError]:
+        """Apply one frame from the broker. Returns an error when the session
+        is over and the driver must reconnect."""
+        settles: List[Tuple[Settle, Any]] = []
+        with self.lock:
+            self.last_rx = now
+            try:
+                events = C.Reader(frame, self.max_message, 1 << 20, self.subjects).events(
+                    self.owners)
+            except errors.RingcastError as exc:
+                log.error("undecodable frame from the broker: %s", exc)
+                return errors.ProtocolError(f"undecodable frame from the broker: {exc}")
+            result: Optional[errors.RingcastError] = None
+            for ev in events:
+                cmd = ev[0]
+                if cmd == C.MSG:
+                    h = self.handles.get(ev[1])
+                    if isinstance(h, RemoteSubscription):
+                        h.deliver(ev[2])
+                        self.on_deliver(h)
+                elif cmd == C.QMSG:
+                    h = self.handles.get(ev[1])
+                    if isinstance(h, RemoteConsumer):
+                        h.inbox.extend(ev[2])
+                        self.on_deliver(h)
+                elif cmd == C.REPLY or cmd == C.REPLYERR:
+                    entry = self.requests.pop(ev[1], None)
+                    if entry is None:
+                        continue   # late reply to a request given up on
+                    if cmd == C.REPLY:
+                        reply = C.message(entry[0], ev[3], ev[2])
+                    else:
+                        reply = errors.error_from_code(ev[2], ev[3])
+                    settles.append((entry[1], reply))
+                elif cmd == C.RQST:
+                    h = self.handles.get(ev[1])
+                    if isinstance(h, RemoteService):
+                        h.inbox.append(ev[2])
+                        self.on_deliver(h)
+                elif cmd == C.PCREDIT:
+                    self.credit += ev[1]
+                    self.kick()
+                    self.on_credit()
+                elif cmd == C.WELCOME:
+                    _, version, _hb, max_frame, max_message, _max_subject, window, _bid = ev
+                    self.max_frame, self.max_message = max_frame, max_message
+                    self.window = self.credit = window
+                    self.ready = True
+                    self.sessions += 1
+                    for h in list(self.handles.values()):
+                        self.ordered.record(*h.record)
+                    self.kick()
+                    self.on_credit()
+                elif cmd == C.OK:
+                    settle = self.waiters.pop(ev[1], None)
+                    if settle is not None:
+                        settles.append((settle, None))
+                elif cmd == C.STATSREP:
+                    settle = self.waiters.pop(ev[1], None)
+                    if settle is not None:
+                        settles.append((settle, json.loads(ev[2])))
+                elif cmd == C.ERR:
+                    _, ref, code, text = ev
+                    exc = errors.error_from_code(code, text)
+                    if ref == 0:
+                        if code == errors.ConnectionLost.code or isinstance(
+                                exc, errors.ProtocolError):
+                            result = exc   # the broker does not know this session
+                        else:
+                            log.warning("broker reported: %s", exc)
+                        continue
+                    settle = self.waiters.pop(ref, None)
+                    if settle is not None:
+                        settles.append((settle, exc))
+                    h = self.handles.get(ref)
+                    if h is not None:
+                        h.error = exc
+                        self.handles.pop(ref, None)
+                        self.owners.pop(ref, None)
+                        h.wake()
+                        self.on_deliver(h)
+                # HB: liveness only (last_rx above)
+        for settle, value in settles:
+            settle(value)
+        return result

@@ -1,0 +1,157 @@
+"""The batched wire codec: round trips, ring encoding, and limits checked
+before anything is built from untrusted bytes."""
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringcast import _codec as C
+from ringcast import errors
+from ringcast._ring import Ring
+
+subjects = st.lists(st.text("abcxyz09", min_size=1, max_size=8), min_size=1, max_size=4).map(
+    ".".join)
+headers = st.none() | st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(subjects, st.binary(max_size=200), headers), max_size=50))
+def test_pub_records_round_trip_in_order(msgs):
+    w = C.Writer(64)
+    for subject, payload, hdrs in msgs:
+        w.pub(subject, payload, hdrs)
+    assert w.records == len(msgs)
+    r = C.Reader(w.take())
+    got = []
+    while (rec := r.next()) is not None:
+        cmd, subject, hdrs, payload = rec
+        assert cmd == C.PUB
+        got.append((subject, payload, hdrs or None))
+    assert got == [(s, p, h or None) for s, p, h in msgs]
+
+
+def test_route_publishes_until_a_non_pub_record_and_counts_subjects():
+    w = C.Writer()
+    w.pub_many("a.b", [b"1", b"2", b"3"])
+    w.pub("c", b"4", {"k": "v"})
+    w.record(C.CREDIT, 7, 100)
+    w.pub("a.b", b"5")
+    r = C.Reader(w.take())
+    seen, counts = [], {}
+    assert r.route(lambda s, p, h: seen.append((s, p, h)) or 1, counts) == 4
+    assert seen == [("a.b", b"1", None), ("a.b", b"2", None), ("a.b", b"3", None),
+                    ("c", b"4", {"k": "v"})]
+    assert counts == {"a.b": 3, "c": 1}
+    assert r.next() == (C.CREDIT, 7, 100)
+    assert r.route(lambda s, p, h: 1) == 1
+    assert r.at_end()
+
+
+def test_route_stops_at_a_refused_record_and_can_resume():
+    w = C.Writer()
+    w.pub_many("s", [b"1", b"2", b"3"])
+    r = C.Reader(w.take())
+    taken = []
+
+    def publish(subject, payload, headers):
+        if len(taken) == 2:
+            return -1
+        taken.append(payload)
+        return 1
+
+    assert r.route(publish) == 2
+    assert r.peek() == C.PUB
+    taken.clear()
+    assert r.route(publish) == 1 and taken == [b"3"]
+
+
+def test_subjects_are_interned_across_frames():
+    cache = {}
+    w = C.Writer()
+    w.pub("orders.placed", b"x")
+    f = w.take()
+    seen = []
+    for _ in range(2):
+        C.Reader(f, subjects=cache).route(lambda s, p, h: seen.append(s) or 1)
+    assert seen[0] == "orders.placed" and seen[0] is seen[1]
+
+
+def test_write_ring_moves_messages_with_their_sequence_numbers():
+    ring = Ring(4, "drop_oldest")
+    for i in range(6):
+        ring.put("t.x", b"%d" % i, {"i": str(i)} if i % 2 else None)
+    w = C.Writer()
+    assert w.write_ring(ring, 9, 3, 1 << 20) == 3
+    assert len(ring) == 1
+    (ev,) = C.Reader(w.take()).events()
+    cmd, handle, msgs = ev
+    assert (cmd, handle) == (C.MSG, 9)
+    assert [(m.seq, m.payload, m.headers) for m in msgs] == [
+        (3, b"2", None), (4, b"3", {"i": "3"}), (5, b"4", None)]
+
+
+def test_events_group_deliveries_and_attach_owners():
+    owner = object()
+    w = C.Writer()
+    w.record(C.QMSG, 3, 11, 1, 2, "jobs", None, b"a")
+    w.record(C.QMSG, 3, 12, 0, 1, "jobs", None, b"b")
+    w.record(C.REPLY, 5, {"h": "1"}, b"r")
+    w.record(C.RQST, 4, 77, 1500, "svc", None, b"q")
+    evs = C.Reader(w.take()).events({3: owner, 4: owner})
+    assert evs[0][0] == C.QMSG and [m._tag for m in evs[0][2]] == [11, 12]
+    assert evs[0][2][0].redelivered and evs[0][2][0].delivery_count == 2
+    assert evs[0][2][0]._owner is owner
+    assert evs[1] == (C.REPLY, 5, {"h": "1"}, b"r")
+    assert evs[2][0] == C.RQST and evs[2][2]._tag == 77 and evs[2][3] == 1500
+
+
+def _record(cmd, body):
+    return bytes([cmd]) + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize("frame, exc", [
+    (b"\x02\x05\x00", errors.ProtocolError),                         # truncated header
+    (_record(C.PUB, b"\x03ab"), errors.ProtocolError),                # string past the end
+    (b"\x02" + struct.pack("<I", 1 << 30), errors.LimitExceeded),     # huge record length
+    (_record(0x55, b""), errors.UnknownCommand),
+    (_record(C.PUB, b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"), errors.ProtocolError),
+    (_record(C.PUB, b"\x02\xff\xfe\x00x"), errors.ProtocolError),     # bad UTF-8
+    (_record(C.CREDIT, b"\x01\x02\x03"), errors.ProtocolError),       # trailing bytes
+])
+def test_bad_frames_raise_typed_errors(frame, exc):
+    with pytest.raises(exc):
+        r = C.Reader(frame)
+        while r.next() is not None:
+            pass
+
+
+def test_limits_are_checked_before_building_objects():
+    w = C.Writer()
+    w.pub("s", b"x" * 2000)
+    frame = w.take()
+    with pytest.raises(errors.LimitExceeded):
+        C.Reader(frame, max_message=1000).next()
+    w.pub("a" * 300, b"x")
+    with pytest.raises(errors.LimitExceeded):
+        C.Reader(w.take(), max_subject=256).route(lambda *a: 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_never_crashes_the_decoder(data):
+    try:
+        C.Reader(data, max_message=1000).events()
+    except errors.RingcastError:
+        pass
+
+
+def test_writer_rejects_bad_types():
+    w = C.Writer()
+    with pytest.raises(errors.WrongType):
+        w.pub("s", "not bytes")
+    with pytest.raises(errors.WrongType):
+        w.pub("s", b"x", {"k": 1})
+    with pytest.raises(errors.UnknownCommand):
+        w.record(0x55)
