@@ -9,10 +9,6 @@ them. The ringcast rows differ only in the API used on each side:
 * batched: one ``Router.publish_many`` for the N messages;
 * received with ``recv_many`` (Message objects: subject, payload, headers,
   seq) or ``recv_payloads`` (the payload objects only, no Message built).
-
-``core.publish`` rows call the native ``CoreRouter.publish`` directly,
-skipping the thin Python ``Router.publish`` wrapper: a diagnostic row that
-shows what that wrapper costs, not an API users are meant to call.
 """
 
 from __future__ import annotations
@@ -95,21 +91,6 @@ def test_percall_ringcast_recv_payloads(benchmark, record, payload, router):
     record()
     (sub,) = _subs(router, 1)
     publish, recv_payloads = router.publish, sub.recv_payloads
-
-    def round_() -> int:
-        for _ in range(N):
-            publish(SUBJECT, payload)
-        return len(recv_payloads(N))
-
-    assert benchmark(round_) == N
-    _check_clean(router, [sub])
-
-
-@pytest.mark.benchmark(group="pubsub-1-percall")
-def test_percall_core_publish_recv_payloads(benchmark, record, payload, router):
-    record(diagnostic="CoreRouter.publish without the Router.publish wrapper")
-    (sub,) = _subs(router, 1)
-    publish, recv_payloads = router._core.publish, sub.recv_payloads
 
     def round_() -> int:
         for _ in range(N):
