@@ -29,6 +29,15 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # Hypothesis formats a failing example as a patch with libcst, whose import
+    # of mypy_extensions.TypedDict warns; under filterwarnings=error that turns
+    # every property-test failure into an INTERNALERROR hiding the example.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    )
+
+
 def c_extensions_disabled(config):
     """True when the compiled core must not be tested in this run."""
     env = os.environ.get("RINGCAST_NO_EXTENSIONS", "")

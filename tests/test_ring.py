@@ -1,0 +1,549 @@
+"""The ring buffer of the core (``Ring``) and the ``Message`` it delivers.
+
+Every test runs against the compiled ring and its pure-Python twin (the
+``impl`` fixture in conftest.py); the reference-count tests are about the
+native ring's owned slot references and run on ``c`` only.
+"""
+
+import collections
+import gc
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringcast.errors import LimitExceeded, RingcastError
+
+MAX_CAPACITY = 1 << 30
+POLICIES = ("block", "drop_oldest", "drop_newest")
+
+
+def subject(text="orders.placed"):
+    """A fresh (not interned) str, so reference counts are our own."""
+    return "".join(list(text))
+
+
+def fill(ring, n, start=0):
+    """Put payloads start..start+n-1; returns the payload objects."""
+    payloads = [b"m%d" % i for i in range(start, start + n)]
+    for p in payloads:
+        ring.put("s", p)
+    return payloads
+
+
+# -- construction -----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("requested", "capacity"),
+    [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (1000, 1024), (1024, 1024),
+     (1025, 2048)],
+)
+def test_capacity_rounds_up_to_a_power_of_two(impl, requested, capacity):
+    ring = impl.Ring(requested, "block")
+    assert ring.capacity == capacity
+    assert ring.free == capacity and len(ring) == 0
+    # the rounded capacity is the real one: exactly that many fit
+    for i in range(capacity):
+        assert ring.put("s", b"x") == 1, i
+    assert ring.put("s", b"x") == -1
+    assert len(ring) == capacity and ring.free == 0
+
+
+def test_default_ring(impl):
+    ring = impl.Ring()
+    assert ring.capacity == 8192
+    assert ring.policy_name == "block"
+    assert (ring.dropped, ring.offered, ring.last_seq, ring.closed) == (0, 0, 0, False)
+
+
+@pytest.mark.parametrize("capacity", [0, -1, -8, MAX_CAPACITY + 1, 1 << 40, 2.0, "4", None])
+def test_capacity_out_of_bounds_or_not_int(impl, capacity):
+    with pytest.raises(LimitExceeded, match="capacity"):
+        impl.Ring(capacity, "block")
+
+
+@pytest.mark.parametrize("policy", ["", "BLOCK", "drop", "newest", 3, -1, None, 1.5])
+def test_unknown_policy(impl, policy):
+    with pytest.raises(LimitExceeded, match="policy"):
+        impl.Ring(4, policy)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_by_name_and_code(impl, name):
+    code = impl.policy_code(name)
+    assert code == POLICIES.index(name)
+    assert impl.Ring(4, name).policy == code
+    assert impl.Ring(4, code).policy_name == name
+
+
+def test_policy_code_rejects_unknown_names(impl):
+    with pytest.raises(LimitExceeded):
+        impl.policy_code("lossy")
+    with pytest.raises(LimitExceeded):
+        impl.policy_code(["block"])  # unhashable: still the documented error
+
+
+# -- order and sequence numbers --------------------------------------------
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fifo_order_identity_and_sequence_numbers(impl, policy):
+    ring = impl.Ring(8, policy)
+    payloads = [bytearray(b"p%d" % i) for i in range(5)]
+    headers = {"k": "v"}
+    for i, p in enumerate(payloads):
+        assert ring.put("a.b", p, headers if i == 2 else None) == 1
+        assert ring.last_seq == i + 1
+    assert len(ring) == 5 and ring.free == 3
+    got = [ring.pop() for _ in range(5)]
+    assert [m.seq for m in got] == [1, 2, 3, 4, 5]
+    assert all(m.payload is p for m, p in zip(got, payloads))
+    assert [m.subject for m in got] == ["a.b"] * 5
+    assert got[2].headers is headers
+    assert [m.headers for i, m in enumerate(got) if i != 2] == [None] * 4
+    assert all(m.redelivered is False and m.delivery_count == 1 for m in got)
+    assert ring.pop() is None
+    assert len(ring) == 0 and ring.free == 8
+
+
+def test_positions_wrap_around_many_times(impl):
+    ring = impl.Ring(4, "block")
+    seqs = []
+    for i in range(50):
+        assert ring.put("s", b"%d" % i) == 1
+        if i % 3 == 2:
+            seqs += [m.seq for m in ring.pop_many()]
+    seqs += [m.seq for m in ring.pop_many()]
+    assert seqs == list(range(1, 51))
+
+
+# -- overflow policies --------------------------------------------------------
+
+def test_block_refuses_when_full_and_drops_nothing(impl):
+    ring = impl.Ring(4, "block")
+    fill(ring, 4)
+    assert ring.put("s", b"late") == -1
+    assert ring.put("s", b"later") == -1
+    assert ring.dropped == 0
+    assert ring.offered == 4          # a refused message was never offered
+    assert ring.last_seq == 4         # ... and took no sequence number
+    assert len(ring) == 4
+    assert ring.pop().payload == b"m0"
+    assert ring.put("s", b"now") == 1
+    assert [m.seq for m in ring.pop_many()] == [2, 3, 4, 5]  # no gap under block
+    assert ring.dropped == 0
+
+
+def test_drop_oldest_evicts_and_the_consumer_sees_the_gap(impl):
+    ring = impl.Ring(4, "drop_oldest")
+    fill(ring, 4)
+    first = ring.pop()
+    assert first.seq == 1
+    for i in range(4, 7):             # 3 more on 3 waiting: one fits, two evict
+        assert ring.put("s", b"m%d" % i) == 1
+    assert ring.dropped == 2
+    assert ring.offered == 7
+    assert len(ring) == 4
+    rest = ring.pop_many()
+    assert [m.seq for m in rest] == [4, 5, 6, 7]
+    assert [m.payload for m in rest] == [b"m3", b"m4", b"m5", b"m6"]
+    # the gap the consumer sees is exactly what the counter says was dropped
+    assert rest[0].seq - first.seq - 1 == ring.dropped
+
+
+def test_drop_newest_consumes_a_sequence_number(impl):
+    ring = impl.Ring(4, "drop_newest")
+    fill(ring, 4)
+    assert ring.put("s", b"lost-1") == 0
+    assert ring.put("s", b"lost-2") == 0
+    assert ring.dropped == 2
+    assert ring.offered == 6
+    assert ring.last_seq == 6
+    kept = ring.pop_many()
+    assert [m.payload for m in kept] == [b"m0", b"m1", b"m2", b"m3"]
+    assert [m.seq for m in kept] == [1, 2, 3, 4]
+    assert ring.put("s", b"after") == 1
+    after = ring.pop()
+    assert after.seq == 7
+    assert after.seq - kept[-1].seq - 1 == ring.dropped
+
+
+def test_capacity_one_ring(impl):
+    ring = impl.Ring(1, "drop_oldest")
+    for i in range(5):
+        assert ring.put("s", i) == 1
+    assert ring.dropped == 4
+    m = ring.pop()
+    assert (m.seq, m.payload) == (5, 4)
+
+
+# -- batches -----------------------------------------------------------------
+
+def test_put_many_under_block_stops_at_the_first_refusal(impl):
+    ring = impl.Ring(4, "block")
+    fill(ring, 1)
+    assert ring.put_many("s", [b"a", b"b", b"c", b"d", b"e"]) == 3
+    assert ring.dropped == 0 and len(ring) == 4
+    assert [m.payload for m in ring.pop_many()] == [b"m0", b"a", b"b", b"c"]
+    assert ring.put_many("s", [b"x"] * 9) == 4
+    assert ring.put_many("s", [b"y"]) == 0
+    assert ring.put_many("s", []) == 0
+
+
+def test_put_many_under_drop_policies_consumes_everything(impl):
+    oldest, newest = impl.Ring(4, "drop_oldest"), impl.Ring(4, "drop_newest")
+    batch = [b"p%d" % i for i in range(6)]
+    assert oldest.put_many("s", batch) == 6
+    assert newest.put_many("s", batch) == 6
+    assert oldest.dropped == newest.dropped == 2
+    assert oldest.pop_payloads() == batch[2:]
+    assert newest.pop_payloads() == batch[:4]
+    assert oldest.last_seq == newest.last_seq == 6
+
+
+def test_put_many_takes_any_iterable_and_shares_headers(impl):
+    ring = impl.Ring(8, "block")
+    headers = {"h": "1"}
+    assert ring.put_many("t", (b"%d" % i for i in range(3)), headers) == 3
+    assert ring.put_many("t", (b"3", b"4")) == 2
+    got = ring.pop_many()
+    assert [(m.seq, m.payload) for m in got] == [(1, b"0"), (2, b"1"), (3, b"2"), (4, b"3"),
+                                                 (5, b"4")]
+    assert [m.headers is headers for m in got] == [True, True, True, False, False]
+
+
+def test_pop_many_respects_max_count(impl):
+    ring = impl.Ring(8, "block")
+    fill(ring, 5)
+    assert ring.pop_many(0) == []
+    assert [m.seq for m in ring.pop_many(2)] == [1, 2]
+    assert [m.seq for m in ring.pop_many(10)] == [3, 4, 5]
+    assert ring.pop_many() == []
+    assert ring.pop_many(3) == []
+
+
+def test_pop_payloads_returns_the_objects_without_messages(impl):
+    ring = impl.Ring(8, "block")
+    payloads = fill(ring, 5)
+    first = ring.pop_payloads(3)
+    assert len(first) == 3 and all(a is b for a, b in zip(first, payloads))
+    assert ring.pop_payloads(0) == []
+    # the rest are still there, with their own sequence numbers
+    assert [m.seq for m in ring.pop_many()] == [4, 5]
+    assert ring.pop_payloads() == []
+
+
+def test_clear_discards_unread_and_keeps_numbering(impl):
+    ring = impl.Ring(8, "block")
+    fill(ring, 3)
+    assert ring.clear() == 3
+    assert len(ring) == 0 and ring.pop() is None
+    assert ring.clear() == 0
+    ring.put("s", b"x")
+    assert ring.pop().seq == 4
+    assert ring.dropped == 0  # clearing is the consumer's choice, not a policy drop
+
+
+# -- wake-up callbacks ------------------------------------------------------
+
+class Calls:
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self):
+        self.n += 1
+
+
+def test_arm_ready_fires_once_on_the_next_message(impl):
+    ring = impl.Ring(4, "block")
+    ready = Calls()
+    assert ring.arm_ready(ready) is True
+    assert ready.n == 0
+    ring.put("s", b"1")
+    assert ready.n == 1
+    ring.put("s", b"2")
+    assert ready.n == 1  # one-shot
+
+
+def test_arm_ready_refuses_when_data_is_waiting(impl):
+    ring = impl.Ring(4, "block")
+    ring.put("s", b"1")
+    ready = Calls()
+    assert ring.arm_ready(ready) is False
+    ring.pop()
+    ring.put("s", b"2")
+    assert ready.n == 0  # it was never armed
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_arm_ready_fires_on_put_many(impl, batch):
+    ring = impl.Ring(8, "block")
+    ready = Calls()
+    assert ring.arm_ready(ready)
+    if batch:
+        ring.put_many("s", [b"1", b"2", b"3"])
+    else:
+        ring.put("s", b"1")
+    assert ready.n == 1
+
+
+@pytest.mark.parametrize("how", ["pop", "pop_many", "pop_payloads", "clear"])
+def test_arm_space_fires_once_when_room_appears(impl, how):
+    ring = impl.Ring(2, "block")
+    fill(ring, 2)
+    space = Calls()
+    assert ring.arm_space(space) is True
+    assert ring.put("s", b"refused") == -1
+    assert space.n == 0
+    getattr(ring, how)()
+    assert space.n == 1
+    fill(ring, 2 - len(ring))
+    ring.pop()
+    assert space.n == 1  # one-shot
+
+
+def test_arm_space_refuses_when_there_is_room(impl):
+    ring = impl.Ring(2, "block")
+    fill(ring, 1)
+    space = Calls()
+    assert ring.arm_space(space) is False
+    ring.put("s", b"x")
+    ring.pop()
+    assert space.n == 0
+
+
+def test_arm_space_not_fired_by_an_empty_pop(impl):
+    ring = impl.Ring(1, "block")
+    fill(ring, 1)
+    space = Calls()
+    assert ring.arm_space(space)
+    assert ring.pop_many(0) == [] and ring.pop_payloads(0) == []
+    assert space.n == 0
+
+
+def test_disarm(impl):
+    ring = impl.Ring(1, "block")
+    ready, space = Calls(), Calls()
+    assert ring.arm_ready(ready)
+    ring.disarm()
+    ring.put("s", b"x")
+    assert ring.arm_space(space)
+    ring.disarm()
+    ring.pop()
+    assert (ready.n, space.n) == (0, 0)
+
+
+def test_close_wakes_armed_waiters_and_keeps_unread_messages(impl):
+    empty, full = impl.Ring(2, "block"), impl.Ring(1, "block")
+    fill(full, 1)
+    ready, space = Calls(), Calls()
+    assert empty.arm_ready(ready) and full.arm_space(space)
+    empty.close()
+    full.close()
+    assert empty.closed is True and full.closed is True
+    assert (ready.n, space.n) == (1, 1)
+    assert full.pop().payload == b"m0"
+    full.close()  # idempotent, nothing armed any more
+    assert (ready.n, space.n) == (1, 1)
+
+
+# -- Message ------------------------------------------------------------------
+
+def test_message_fields_and_equality(impl):
+    m = impl.Message("a.b", b"x")
+    assert (m.subject, m.payload, m.data, m.headers, m.seq) == ("a.b", b"x", b"x", None, 0)
+    assert (m.redelivered, m.delivery_count) == (False, 1)
+    assert m == impl.Message("a.b", b"x")
+    assert m != impl.Message("a.b", b"x", seq=1)
+    assert m != impl.Message("a.b", b"x", {"k": "v"})
+    assert m != impl.Message("a.c", b"x")
+    assert m != ("a.b", b"x")
+    with pytest.raises(TypeError):
+        hash(m)
+    assert "a.b" in repr(m)
+
+
+@pytest.mark.parametrize("action", ["ack", "nack", "respond"])
+def test_settling_a_plain_message_is_an_error(impl, action):
+    m = impl.Message("a", b"x")
+    args = (b"reply",) if action == "respond" else ()
+    with pytest.raises(RingcastError, match="nothing to ack"):
+        getattr(m, action)(*args)
+
+
+# -- native reference counting ----------------------------------------------
+
+native = pytest.mark.parametrize("impl", ["c"], indirect=True)
+
+
+def _refs(*objs):
+    return [sys.getrefcount(o) for o in objs]
+
+
+@native
+def test_refcounts_put_then_pop(impl):
+    ring = impl.Ring(4, "block")
+    subj, payload, headers = subject(), object(), {"k": "v"}
+    base = _refs(subj, payload, headers)
+    ring.put(subj, payload, headers)
+    assert _refs(subj, payload, headers) == [b + 1 for b in base]  # owned by the slot
+    m = ring.pop()
+    assert m.payload is payload
+    del m
+    assert _refs(subj, payload, headers) == base
+
+
+@native
+@pytest.mark.parametrize("how", ["pop_many", "pop_payloads", "clear"])
+def test_refcounts_batch_paths(impl, how):
+    ring = impl.Ring(8, "block")
+    subj, headers = subject(), {"k": "v"}
+    payloads = [object() for _ in range(5)]
+    base = _refs(subj, headers, *payloads)
+    assert ring.put_many(subj, payloads, headers) == 5
+    assert _refs(subj, headers, *payloads) == [base[0] + 5, base[1] + 5] + [
+        b + 1 for b in base[2:]]
+    out = getattr(ring, how)()
+    del out
+    assert _refs(subj, headers, *payloads) == base
+
+
+@native
+@pytest.mark.parametrize("policy", POLICIES)
+def test_refcounts_when_full(impl, policy):
+    ring = impl.Ring(1, policy)
+    subj, first, second, headers = subject(), object(), object(), {"k": "v"}
+    base = _refs(subj, first, second, headers)
+    ring.put(subj, first, headers)
+    ring.put(subj, second, headers)  # refused, dropped, or evicts `first`
+    kept_second = policy == "drop_oldest"
+    expect = [base[0] + 1, base[1] + (not kept_second), base[2] + kept_second, base[3] + 1]
+    assert _refs(subj, first, second, headers) == expect
+    assert ring.pop_payloads() == [second if kept_second else first]
+    assert _refs(subj, first, second, headers) == base
+
+
+@native
+def test_refcounts_released_when_the_ring_is_deallocated(impl):
+    ring = impl.Ring(8, "drop_oldest")
+    subj, headers = subject(), {"k": "v"}
+    payloads = [object() for _ in range(3)]
+    base = _refs(subj, headers, *payloads)
+    for _ in range(4):                 # wrap around a little first
+        ring.put_many(subj, payloads, headers)
+    ring.pop()
+    assert _refs(subj, headers, *payloads) != base
+    del ring
+    gc.collect()
+    assert _refs(subj, headers, *payloads) == base
+
+
+@native
+def test_message_releases_its_references(impl):
+    subj, payload, headers = subject(), object(), {"k": "v"}
+    base = _refs(subj, payload, headers)
+    for _ in range(100):               # Message has a freelist; reuse must not leak
+        ring = impl.Ring(2, "block")
+        ring.put(subj, payload, headers)
+        ring.put(subj, payload)
+        ms = ring.pop_many()
+        del ms, ring
+    assert _refs(subj, payload, headers) == base
+
+
+# -- model test -------------------------------------------------------------
+
+class RingModel:
+    """What a ring must do, in terms of collections.deque."""
+
+    def __init__(self, capacity, policy):
+        self.capacity = capacity
+        self.policy = policy
+        self.items = collections.deque()
+        self.next_seq = 1
+        self.dropped = 0
+        self.offered = 0
+
+    def put(self, payload):
+        if len(self.items) == self.capacity:
+            if self.policy == "block":
+                return -1
+            self.offered += 1
+            self.dropped += 1
+            if self.policy == "drop_newest":
+                self.next_seq += 1
+                return 0
+            self.items.popleft()
+        else:
+            self.offered += 1
+        self.items.append((self.next_seq, payload))
+        self.next_seq += 1
+        return 1
+
+    def put_many(self, payloads):
+        for i, p in enumerate(payloads):
+            if self.put(p) < 0:
+                return i
+        return len(payloads)
+
+    def pop_many(self, k):
+        return [self.items.popleft() for _ in range(min(k, len(self.items)))]
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put")),
+        st.tuples(st.just("put_many"), st.integers(0, 6)),
+        st.tuples(st.just("pop")),
+        st.tuples(st.just("pop_many"), st.integers(0, 6)),
+        st.tuples(st.just("pop_payloads"), st.integers(0, 6)),
+        st.tuples(st.just("clear")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=st.sampled_from(POLICIES), requested=st.integers(1, 9), ops=ops)
+def test_ring_behaves_like_a_bounded_deque(impl, policy, requested, ops):
+    ring = impl.Ring(requested, policy)
+    model = RingModel(ring.capacity, policy)
+    assert ring.capacity >= requested and ring.capacity & (ring.capacity - 1) == 0
+    counter = 0
+
+    def payloads(k):
+        nonlocal counter
+        counter += k
+        return [("p", i) for i in range(counter - k, counter)]
+
+    for op in ops:
+        kind = op[0]
+        if kind == "put":
+            (p,) = payloads(1)
+            assert ring.put("s", p) == model.put(p), op
+        elif kind == "put_many":
+            batch = payloads(op[1])
+            assert ring.put_many("s", batch) == model.put_many(batch), op
+        elif kind == "pop":
+            m = ring.pop()
+            expect = model.pop_many(1)
+            if expect:
+                assert (m.seq, m.payload) == expect[0]
+            else:
+                assert m is None
+        elif kind == "pop_many":
+            got = [(m.seq, m.payload) for m in ring.pop_many(op[1])]
+            assert got == model.pop_many(op[1]), op
+        elif kind == "pop_payloads":
+            got = ring.pop_payloads(op[1])
+            expect = [p for _, p in model.pop_many(op[1])]
+            assert len(got) == len(expect) and all(a is b for a, b in zip(got, expect)), op
+        else:
+            assert ring.clear() == len(model.items)
+            model.items.clear()
+        assert len(ring) == len(model.items)
+        assert ring.free == model.capacity - len(model.items)
+        assert ring.dropped == model.dropped
+        assert ring.offered == model.offered
+        assert ring.last_seq == model.next_seq - 1
+    assert [(m.seq, m.payload) for m in ring.pop_many()] == list(model.items)
