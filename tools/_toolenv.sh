@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the tools/check_*.sh scripts (bash). Provides:
 #   PY            the interpreter to build and test with ($PYTHON, default python3)
 #   TOOLS_VENV    a virtualenv for the packaging tools ($RINGCAST_TOOLS_VENV,

@@ -10,7 +10,8 @@
 #      CXX=false, binary-only) and the test suite passes against it, run
 #      from a directory holding only tests/ and pyproject.toml
 #   7. mypy --strict on tests/typing/example_public_api.py against the
-#      installed wheel (proves py.typed and the .pyi stubs ship)
+#      installed wheel (proves py.typed and the .pyi stubs ship), and
+#      mypy.stubtest of the shipped stubs against the shipped modules
 # Usage: bash tools/check_dist.sh          (PYTHON=python3.X to pick the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +29,9 @@ step "1. python -m build (sdist, then a wheel built from the sdist)"
 shopt -s nullglob
 sdists=("$work"/dist/*.tar.gz)
 wheels=("$work"/dist/*.whl)
-[ ${#sdists[@]} -eq 1 ] && [ ${#wheels[@]} -eq 1 ] \
-    || fail "expected one sdist and one wheel, got: $(ls "$work/dist")"
+if [ ${#sdists[@]} -ne 1 ] || [ ${#wheels[@]} -ne 1 ]; then
+    fail "expected one sdist and one wheel, got: $(ls "$work/dist")"
+fi
 sdist=${sdists[0]}
 wheel=${wheels[0]}
 pass "built $(basename "$sdist") and $(basename "$wheel")"
@@ -64,7 +66,7 @@ step "6. install into a fresh venv without a compiler, run the tests"
 "$PY" -m venv "$work/venv"
 vpy="$work/venv/bin/python"
 CC=false CXX=false LDSHARED=false "$vpy" -m pip install -q --disable-pip-version-check \
-    --only-binary=:all: "$wheel[test]" || fail "install without a compiler"
+    --only-binary=:all: "${wheel}[test]" || fail "install without a compiler"
 mkdir "$work/t"
 cp -R tests pyproject.toml "$work/t/"
 (cd "$work/t" && RINGCAST_TEST_INSTALLED=1 "$vpy" -m pytest tests -q -p no:cacheprovider) \
@@ -78,6 +80,17 @@ if [ -f "$work/t/tests/typing/example_public_api.py" ]; then
     (cd "$work/t" && "$vpy" -m mypy --strict --config-file tests/typing/mypy.ini \
         --no-incremental tests/typing/example_public_api.py) || fail "mypy --strict"
     pass "mypy --strict against the installed wheel"
+    # the shipped stubs match the shipped compiled modules
+    mods=$(cd "$work/t" && "$vpy" -c 'import importlib.machinery as m, pathlib, ringcast
+d = pathlib.Path(ringcast.__file__).parent
+sfx = sorted(m.EXTENSION_SUFFIXES, key=len, reverse=True)
+names = {p.name[: -len(s)] for p in d.iterdir() for s in sfx[:1] if p.name.endswith(s)}
+print(" ".join(sorted("ringcast." + n for n in names)))')
+    [ -n "$mods" ] || fail "no compiled modules found in the installed package"
+    # shellcheck disable=SC2086
+    (cd "$work/t" && "$vpy" -m mypy.stubtest --allowlist tests/typing/stubtest-allowlist.txt $mods) \
+        || fail "stubtest"
+    pass "stubtest: $mods"
 else
     fail "tests/typing/example_public_api.py is missing"
 fi
