@@ -1,0 +1,736 @@
+"""``ringcast bench``: ringcast and its alternatives side by side, in one run.
+
+Every scenario measures ringcast *and* its baselines in the same process
+run, on the same payloads, and returns one :class:`Result` row per system;
+``--json FILE`` writes them with the machine they ran on::
+
+    {"machine": {...},
+     "results": [{"scenario": str, "system": str, "size": int, "subscribers": int,
+                  "msgs_per_s": float, "deliveries_per_s": float,
+                  "p50_us": float | null, "p99_us": float | null, "lost": int}]}
+
+``msgs_per_s`` counts messages *received* (per subscriber, for fan-out),
+``deliveries_per_s`` every copy received by every subscriber, ``lost`` is
+deliveries owed minus deliveries received. ``system`` is ``"ringcast"`` for
+our rows.
+
+Adding a scenario is one function decorated with :func:`scenario`; it gets
+the :class:`Options` and a :class:`Progress` and returns its rows. Scenarios
+that need other processes (a broker, subscribers, workers) start them with
+:func:`processes`, which owns start-up hand-shake, result collection and
+shut-down, so every scenario cleans up the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import queue as queue_mod
+import socket
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+__all__ = [
+    "Result",
+    "Options",
+    "Progress",
+    "Scenario",
+    "SCENARIOS",
+    "scenario",
+    "machine_info",
+    "run_scenarios",
+    "render_table",
+    "to_json",
+    "validate",
+    "processes",
+    "free_tcp_endpoint",
+    "add_arguments",
+    "run",
+    "main",
+]
+
+SUBJECT = "bench.data"
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of the comparison: one system in one scenario."""
+
+    scenario: str
+    system: str
+    size: int
+    subscribers: int
+    msgs_per_s: float
+    deliveries_per_s: float
+    p50_us: Optional[float] = None
+    p99_us: Optional[float] = None
+    lost: int = 0
+
+    def as_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: the JSON schema of one result row, field -> accepted types (documented in
+#: docs/benchmarks.md; tests/test_bench.py validates output against it)
+RESULT_SCHEMA: Dict[str, Tuple[type, ...]] = {
+    "scenario": (str,),
+    "system": (str,),
+    "size": (int,),
+    "subscribers": (int,),
+    "msgs_per_s": (float, int),
+    "deliveries_per_s": (float, int),
+    "p50_us": (float, int, type(None)),
+    "p99_us": (float, int, type(None)),
+    "lost": (int,),
+}
+
+
+def validate(doc: Any) -> None:
+    """Raise ValueError unless ``doc`` matches the documented JSON schema exactly."""
+    if not isinstance(doc, dict) or set(doc) != {"machine", "results"}:
+        raise ValueError("top level must be an object with exactly 'machine' and 'results'")
+    if not isinstance(doc["machine"], dict):
+        raise ValueError("'machine' must be an object")
+    if not isinstance(doc["results"], list):
+        raise ValueError("'results' must be a list")
+    for i, row in enumerate(doc["results"]):
+        if not isinstance(row, dict) or set(row) != set(RESULT_SCHEMA):
+            raise ValueError(f"results[{i}] must have exactly the keys {sorted(RESULT_SCHEMA)}")
+        for key, types in RESULT_SCHEMA.items():
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ValueError(f"results[{i}].{key} = {value!r} is not {types}")
+
+
+def machine_info(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Where the numbers came from: CPU, cores, Python, versions, the command."""
+    from ._impl import USE_EXTENSIONS
+    from ._version import __version__
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    info: Dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "ringcast": __version__,
+        "ringcast_core": "compiled" if USE_EXTENSIONS else "pure-python",
+    }
+    for dist in ("pyzmq", "blinker"):
+        info[dist] = _dist_version(dist)
+    if argv is not None:
+        info["argv"] = list(argv)
+    return info
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def to_json(results: Sequence[Result], machine: Dict[str, Any]) -> Dict[str, Any]:
+    return {"machine": machine, "results": [r.as_json() for r in results]}
+
+
+# -- options, progress, measurement --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Options:
+    size: int = 16
+    subscribers: Optional[int] = None  # None: the scenario's default
+    duration: float = 2.0              # seconds per system, unless count is set
+    count: Optional[int] = None        # messages per system (overrides duration)
+    batch: int = 1000                  # messages per publish/receive cycle
+    publish: str = "call"              # "call": publish() per message; "many": publish_many
+    recv: str = "messages"             # "messages": recv_many; "payloads": recv_payloads
+
+    def payload(self) -> bytes:
+        return b"x" * self.size
+
+
+class Progress:
+    """A live ``\\r`` status line on a terminal; silent when ``stream`` is not one."""
+
+    def __init__(self, stream: Optional[TextIO] = None, enabled: Optional[bool] = None,
+                 interval: float = 0.2) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = enabled
+        self.interval = interval
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, label: str, elapsed: float, done: int, rate: float,
+               force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        line = f"{label}: {elapsed:6.1f} s  {done:>12,d} msgs  {rate / 1e6:8.3f} M/s"
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+@dataclasses.dataclass
+class Tally:
+    sent: int = 0       # messages published / sent
+    received: int = 0   # deliveries received, all subscribers together
+    elapsed: float = 0.0
+
+
+def drive(step: Callable[[int], int], opts: Options, progress: Progress, label: str,
+          fanout: int = 1) -> Tally:
+    """Call ``step(n)`` (publish ``n`` messages, take what arrived, return how
+    many deliveries were taken) until ``opts.count`` messages were sent or
+    ``opts.duration`` seconds passed. One untimed warm-up step first."""
+    step(min(opts.batch, 100))
+    tally = Tally()
+    clock = time.perf_counter
+    t0 = clock()
+    now = t0
+    while True:
+        n = opts.batch
+        if opts.count is not None:
+            n = min(n, opts.count - tally.sent)
+            if n <= 0:
+                break
+        tally.received += step(n)
+        tally.sent += n
+        now = clock()
+        if opts.count is None and now - t0 >= opts.duration:
+            break
+        if progress.enabled:
+            el = now - t0
+            progress.update(label, el, tally.received, tally.received / el if el else 0.0)
+    tally.elapsed = max(now - t0, 1e-9)
+    progress.clear()
+    return tally
+
+
+def _row(name: str, system: str, opts: Options, subscribers: int, tally: Tally,
+         fanout: bool = True) -> Result:
+    """A Result from a tally: with ``fanout`` every subscriber is owed every message."""
+    owed = tally.sent * (subscribers if fanout else 1)
+    per_sub = subscribers if fanout else 1
+    return Result(
+        scenario=name,
+        system=system,
+        size=opts.size,
+        subscribers=subscribers,
+        msgs_per_s=tally.received / per_sub / tally.elapsed,
+        deliveries_per_s=tally.received / tally.elapsed,
+        lost=owed - tally.received,
+    )
+
+
+def percentiles_us(samples_s: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """p50 and p99 in microseconds of latency samples in seconds (for scenarios
+    that measure latency; None, None when there are none)."""
+    if not samples_s:
+        return None, None
+    if len(samples_s) == 1:
+        v = samples_s[0] * 1e6
+        return v, v
+    qs = statistics.quantiles(samples_s, n=100, method="inclusive")
+    return statistics.median(samples_s) * 1e6, qs[98] * 1e6
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+ScenarioFn = Callable[[str, Options, Progress], List[Result]]
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str
+    fn: ScenarioFn
+    help: str
+    default_subscribers: int = 1
+    group: str = "embedded"   # "embedded" scenarios run in this process; others spawn
+
+    def run(self, opts: Options, progress: Progress) -> List[Result]:
+        return self.fn(self.name, opts, progress)
+
+
+#: name -> Scenario, in registration order (the order ``all`` runs them in)
+SCENARIOS: Dict[str, Scenario] = {}
+
+
+def scenario(name: str, help: str, default_subscribers: int = 1,
+             group: str = "embedded") -> Callable[[ScenarioFn], ScenarioFn]:
+    """Register ``fn(name, opts, progress) -> [Result, ...]`` as a scenario."""
+
+    def register(fn: ScenarioFn) -> ScenarioFn:
+        SCENARIOS[name] = Scenario(name, fn, help, default_subscribers, group)
+        return fn
+
+    return register
+
+
+def _subscribers(opts: Options, sc_default: int) -> int:
+    n = sc_default if opts.subscribers is None else opts.subscribers
+    if n < 1:
+        raise ValueError("--subscribers must be at least 1")
+    return n
+
+
+# -- embedded scenarios -------------------------------------------------------------------------
+# Publisher and subscribers share one thread, as blinker's sender and receivers
+# do: each cycle publishes ``batch`` messages, then every subscriber takes
+# what arrived. Rings are sized to hold a whole cycle, so nothing waits.
+
+
+def _ringcast_pubsub(name: str, opts: Options, progress: Progress, nsubs: int) -> Result:
+    from .router import Router
+
+    payload = opts.payload()
+    items = [payload] * opts.batch
+    with Router() as router:
+        subs = [router.subscribe(SUBJECT, capacity=max(opts.batch, 8192)) for _ in range(nsubs)]
+        takers = [s.recv_payloads if opts.recv == "payloads" else s.recv_many for s in subs]
+        publish, publish_many = router.publish, router.publish_many
+
+        def step(n: int) -> int:
+            if opts.publish == "many":
+                publish_many(SUBJECT, items if n == len(items) else items[:n])
+            else:
+                for _ in range(n):
+                    publish(SUBJECT, payload)
+            got = 0
+            for take in takers:
+                got += len(take(n))
+            return got
+
+        tally = drive(step, opts, progress, f"{name} ringcast", nsubs)
+    return _row(name, "ringcast", opts, nsubs, tally)
+
+
+def _blinker_pubsub(name: str, opts: Options, progress: Progress, nsubs: int) -> Result:
+    from blinker import Signal
+
+    payload = opts.payload()
+    sig = Signal()
+    got: List[Any] = []
+    receivers = []
+    for _ in range(nsubs):
+        def on_message(sender: Any, payload: Any, _keep: Callable[[Any], None] = got.append
+                       ) -> None:
+            _keep(payload)
+
+        receivers.append(on_message)  # strong references: blinker holds weak ones
+        sig.connect(on_message)
+    send = sig.send
+
+    def step(n: int) -> int:
+        for _ in range(n):
+            send(SUBJECT, payload=payload)
+        k = len(got)
+        got.clear()
+        return k
+
+    tally = drive(step, opts, progress, f"{name} blinker", nsubs)
+    return _row(name, "blinker", opts, nsubs, tally)
+
+
+def _pubsub_rows(name: str, opts: Options, progress: Progress, default_subs: int
+                 ) -> List[Result]:
+    nsubs = _subscribers(opts, default_subs)
+    rows = [_ringcast_pubsub(name, opts, progress, nsubs)]
+    if _importable("blinker"):
+        rows.append(_blinker_pubsub(name, opts, progress, nsubs))
+    else:
+        _skip(name, "blinker", "not installed (pip install blinker)")
+    return rows
+
+
+@scenario("embedded-pubsub", "in-process publish -> 1 subscriber; baseline blinker")
+def embedded_pubsub(name: str, opts: Options, progress: Progress) -> List[Result]:
+    return _pubsub_rows(name, opts, progress, 1)
+
+
+@scenario("embedded-fanout", "in-process publish -> N subscribers (default 4); baseline blinker",
+          default_subscribers=4)
+def embedded_fanout(name: str, opts: Options, progress: Progress) -> List[Result]:
+    return _pubsub_rows(name, opts, progress, 4)
+
+
+@scenario("embedded-queue",
+          "in-process work queue: send, receive and ack (N competing consumers); "
+          "baselines queue.Queue and collections.deque")
+def embedded_queue(name: str, opts: Options, progress: Progress) -> List[Result]:
+    from .router import Router
+
+    nsubs = _subscribers(opts, 1)
+    payload = opts.payload()
+    rows = []
+    with Router() as router:
+        router.declare_queue("bench", capacity=max(opts.batch, 8192))
+        consumers = [router.consume("bench") for _ in range(nsubs)]
+        send = router.send
+        share = max(1, -(-opts.batch // nsubs))
+
+        def step(n: int) -> int:
+            for _ in range(n):
+                send("bench", payload)
+            got = 0
+            while got < n:
+                before = got
+                for c in consumers:
+                    msgs = c.recv_many(share)
+                    ack = c.ack
+                    for m in msgs:
+                        ack(m)
+                    got += len(msgs)
+                if got == before:
+                    break  # nothing more to take: counted as lost
+            return got
+
+        tally = drive(step, opts, progress, f"{name} ringcast")
+    rows.append(_row(name, "ringcast", opts, nsubs, tally, fanout=False))
+
+    q: "queue_mod.Queue[Any]" = queue_mod.Queue()
+    put, get = q.put, q.get_nowait
+
+    def q_step(n: int) -> int:
+        for _ in range(n):
+            put(payload)
+        for _ in range(n):
+            get()
+        return n
+
+    rows.append(_row(name, "queue.Queue", opts, nsubs,
+                     drive(q_step, opts, progress, f"{name} queue.Queue"), fanout=False))
+
+    d: "collections.deque[Any]" = collections.deque()
+    append, popleft = d.append, d.popleft
+
+    def d_step(n: int) -> int:
+        for _ in range(n):
+            append(payload)
+        for _ in range(n):
+            popleft()
+        return n
+
+    rows.append(_row(name, "collections.deque", opts, nsubs,
+                     drive(d_step, opts, progress, f"{name} deque"), fanout=False))
+    return rows
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _skip(scenario_name: str, system: str, why: str) -> None:
+    print(f"{scenario_name}: skipping {system}: {why}", file=sys.stderr)
+
+
+# -- processes (for scenarios with a broker, remote publishers/subscribers) ---------------------
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A ``tcp://host:port`` with a port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
+
+
+def _child_main(conn: Any, target: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+    """Runs in the child: ``target(ctl, *args)``; its return value (or error) goes
+    back to the parent. ``ctl`` has ``ready()`` and ``wait_go(timeout)``."""
+    ctl = _ChildControl(conn)
+    try:
+        result = target(ctl, *args)
+    except BaseException as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    else:
+        conn.send(("result", result))
+    finally:
+        conn.close()
+
+
+class _ChildControl:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def ready(self, info: Any = None) -> None:
+        """Tell the parent this process is set up (connected, subscribed...)."""
+        self._conn.send(("ready", info))
+
+    def wait_go(self, timeout: float = 30.0) -> Any:
+        """Block until the parent says go (every process is ready)."""
+        if not self._conn.poll(timeout):
+            raise TimeoutError("no 'go' from the bench within the timeout")
+        return self._conn.recv()
+
+    def should_stop(self) -> bool:
+        """True once the parent asked this process to stop (non-blocking)."""
+        return bool(self._conn.poll(0))
+
+
+class Proc:
+    """One child process of a scenario, with a control pipe."""
+
+    def __init__(self, name: str, target: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_child_main, args=(child, target, args),
+                                   name=f"ringcast-bench-{name}", daemon=True)
+        self._child_conn = child
+        self.ready_info: Any = None
+
+    def start(self) -> None:
+        self.process.start()
+        self._child_conn.close()
+
+    def _expect(self, kind: str, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"{self.name}: no {kind!r} within {timeout} s")
+        what, value = self.conn.recv()
+        if what == "error":
+            raise RuntimeError(f"{self.name} failed: {value}")
+        if what != kind:
+            raise RuntimeError(f"{self.name}: expected {kind!r}, got {what!r}")
+        return value
+
+    def wait_ready(self, timeout: float = 30.0) -> Any:
+        self.ready_info = self._expect("ready", timeout)
+        return self.ready_info
+
+    def go(self, message: Any = "go") -> None:
+        self.conn.send(message)
+
+    def result(self, timeout: float = 60.0) -> Any:
+        return self._expect("result", timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask nicely, then terminate, then kill."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.conn.send("stop")
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def processes(*specs: Tuple[str, Callable[..., Any], Tuple[Any, ...]],
+              ready_timeout: float = 30.0) -> Iterator[List[Proc]]:
+    """Start one process per ``(name, target, args)``, wait until each has called
+    ``ctl.ready()``, yield them, and stop every one of them on the way out
+    (even on error). ``target`` must be a module-level function (spawned
+    processes import it) and is called as ``target(ctl, *args)``."""
+    procs = [Proc(name, target, args) for name, target, args in specs]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_ready(ready_timeout)
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# -- running and reporting ------------------------------------------------------------------------
+
+
+def run_scenarios(names: Sequence[str], opts: Options, progress: Optional[Progress] = None,
+                  ) -> List[Result]:
+    progress = progress if progress is not None else Progress()
+    results: List[Result] = []
+    for name in names:
+        results.extend(SCENARIOS[name].run(opts, progress))
+    return results
+
+
+def render_table(results: Sequence[Result]) -> str:
+    """A plain-text table; ``x first`` compares each row's deliveries/s with the
+    first non-ringcast row of the same scenario (its main baseline)."""
+    header = ("scenario", "system", "size", "subs", "msgs/s", "deliveries/s",
+              "p50 us", "p99 us", "lost", "ringcast x")
+    rows: List[Tuple[str, ...]] = []
+    by_scenario: Dict[str, List[Result]] = collections.OrderedDict()
+    for r in results:
+        by_scenario.setdefault(r.scenario, []).append(r)
+    for rs in by_scenario.values():
+        ours = next((r for r in rs if r.system == "ringcast"), None)
+        for r in rs:
+            ratio = ""
+            if ours is not None and r is not ours and r.deliveries_per_s > 0:
+                ratio = f"{ours.deliveries_per_s / r.deliveries_per_s:.1f}"
+            rows.append((
+                r.scenario, r.system, str(r.size), str(r.subscribers),
+                _si(r.msgs_per_s), _si(r.deliveries_per_s),
+                "-" if r.p50_us is None else f"{r.p50_us:.1f}",
+                "-" if r.p99_us is None else f"{r.p99_us:.1f}",
+                str(r.lost), ratio,
+            ))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    left = {0, 1}
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines = [fmt(header), fmt(["-" * w for w in widths])]
+    lines.extend(fmt(row) for row in rows)
+    return "\n".join(lines)
+
+
+def _si(rate: float) -> str:
+    if rate >= 1e6:
+        return f"{rate / 1e6:.2f} M"
+    if rate >= 1e3:
+        return f"{rate / 1e3:.1f} k"
+    return f"{rate:.0f}"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(SCENARIOS)
+    p.add_argument("scenarios", nargs="*", default=["all"], metavar="SCENARIO",
+                   help=f"scenario names, or 'all' (default). Known: {names}")
+    p.add_argument("--size", type=int, default=16, help="payload bytes (default 16)")
+    p.add_argument("--subscribers", type=int, default=None,
+                   help="subscribers / consumers (default: per scenario, fan-out 4)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--duration", type=float, default=2.0,
+                     help="seconds to run each system of each scenario (default 2)")
+    how.add_argument("--count", type=int, default=None,
+                     help="messages to send per system instead of a duration")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="messages per publish/receive cycle (default 1000)")
+    p.add_argument("--publish", choices=("call", "many"), default="call",
+                   help="ringcast publishing: one publish() per message (default) "
+                        "or publish_many() per cycle")
+    p.add_argument("--recv", choices=("messages", "payloads"), default="messages",
+                   help="ringcast receiving: recv_many() Message objects (default) "
+                        "or recv_payloads()")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no live progress line even on a terminal")
+
+
+def _resolve(names: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    for name in names or ["all"]:
+        if name == "all":
+            out.extend(n for n in SCENARIOS if n not in out)
+        elif name in SCENARIOS:
+            if name not in out:
+                out.append(name)
+        else:
+            raise ValueError(f"unknown scenario {name!r}; known: all, {', '.join(SCENARIOS)}")
+    return out
+
+
+def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+    """Run parsed arguments (the ``ringcast bench`` subcommand calls this)."""
+    if args.list:
+        for sc in SCENARIOS.values():
+            print(f"{sc.name:20s} {sc.help}")
+        return 0
+    try:
+        names = _resolve(args.scenarios)
+    except ValueError as exc:
+        print(f"ringcast bench: {exc}", file=sys.stderr)
+        return 2
+    for flag, value, low in (("--size", args.size, 1), ("--batch", args.batch, 1),
+                             ("--count", args.count, 1)):
+        if value is not None and value < low:
+            print(f"ringcast bench: {flag} must be at least {low}", file=sys.stderr)
+            return 2
+    if args.subscribers is not None and args.subscribers < 1:
+        print("ringcast bench: --subscribers must be at least 1", file=sys.stderr)
+        return 2
+    if args.count is None and args.duration <= 0:
+        print("ringcast bench: --duration must be positive", file=sys.stderr)
+        return 2
+    opts = Options(size=args.size, subscribers=args.subscribers, duration=args.duration,
+                   count=args.count, batch=args.batch, publish=args.publish, recv=args.recv)
+    progress = Progress(enabled=False if args.no_progress else None)
+    results = run_scenarios(names, opts, progress)
+    print(render_table(results))
+    if args.json:
+        doc = to_json(results, machine_info(sys.argv[1:] if argv is None else argv))
+        validate(doc)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    lost = [r for r in results if r.system == "ringcast" and r.lost]
+    for r in lost:
+        print(f"ringcast bench: {r.scenario}: ringcast lost {r.lost} deliveries",
+              file=sys.stderr)
+    return 1 if lost else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``ringcast bench`` / ``python -m ringcast.bench``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="ringcast bench",
+        description="Throughput of ringcast next to its alternatives, measured in one run.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv), argv)
+
+
+def _register_subcommand() -> None:
+    """``ringcast bench`` in the main command line (ringcast.cli loads this module)."""
+    try:
+        from . import cli
+    except ImportError:  # the command line is optional for the bench
+        return
+    register = getattr(cli, "register", None)
+    if register is not None:
+        register("bench", "compare ringcast with its alternatives (throughput, loss)",
+                 add_arguments, run)
+
+
+_register_subcommand()
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""``ringcast bench``: every scenario completes a tiny run and its JSON matches
+the documented schema. No speed assertions: these runs are far too short."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+
+import pytest
+
+from ringcast import bench
+
+EMBEDDED = ["embedded-pubsub", "embedded-fanout", "embedded-queue"]
+HAVE_BLINKER = importlib.util.find_spec("blinker") is not None
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    rc = bench.main([*args, "--json", str(out)])
+    doc = json.loads(out.read_text())
+    bench.validate(doc)
+    return rc, doc
+
+
+def _check_rows(doc, scenario, subscribers, baselines):
+    rows = [r for r in doc["results"] if r["scenario"] == scenario]
+    systems = [r["system"] for r in rows]
+    assert systems[0] == "ringcast"
+    for system in baselines:
+        assert system in systems
+    for row in rows:
+        assert row["subscribers"] == subscribers
+        assert row["size"] == 16
+        assert row["msgs_per_s"] > 0 and row["deliveries_per_s"] > 0
+        assert row["p50_us"] is None and row["p99_us"] is None
+        assert row["lost"] == 0
+    ours = rows[0]
+    fanout = subscribers if scenario != "embedded-queue" else 1
+    assert ours["deliveries_per_s"] == pytest.approx(ours["msgs_per_s"] * fanout)
+
+
+@pytest.mark.parametrize("scenario", EMBEDDED)
+def test_scenario_by_count(tmp_path, capsys, scenario):
+    rc, doc = _run(tmp_path, scenario, "--count", "3000", "--batch", "700")
+    assert rc == 0
+    subs = 4 if scenario == "embedded-fanout" else 1
+    if scenario == "embedded-queue":
+        baselines = ["queue.Queue", "collections.deque"]
+    else:
+        baselines = ["blinker"] if HAVE_BLINKER else []
+    _check_rows(doc, scenario, subs, baselines)
+    out, err = capsys.readouterr()
+    assert scenario in out and "ringcast" in out
+    assert "\r" not in err  # no progress line when stderr is not a terminal
+
+
+def test_all_by_duration_with_options(tmp_path):
+    rc, doc = _run(tmp_path, "all", "--duration", "0.05", "--subscribers", "3",
+                   "--size", "16", "--publish", "many", "--recv", "payloads")
+    assert rc == 0
+    assert [r["scenario"] for r in doc["results"] if r["system"] == "ringcast"] == EMBEDDED
+    for scenario in EMBEDDED:
+        _check_rows(doc, scenario, 3, [])
+    machine = doc["machine"]
+    assert machine["cores"] >= 1 and machine["python"] and "argv" in machine
+
+
+def test_queue_with_competing_consumers(tmp_path):
+    rc, doc = _run(tmp_path, "embedded-queue", "--count", "1000", "--subscribers", "4",
+                   "--batch", "10")
+    assert rc == 0
+    _check_rows(doc, "embedded-queue", 4, ["queue.Queue"])
+
+
+def test_schema_is_exact():
+    row = bench.Result("s", "ringcast", 16, 1, 1.0, 1.0).as_json()
+    bench.validate({"machine": {}, "results": [row]})
+    with pytest.raises(ValueError):
+        bench.validate({"machine": {}, "results": [dict(row, extra=1)]})
+    with pytest.raises(ValueError):
+        bench.validate({"machine": {}, "results": [dict(row, lost=0.5)]})
+    with pytest.raises(ValueError):
+        bench.validate({"machine": {}, "results": [dict(row, p50_us="1")]})
+    with pytest.raises(ValueError):
+        bench.validate({"machine": {}, "results": [], "more": 1})
+    assert set(row) == {"scenario", "system", "size", "subscribers", "msgs_per_s",
+                        "deliveries_per_s", "p50_us", "p99_us", "lost"}
+
+
+def test_progress_line_only_when_enabled():
+    stream = io.StringIO()
+    quiet = bench.Progress(stream)  # StringIO is not a terminal
+    quiet.update("x", 1.0, 10, 10.0, force=True)
+    assert stream.getvalue() == ""
+    live = bench.Progress(stream, enabled=True)
+    live.update("embedded-pubsub ringcast", 1.0, 1000, 2.5e6, force=True)
+    live.clear()
+    text = stream.getvalue()
+    assert "\r" in text and "2.500 M/s" in text and "embedded-pubsub" in text
+
+
+def test_bad_arguments(capsys):
+    assert bench.main(["no-such-scenario", "--count", "10"]) == 2
+    assert bench.main(["embedded-pubsub", "--size", "0"]) == 2
+    assert bench.main(["embedded-pubsub", "--subscribers", "0"]) == 2
+    assert "unknown scenario" in capsys.readouterr().err
+    assert bench.main(["--list"]) == 0
+    assert "embedded-fanout" in capsys.readouterr().out
+
+
+def test_ringcast_bench_subcommand(tmp_path):
+    cli = pytest.importorskip("ringcast.cli")
+    out = tmp_path / "cli.json"
+    rc = cli.main(["bench", "embedded-pubsub", "--count", "500", "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    bench.validate(doc)
+    assert doc["results"][0]["system"] == "ringcast"
