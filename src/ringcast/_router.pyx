@@ -229,6 +229,8 @@ cdef class CoreRouter:
         _check(subject, False)
         cdef list out = []
         _collect(self.root, (<str>subject).split("."), 0, out)
+        if len(out) > 1:
+            out = list(dict.fromkeys(out))  # one entry per ring, as match() gives
         return out
 
     cdef int _publish(self, object subject, object payload, object headers) except -2:

@@ -74,6 +74,12 @@ def _check_headers(headers: Any) -> None:
         raise WrongType("headers must be a dict of str to str")
 
 
+def _check_ring(ring: Any) -> None:
+    # as the native CoreRouter (a `Ring ring not None` argument)
+    if not isinstance(ring, Ring):
+        raise WrongType(f"ring must be a Ring, not {type(ring).__name__}")
+
+
 class CoreRouter:
     """Linear scan over (pattern, ring) pairs with a subject cache."""
 
@@ -92,11 +98,13 @@ class CoreRouter:
 
     def add(self, pattern: str, ring: Ring) -> None:
         _check(pattern, True)
+        _check_ring(ring)
         self._pairs = self._pairs + [(pattern, ring)]
         self._cache = {}
 
     def remove(self, pattern: str, ring: Ring) -> bool:
         _check(pattern, True)
+        _check_ring(ring)
         for i, (p, r) in enumerate(self._pairs):
             if p == pattern and r is ring:
                 self._pairs = self._pairs[:i] + self._pairs[i + 1:]
