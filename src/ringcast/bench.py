@@ -346,14 +346,12 @@ def _blinker_pubsub(name: str, opts: Options, progress: Progress, nsubs: int) ->
     payload = opts.payload()
     sig = Signal()
     got: List[Any] = []
-    receivers = []
     for _ in range(nsubs):
         def on_message(sender: Any, payload: Any, _keep: Callable[[Any], None] = got.append
                        ) -> None:
             _keep(payload)
 
-        receivers.append(on_message)  # strong references: blinker holds weak ones
-        sig.connect(on_message)
+        sig.connect(on_message, weak=False)
     send = sig.send
 
     def step(n: int) -> int:
