@@ -22,6 +22,7 @@ enum rc_overflow {
 
 typedef struct rc_slot {
     uint64_t seq;
+    uint64_t stamp; /* enqueue time (ns since the epoch) on stamped rings, else 0 */
     void *subject;  /* PyObject* (str), owned reference */
     void *payload;  /* PyObject*, owned reference */
     void *headers;  /* PyObject* (dict) or NULL, owned reference */

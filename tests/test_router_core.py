@@ -236,14 +236,17 @@ def test_invalid_subjects_and_patterns(impl, core, text, why):
 
 
 # Unicode whitespace and C1 control characters (str.isspace() / category Cc)
-UNICODE_SPACE = ["a\u00a0b", "a\u2028b", "a\u3000b", "a\u2003b", "a\x85b", "a\x80b", "a\x9fb"]
+UNICODE_SPACE = ["a\u00a0b", "a\u2028b", "a\u3000b", "a\u2003b", "a\x85b", "a\x80b", "a\x9fb",
+                 "a\u1680b", "a\u205fb", "\u202f"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="subjects are only checked for ASCII whitespace/control bytes; "
-    "Unicode whitespace and C1 controls pass (NOTES-core-tests.md)",
-)
+@pytest.mark.parametrize("text", ["caf\u00e9.\u00fcber", "\u65e5\u672c.\u2030", "a.\U0001f600"],
+                         ids=ascii)
+def test_non_space_unicode_is_valid(impl, text):
+    impl.check_subject(text)
+    impl.check_pattern(text)
+
+
 @pytest.mark.parametrize("text", UNICODE_SPACE, ids=ascii)
 def test_unicode_whitespace_and_c1_controls_are_invalid(impl, text):
     with pytest.raises(InvalidSubject):

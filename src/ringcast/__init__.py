@@ -22,7 +22,9 @@ from .errors import (
     Timeout,
     WouldBlock,
 )
-from .router import Consumer, PendingRequest, Queue, Responder, Router, Subscription
+from .queues import Consumer, Queue, QueueOptions
+from .router import Router, Subscription
+from .services import PendingRequest, Responder
 
 __all__ = [
     "__version__",
@@ -30,6 +32,7 @@ __all__ = [
     "Router",
     "Subscription",
     "Queue",
+    "QueueOptions",
     "Consumer",
     "Responder",
     "PendingRequest",

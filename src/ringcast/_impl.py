@@ -7,6 +7,7 @@ running the slow path.
 """
 
 import os
+from typing import Any, Callable, Dict, Optional
 
 USE_EXTENSIONS = os.environ.get("RINGCAST_NO_EXTENSIONS", "") in ("", "0")
 
@@ -22,7 +23,14 @@ else:  # pragma: no cover - exercised by the impl=py test run
         check_subject,
     )
 
+#: message headers: str to str, or None
+Headers = Optional[Dict[str, str]]
+#: a subscription callback or request handler
+Handler = Callable[[Message], Any]
+
 __all__ = [
+    "Headers",
+    "Handler",
     "USE_EXTENSIONS",
     "Message",
     "Ring",

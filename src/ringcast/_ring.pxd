@@ -5,6 +5,7 @@ from libc.stdint cimport uint64_t
 cdef extern from "rc_ring.h":
     ctypedef struct rc_slot:
         uint64_t seq
+        uint64_t stamp
         void *subject
         void *payload
         void *headers
@@ -15,6 +16,9 @@ cdef extern from "rc_ring.h":
     uint64_t RC_RING_MAX_CAPACITY
     uint64_t rc_ring_round_capacity(uint64_t n)
 
+cdef extern from "rc_clock.h":
+    uint64_t rc_now_ns() nogil
+
 
 cdef class Message:
     cdef readonly str subject
@@ -23,9 +27,12 @@ cdef class Message:
     cdef readonly uint64_t seq
     cdef readonly bint redelivered
     cdef readonly unsigned int delivery_count
+    cdef readonly uint64_t timestamp_ns
     # settlement handle: the queue consumer for acks, the reply slot for requests
     cdef public object _owner
     cdef public uint64_t _tag
+    # id of the record in a durable queue's log (0: not durable)
+    cdef public uint64_t _id
 
     cdef object _settlement(self)
 
@@ -41,6 +48,8 @@ cdef class Ring:
     cdef readonly uint64_t dropped
     cdef readonly uint64_t offered
     cdef readonly bint closed
+    cdef readonly bint stamped     # stamp slots with the enqueue time
+    cdef bint hooked               # on_ready is a persistent hook, not one-shot
     # one-shot callbacks: called once when data arrives / room appears
     cdef object on_ready
     cdef object on_space

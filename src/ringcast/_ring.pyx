@@ -38,13 +38,20 @@ cdef class Message:
     """
 
     def __init__(self, str subject, payload, headers=None, uint64_t seq=0,
-                 bint redelivered=False, unsigned int delivery_count=1):
+                 bint redelivered=False, unsigned int delivery_count=1,
+                 uint64_t timestamp_ns=0):
         self.subject = subject
         self.payload = payload
         self.headers = headers
         self.seq = seq
         self.redelivered = redelivered
         self.delivery_count = delivery_count
+        self.timestamp_ns = timestamp_ns
+
+    @property
+    def timestamp(self):
+        """Enqueue time in seconds since the epoch (queues only; else None)."""
+        return self.timestamp_ns / 1e9 if self.timestamp_ns else None
 
     @property
     def data(self):
@@ -91,7 +98,7 @@ cdef class Message:
 cdef class Ring:
     """Fixed-capacity, sequence-numbered ring with a per-ring overflow policy."""
 
-    def __cinit__(self, capacity=8192, policy="block"):
+    def __cinit__(self, capacity=8192, policy="block", stamped=False):
         if isinstance(policy, str):
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
@@ -107,6 +114,7 @@ cdef class Ring:
             raise MemoryError()
         self.policy = policy
         self.next_seq = 1
+        self.stamped = stamped
 
     def __dealloc__(self):
         cdef rc_slot s
@@ -154,6 +162,7 @@ cdef class Ring:
             evicted = True
         slot = &self.slots[self.wpos & self.mask]
         slot.seq = self.next_seq
+        slot.stamp = rc_now_ns() if self.stamped else 0
         Py_INCREF(subject)
         Py_INCREF(payload)
         slot.subject = <PyObject *>subject
@@ -185,6 +194,7 @@ cdef class Ring:
         m.payload = <object>slot.payload
         m.headers = <object>slot.headers if slot.headers != NULL else None
         m.seq = slot.seq
+        m.timestamp_ns = slot.stamp
         m.delivery_count = 1
         Py_DECREF(<object>slot.subject)
         Py_DECREF(<object>slot.payload)
@@ -194,7 +204,8 @@ cdef class Ring:
     cdef object fire_ready(self):
         cb = self.on_ready
         if cb is not None:
-            self.on_ready = None
+            if not self.hooked:
+                self.on_ready = None
             cb()
 
     cdef object fire_space(self):
@@ -203,12 +214,21 @@ cdef class Ring:
             self.on_space = None
             cb()
 
+    def set_hook(self, callback):
+        """Make ``callback()`` run after every push that stores a message, in
+        the pushing thread, before the publish returns (durable queues log
+        their messages this way). One-shot ``arm_ready`` is then refused."""
+        self.on_ready = callback
+        self.hooked = callback is not None
+
     def arm_ready(self, callback):
         """Call ``callback()`` once, when a message is next stored.
 
         Returns False without arming when messages are already waiting, so a
         consumer checks and arms in one step with no lost wake-up.
         """
+        if self.hooked:
+            raise RingcastError("this ring has a persistent hook; wait on its owner instead")
         if self.wpos != self.rpos:
             return False
         self.on_ready = callback
@@ -222,7 +242,8 @@ cdef class Ring:
         return True
 
     def disarm(self):
-        self.on_ready = None
+        if not self.hooked:
+            self.on_ready = None
         self.on_space = None
 
     def put(self, str subject, payload, headers=None):
@@ -307,7 +328,8 @@ cdef class Ring:
     def close(self):
         """Stop accepting messages; wakes any armed waiter so it can notice."""
         self.closed = True
-        self.fire_ready()
+        if not self.hooked:
+            self.fire_ready()
         self.fire_space()
 
     def __repr__(self):

@@ -6,6 +6,7 @@ test suite runs against both implementations.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import LimitExceeded, RingcastError
@@ -27,10 +28,11 @@ def policy_code(name: Any) -> int:
 
 class Message:
     __slots__ = ("subject", "payload", "headers", "seq", "redelivered", "delivery_count",
-                 "_owner", "_tag")
+                 "timestamp_ns", "_owner", "_tag", "_id")
 
     def __init__(self, subject: str, payload: Any, headers: Optional[Dict[str, str]] = None,
-                 seq: int = 0, redelivered: bool = False, delivery_count: int = 1) -> None:
+                 seq: int = 0, redelivered: bool = False, delivery_count: int = 1,
+                 timestamp_ns: int = 0) -> None:
         if type(subject) is not str:
             raise TypeError("subject must be str")
         self.subject = subject
@@ -39,8 +41,14 @@ class Message:
         self.seq = seq
         self.redelivered = bool(redelivered)
         self.delivery_count = delivery_count
+        self.timestamp_ns = timestamp_ns
         self._owner: Any = None
         self._tag = 0
+        self._id = 0
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        return self.timestamp_ns / 1e9 if self.timestamp_ns else None
 
     @property
     def data(self) -> Any:
@@ -80,7 +88,7 @@ class Message:
 
 
 class Ring:
-    def __init__(self, capacity: int = 8192, policy: Any = "block") -> None:
+    def __init__(self, capacity: int = 8192, policy: Any = "block", stamped: bool = False) -> None:
         if isinstance(policy, str):
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
@@ -90,12 +98,14 @@ class Ring:
                 f"ring capacity must be an int in 1..{MAX_CAPACITY}, got {capacity!r}")
         self.capacity = 1 << (capacity - 1).bit_length()
         self.policy = policy
-        self._slots: List[Optional[Tuple[int, str, Any, Any]]] = [None] * self.capacity
+        self._slots: List[Optional[Tuple[int, int, str, Any, Any]]] = [None] * self.capacity
         self._wpos = self._rpos = 0
         self._next_seq = 1
         self.dropped = 0
         self.offered = 0
         self.closed = False
+        self.stamped = bool(stamped)
+        self.hooked = False
         self.on_ready: Optional[Callable[[], None]] = None
         self.on_space: Optional[Callable[[], None]] = None
 
@@ -122,12 +132,13 @@ class Ring:
             self._rpos += 1
         else:
             self.offered += 1
-        self._slots[self._wpos % self.capacity] = (self._next_seq, subject, payload, headers)
+        stamp = time.time_ns() if self.stamped else 0
+        self._slots[self._wpos % self.capacity] = (self._next_seq, stamp, subject, payload, headers)
         self._next_seq += 1
         self._wpos += 1
         return 1
 
-    def _take(self) -> Optional[Tuple[int, str, Any, Any]]:
+    def _take(self) -> Optional[Tuple[int, int, str, Any, Any]]:
         if self._rpos == self._wpos:
             return None
         i = self._rpos % self.capacity
@@ -136,7 +147,9 @@ class Ring:
         return slot
 
     def fire_ready(self) -> None:
-        cb, self.on_ready = self.on_ready, None
+        cb = self.on_ready
+        if not self.hooked:
+            self.on_ready = None
         if cb is not None:
             cb()
 
@@ -145,7 +158,13 @@ class Ring:
         if cb is not None:
             cb()
 
+    def set_hook(self, callback: Optional[Callable[[], None]]) -> None:
+        self.on_ready = callback
+        self.hooked = callback is not None
+
     def arm_ready(self, callback: Callable[[], None]) -> bool:
+        if self.hooked:
+            raise RingcastError("this ring has a persistent hook; wait on its owner instead")
         if self._wpos != self._rpos:
             return False
         self.on_ready = callback
@@ -158,7 +177,9 @@ class Ring:
         return True
 
     def disarm(self) -> None:
-        self.on_ready = self.on_space = None
+        if not self.hooked:
+            self.on_ready = None
+        self.on_space = None
 
     def put(self, subject: str, payload: Any, headers: Any = None) -> int:
         rc = self.push(subject, payload, headers)
@@ -185,9 +206,9 @@ class Ring:
         slot = self._take()
         if slot is None:
             return None
-        seq, subject, payload, headers = slot
+        seq, stamp, subject, payload, headers = slot
         self._after_pop(1)
-        return Message(subject, payload, headers, seq)
+        return Message(subject, payload, headers, seq, timestamp_ns=stamp)
 
     def pop_many(self, max_count: int = 1 << 30) -> List[Message]:
         out = []
@@ -195,8 +216,8 @@ class Ring:
             slot = self._take()
             if slot is None:
                 break
-            seq, subject, payload, headers = slot
-            out.append(Message(subject, payload, headers, seq))
+            seq, stamp, subject, payload, headers = slot
+            out.append(Message(subject, payload, headers, seq, timestamp_ns=stamp))
         self._after_pop(len(out))
         return out
 
@@ -206,7 +227,7 @@ class Ring:
             slot = self._take()
             if slot is None:
                 break
-            out.append(slot[2])
+            out.append(slot[3])
         self._after_pop(len(out))
         return out
 
@@ -219,7 +240,8 @@ class Ring:
 
     def close(self) -> None:
         self.closed = True
-        self.fire_ready()
+        if not self.hooked:
+            self.fire_ready()
         self.fire_space()
 
     def __repr__(self) -> str:

@@ -13,7 +13,8 @@ from ._ring_py import RC_BLOCK, Ring
 from .errors import InvalidSubject, WrongType
 
 MAX_SUBJECT_LEN = 1024
-_BAD_CHAR = re.compile(r"[\x00-\x20\x7f]")
+# ASCII and C1 controls, and every character str.isspace() calls whitespace
+_BAD_CHAR = re.compile("[\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
 def _check(text: Any, pattern: bool) -> None:

@@ -15,8 +15,11 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence,
 
 from . import errors
 from . import router as _sync
-from ._impl import Message
-from .router import Headers, _deadline
+from ._impl import Headers, Message
+from ._waiting import _deadline
+from .queues import Queue as _Queue
+from .services import Responder as _SyncResponder
+from .services import log as _service_log
 
 __all__ = ["Router", "Subscription", "Consumer", "Responder"]
 
@@ -90,7 +93,7 @@ class Subscription(_AsyncSource):
 class Consumer(_AsyncSource):
     """A competing consumer of a queue; ``msg.ack()`` / ``msg.nack()`` as usual."""
 
-    sync: _sync.Consumer
+    sync: "_sync.Consumer"
 
     @property
     def unacked(self) -> int:
@@ -100,9 +103,9 @@ class Consumer(_AsyncSource):
 class Responder(_AsyncSource):
     """Requests to one service; answer with ``msg.respond(payload)``."""
 
-    sync: _sync.Responder
+    sync: _SyncResponder
 
-    def __init__(self, source: _sync.Responder, handler: Optional[Callable[[Message], Any]],
+    def __init__(self, source: _SyncResponder, handler: Optional[Callable[[Message], Any]],
                  concurrency: int) -> None:
         super().__init__(source)
         self._task: Optional["asyncio.Task[None]"] = None
@@ -122,7 +125,7 @@ class Responder(_AsyncSource):
                     if inspect.isawaitable(result):
                         result = await result
                 except Exception as exc:
-                    _sync.log.exception("handler for %r raised", msg.subject)
+                    _service_log.exception("handler for %r raised", msg.subject)
                     pending.fail(errors.ServiceError(f"{type(exc).__name__}: {exc}"))
                     return
                 if result is not None and not pending.settled:
@@ -166,7 +169,7 @@ class Router:
             n = self.sync.try_publish(subject, payload, headers)
             if n >= 0:
                 return n
-            await self._wait_space(deadline)
+            await self._wait_room(self.sync.blocked_ring, deadline)
 
     async def publish_many(self, subject: str, payloads: Sequence[Any],
                            headers: Headers = None, *, timeout: Optional[float] = None) -> int:
@@ -174,13 +177,12 @@ class Router:
         deadline = _deadline(timeout)
         done: int = self.sync.try_publish_many(subject, items, headers)
         while done < len(items):
-            await self._wait_space(deadline)
+            await self._wait_room(self.sync.blocked_ring, deadline)
             done += self.sync.try_publish_many(subject, items[done:], headers)
         return done
 
-    async def _wait_space(self, deadline: Optional[float]) -> None:
-        ring = self.sync.blocked_ring
-        assert ring is not None
+    async def _wait_room(self, ring: Any, deadline: Optional[float]) -> None:
+        """Suspend until ``ring`` has room (or the deadline: WouldBlock)."""
         space = self.sync._space
         try:
             await space.wait_async(lambda: True if ring.free or ring.closed else None,
@@ -191,25 +193,19 @@ class Router:
                 f"a block-policy buffer stayed full until the deadline ({ring!r})") from None
 
     def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
-                      capacity: int = 65536, overflow: str = "block",
-                      dead_letter: Optional[str] = None) -> _sync.Queue:
-        return self.sync.declare_queue(name, bind=bind, capacity=capacity, overflow=overflow,
-                                       dead_letter=dead_letter)
+                      **options: Any) -> _Queue:
+        return self.sync.declare_queue(name, bind=bind, **options)
 
     async def send(self, queue: str, payload: Any, headers: Headers = None, *,
-                   timeout: Optional[float] = None) -> None:
+                   timeout: Optional[float] = None) -> bool:
         """Put a message on a queue; waits (as a task) while the queue is full."""
         q = self.sync._queues.get(queue) or self.sync.declare_queue(queue)
         deadline = _deadline(timeout)
-        while q.ring.put(queue, payload, headers) < 0:
-            space = self.sync._space
+        while True:
             try:
-                await space.wait_async(lambda: True if q.ring.free or q.ring.closed else None,
-                                       lambda: bool(q.ring.arm_space(space.notify)),
-                                       deadline)
-            except errors.Timeout:
-                raise errors.WouldBlock(f"queue {queue!r} stayed full until the deadline") \
-                    from None
+                return q.put(payload, headers, 0)
+            except errors.WouldBlock:
+                await self._wait_room(q.ring, deadline)
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         return Consumer(self.sync.consume(queue, prefetch=prefetch))

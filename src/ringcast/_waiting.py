@@ -1,0 +1,152 @@
+"""Waiting without polling: how consumers, tasks and callbacks learn of work.
+
+Native rings have one one-shot callback slot each; these helpers are what
+gets armed there, and they fan the wake-up out to every thread, asyncio
+task and callback waiting on the same source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Callable, Deque, List, Optional, Tuple, TypeVar
+
+from . import errors
+
+T = TypeVar("T")
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise errors.LimitExceeded(f"timeout must be >= 0, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class _Signal:
+    """Wakes every thread and every asyncio task waiting on one source.
+
+    A ring's ready/space callback is one-shot and single-slot; this object is
+    what gets armed, and it fans the wake-up out to all current waiters, so
+    several consumers (sync or async, any thread) can wait on one queue.
+    """
+
+    __slots__ = ("_cond", "_futures", "_callbacks")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
+        self._callbacks: List[Callable[[], None]] = []
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+            futures, self._futures = self._futures, []
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+        if not futures:
+            return
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, fut in futures:
+            if loop is running:
+                if not fut.done():
+                    fut.set_result(None)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    def wait(self, poll: Callable[[], Optional[T]], arm: Callable[[], bool],
+             deadline: Optional[float]) -> T:
+        """Block until ``poll()`` yields an item; ``arm()`` registers interest
+        and returns False when something is already there."""
+        while True:
+            item = poll()
+            if item is not None:
+                return item
+            with self._cond:
+                if not arm():
+                    continue
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    raise errors.Timeout("timed out waiting")
+                self._cond.wait(remaining)
+
+    async def wait_async(self, poll: Callable[[], Optional[T]], arm: Callable[[], bool],
+                         deadline: Optional[float]) -> T:
+        """As ``wait``, for asyncio. Cancellation-safe: the item is taken only
+        by ``poll()``, which runs synchronously right before returning it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            item = poll()
+            if item is not None:
+                return item
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._cond:
+                self._futures.append((loop, fut))
+                armed = arm()
+            if not armed:
+                self._forget(fut)
+                continue
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                self._forget(fut)
+                raise errors.Timeout("timed out waiting")
+            try:
+                if remaining is None:
+                    await fut
+                else:
+                    await asyncio.wait_for(fut, remaining)
+            except asyncio.TimeoutError:
+                raise errors.Timeout("timed out waiting") from None
+            finally:
+                self._forget(fut)
+
+    def on_ready(self, callback: Callable[[], None], arm: Callable[[], bool]) -> bool:
+        """Register a one-shot ``callback()`` for the next wake-up; False (not
+        registered) when ``arm()`` says something is already waiting."""
+        with self._cond:
+            if not arm():
+                return False
+            self._callbacks.append(callback)
+            return True
+
+    def _forget(self, fut: "asyncio.Future[None]") -> None:
+        with self._cond:
+            self._futures = [(lp, f) for lp, f in self._futures if f is not fut]
+
+
+def _resolve(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Dispatcher:
+    """Runs callbacks of ready sources, one thread at a time (see module doc)."""
+
+    def __init__(self) -> None:
+        self._ready: Deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self.owner: Optional[int] = None  # thread running callbacks now
+
+    def schedule(self, run: Callable[[], None]) -> None:
+        self._ready.append(run)
+        while self._lock.acquire(blocking=False):
+            self.owner = threading.get_ident()
+            try:
+                while self._ready:
+                    self._ready.popleft()()
+            finally:
+                self.owner = None
+                self._lock.release()
+            if not self._ready:
+                return

@@ -1,0 +1,218 @@
+"""Request/reply: services, their responders and requests in flight.
+
+A service is a name with responders; each responder buffers requests in its
+own native ring, and requests wait in the service's backlog while every
+responder is full. A request is settled exactly once -- answered, failed or
+expired -- and answers arriving after that are counted, never delivered.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional, Tuple
+
+from . import errors
+from ._impl import Handler, Headers, Message, Ring
+from ._waiting import _deadline, _Signal
+
+if TYPE_CHECKING:
+    from .router import Router
+
+log = logging.getLogger("ringcast.services")
+
+#: requests waiting for a responder with room, per service
+MAX_REQUEST_BACKLOG = 1 << 20
+
+
+class PendingRequest:
+    """A request in flight: answered once, failed once, or expired once.
+
+    ``on_done`` receives the reply Message or a RingcastError. Answers that
+    arrive after it is settled are counted (``Service.late_replies``) and
+    never delivered to anyone.
+    """
+
+    __slots__ = ("service", "on_done", "deadline", "settled")
+
+    def __init__(self, service: "_Service", on_done: Callable[[Any], None],
+                 deadline: Optional[float]) -> None:
+        self.service = service
+        self.on_done = on_done
+        self.deadline = deadline
+        self.settled = False
+
+    def _settle(self, result: Any) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self.on_done(result)
+        return True
+
+    def ack(self, msg: Message) -> None:
+        raise errors.RingcastError("requests are responded to, not acked")
+
+    nack = ack  # type: ignore[assignment]
+
+    def respond(self, msg: Message, payload: Any, headers: Headers) -> None:
+        reply = Message(self.service.name, payload, headers)
+        if not self._settle(reply):
+            self.service.late_replies += 1
+
+    def fail(self, exc: errors.RingcastError) -> bool:
+        """Settle with an error (handler failure, timeout, no responders)."""
+        return self._settle(exc)
+
+    def expire(self) -> bool:
+        return self._settle(errors.Timeout(f"request to {self.service.name!r} timed out"))
+
+
+class Responder:
+    """One responder of a service: requests arrive in its own ring (block
+    policy); ``handler`` answers them, or iterate and ``msg.respond(...)``."""
+
+    def __init__(self, router: "Router", service: "_Service", handler: Optional[Handler],
+                 capacity: int) -> None:
+        self.name = service.name
+        self.ring = Ring(capacity, "block")
+        self._service = service
+        self._router = router
+        self._handler = handler
+        self._signal = _Signal()
+        self._pending: Deque[PendingRequest] = collections.deque()  # parallel to the ring
+        self.handled = 0
+        if handler is not None:
+            self.ring.arm_ready(self._schedule)
+
+    def _offer(self, payload: Any, headers: Headers, pending: PendingRequest) -> bool:
+        self._pending.append(pending)  # first: a handler may run inside put()
+        if self.ring.put(self.name, payload, headers) < 0:
+            self._pending.pop()
+            return False
+        return True
+
+    def _poll(self) -> Optional[Message]:
+        while True:
+            msg = self.ring.pop()
+            if msg is None:
+                if self.ring.closed:
+                    raise errors.Closed(f"responder for {self.name!r} is closed")
+                return None
+            pending = self._pending.popleft()
+            self._service.refill(self)
+            if not pending.settled:  # expired or withdrawn requests are never handed out
+                msg._owner = pending
+                return msg
+            self._service.expired += 1
+
+    def _arm(self) -> bool:
+        return bool(self.ring.arm_ready(self._signal.notify)) or self.ring.closed
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """Next request; answer it with ``msg.respond(payload)``."""
+        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
+
+    def recv_nowait(self) -> Optional[Message]:
+        return self._poll()
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.recv()
+            except errors.Closed:
+                return
+
+    def _schedule(self) -> None:
+        self._router._dispatcher.schedule(self._run_handler)
+
+    def _run_handler(self) -> None:
+        handler = self._handler
+        assert handler is not None
+        while not self.ring.closed:
+            msg = self._poll()
+            if msg is None:
+                break
+            answer(msg, handler)
+            self.handled += 1
+        if not self.ring.closed and not self.ring.arm_ready(self._schedule):
+            self._schedule()
+
+    @property
+    def pending(self) -> int:
+        return len(self.ring)
+
+    def close(self) -> None:
+        """Stop serving; queued requests go to the other responders, or fail
+        with NoResponders when there are none."""
+        if self.ring.closed:
+            return
+        self._service.responders.remove(self)
+        self.ring.close()
+        self._signal.notify()
+        while True:
+            msg = self.ring.pop()
+            if msg is None:
+                break
+            pending = self._pending.popleft()
+            if not pending.settled:
+                self._router._dispatch_request(self._service, msg.payload, msg.headers, pending)
+        service = self._service
+        for other in service.responders:
+            service.refill(other)
+        if not service.responders:
+            while service.backlog:
+                service.backlog.popleft()[2].fail(
+                    errors.NoResponders(f"no responders left for {service.name!r}"))
+
+    def __enter__(self) -> "Responder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def answer(msg: Message, handler: Handler) -> None:
+    """Run ``handler`` on a request and respond with its result; a raising
+    handler fails the request with ServiceError instead of killing anything."""
+    pending = msg._owner
+    try:
+        result = handler(msg)
+    except Exception as exc:  # the requester gets the error, the responder lives on
+        log.exception("handler for %r raised", msg.subject)
+        pending.fail(errors.ServiceError(f"{type(exc).__name__}: {exc}"))
+        return
+    if result is not None and not pending.settled:
+        msg.respond(result)
+
+
+class _Service:
+    """Responders of one name, plus requests waiting for room in any of them."""
+
+    __slots__ = ("name", "responders", "backlog", "_next", "requests", "late_replies",
+                 "failed", "expired")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.responders: List[Responder] = []
+        self.backlog: Deque[Tuple[Any, Headers, PendingRequest]] = collections.deque()
+        self._next = 0
+        self.requests = 0
+        self.late_replies = 0
+        self.failed = 0
+        self.expired = 0
+
+    def refill(self, responder: Responder) -> None:
+        """Move backlogged requests into ``responder`` while it has room."""
+        while self.backlog and responder.ring.free and not responder.ring.closed:
+            payload, headers, pending = self.backlog.popleft()
+            if pending.settled:
+                self.expired += 1
+            else:
+                responder._offer(payload, headers, pending)
+
+    def pick(self) -> List[Responder]:
+        """Responders in round-robin order starting after the last one used."""
+        n = len(self.responders)
+        start = self._next % n if n else 0
+        self._next = start + 1
+        return self.responders[start:] + self.responders[:start]
