@@ -20,6 +20,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
 
 from ringcast._ring cimport Ring, Message, rc_slot
+from ringcast._router cimport CoreRouter
 
 from ringcast.errors import LimitExceeded, ProtocolError, UnknownCommand, WrongType
 
@@ -459,21 +460,26 @@ cdef class Reader:
         return rec
 
     def route(self, publish, dict counts=None):
-        """Publish consecutive PUB records through ``publish(subject, payload,
-        headers)``; stops at the first other record, the end of the frame, or
-        when ``publish`` returns -1 (a full ``block`` ring; that record stays
-        unread). Returns how many were published. ``counts`` accumulates
-        messages per subject."""
+        """Publish consecutive PUB records through ``publish``: a native
+        CoreRouter (called without a Python call per message) or any
+        ``publish(subject, payload, headers)`` callable. Stops at the first
+        other record, the end of the frame, or when publishing returns -1 (a
+        full ``block`` ring; that record stays unread). Returns how many were
+        published. ``counts`` accumulates messages per subject."""
         cdef Py_ssize_t done = 0, run = 0
-        cdef int cmd
+        cdef int cmd, rc
         cdef object subject, prev = None
-        cdef PyObject *c
+        cdef CoreRouter core = publish if isinstance(publish, CoreRouter) else None
         while self.pos < self.n and self.p[self.pos] == PUB:
             cmd = self._open()
             subject = self._subject()
             headers = self._headers()
             payload = self._payload()
-            if publish(subject, payload, headers) == -1:
+            if core is not None:
+                rc = core._publish(subject, payload, headers)
+            else:
+                rc = publish(subject, payload, headers)
+            if rc == -1:
                 break
             self.pos = self.e
             done += 1

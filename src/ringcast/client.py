@@ -55,6 +55,7 @@ class Client:
         self.proto.on_deliver = self._delivered
         self._ctx = context or zmq.Context.instance()
         self._valid: Set[str] = set()
+        self._over = False   # too much buffered: the next publish waits for credit
         self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
         self._jobs: Deque[_Handle] = collections.deque()
         self._jobs_cond = threading.Condition(threading.Lock())
@@ -98,6 +99,11 @@ class Client:
         """Flush, say goodbye and stop. Waiters get ``Closed``."""
         if self._closing:
             return
+        if self.proto.ready:
+            try:
+                self.flush()
+            except errors.RingcastError:
+                log.warning("closing with messages the broker has not confirmed")
         self._closing = True
         self._kick_now()
         self._io.join(5)
@@ -275,15 +281,17 @@ class Client:
             check_subject(subject)
             if len(self._valid) < 4096:
                 self._valid.add(subject)
-        if not self.proto.publish(subject, payload, headers):
+        if self._over:   # the previous publish filled the buffer: wait before adding more
             self._wait_credit(timeout)
+        self._over = not self.proto.publish(subject, payload, headers)
 
     def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None, *,
                      timeout: Optional[float] = None) -> None:
         """Send many payloads under one subject in one native call."""
         check_subject(subject)
-        if not self.proto.publish_many(subject, payloads, headers):
+        if self._over:
             self._wait_credit(timeout)
+        self._over = not self.proto.publish_many(subject, payloads, headers)
 
     def _wait_credit(self, timeout: Optional[float]) -> None:
         deadline = _deadline(timeout)
@@ -295,15 +303,16 @@ class Client:
                 self._cond.wait(left)
 
     def flush(self, timeout: Optional[float] = 5.0) -> None:
-        """Send everything buffered now; waits until it left this process."""
+        """Send everything buffered now and wait until the broker has applied
+        it (routed every publish, registered every subscription)."""
         self.proto.flush()
         deadline = _deadline(timeout)
         with self._cond:
-            while self.proto.unsent() and not self.proto.closed:
+            while not self.proto.applied() and not self.proto.closed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise errors.Timeout("flush timed out (no credit from the broker)")
-                self._cond.wait(min(left, 0.01) if left is not None else 0.01)
+                self._cond.wait(left)
 
     def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
                   window: Optional[int] = None,
@@ -339,8 +348,9 @@ class Client:
     def send(self, queue: str, payload: Any, headers: Headers = None, *,
              timeout: Optional[float] = None) -> None:
         """Put one message on a queue (declared on first use)."""
-        if not self.proto.send(queue, payload, headers):
+        if self._over:
             self._wait_credit(timeout)
+        self._over = not self.proto.send(queue, payload, headers)
 
     def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
         """A competing consumer; at most ``prefetch`` unacked messages at a time."""

@@ -33,7 +33,7 @@ Settle = Callable[[Any], None]
 #: ordered frames are cut at this size; larger batches gain nothing measurable
 FRAME_TARGET = 64 << 10
 #: publishes buffered beyond the broker's credit before ``publish`` must wait
-QUEUED_LIMIT = 8 << 20
+QUEUED_LIMIT = 1 << 20
 
 
 class _Handle:
@@ -326,6 +326,11 @@ class ClientProtocol:
     def unsent(self) -> int:
         """Bytes not yet handed to the socket (ordered writer + queued frames)."""
         return len(self.ordered) + self.queued
+
+    def applied(self) -> bool:
+        """Has the broker applied everything sent so far (all credit back)?"""
+        with self.lock:
+            return self.ready and not self.unsent() and self.credit >= self.window
 
     def data_to_send(self, now: float, eager: bool = False) -> List[bytes]:
         """Frames to hand to the socket now, urgent ones first; ordered ones

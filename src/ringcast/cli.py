@@ -1,0 +1,188 @@
+"""The ``ringcast`` command line: ``broker``, ``pub``, ``sub``, ``req``, ``demo``.
+
+Each subcommand is one ``register(...)`` call with a function that adds its
+arguments and a function that runs it, so a new subcommand (``ringcast
+bench``) is added in its own module with ``cli.register`` and one line in
+``_PLUGINS``, without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ._version import __version__
+
+DEFAULT_URL = "tcp://127.0.0.1:7450"
+
+Setup = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+_COMMANDS: Dict[str, Tuple[str, Setup, Run]] = {}
+#: modules that register further subcommands when imported (if installed)
+_PLUGINS: List[str] = ["ringcast.bench"]
+
+
+def register(name: str, help: str, setup: Setup, run: Run) -> None:
+    """Add a subcommand: ``setup(parser)`` declares its arguments, ``run(args)``
+    does the work and returns the exit status."""
+    _COMMANDS[name] = (help, setup, run)
+
+
+# -- broker ------------------------------------------------------------------------------
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind", action="append", metavar="ENDPOINT",
+                   help=f"tcp:// or ipc:// endpoint to listen on, repeatable "
+                        f"(default {DEFAULT_URL})")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1.0)")
+    p.add_argument("--max-frame", type=int, default=None, help="bytes per ZeroMQ frame")
+    p.add_argument("--max-message", type=int, default=None, help="bytes per message payload")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from . import _codec
+    from .broker import Broker
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
+                    max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
+                    max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("ringcast.broker").info("signal %d: stopping", signum)
+        stop.set()
+        broker.stop(timeout=0)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    broker.start()
+    print("ringcast broker listening on " + " ".join(broker.endpoints), flush=True)
+    while not stop.wait(0.5):
+        if broker._thread is not None and not broker._thread.is_alive():
+            return 1
+    broker.stop()
+    return 0
+
+
+# -- pub / sub / req ------------------------------------------------------------------------
+def _url_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"broker endpoint (default {DEFAULT_URL})")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+
+
+def _pub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("subject")
+    p.add_argument("data", help="payload (UTF-8)")
+    p.add_argument("--count", type=int, default=1, help="publish it this many times")
+    _url_arg(p)
+
+
+def _pub(args: argparse.Namespace) -> int:
+    from .client import connect
+
+    with connect(args.url, timeout=args.timeout) as client:
+        data = args.data.encode()
+        for _ in range(args.count):
+            client.publish(args.subject, data, timeout=args.timeout)
+        client.flush(args.timeout)
+    return 0
+
+
+def _sub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", help="subject pattern: '*' one token, '>' the rest")
+    p.add_argument("--count", type=int, default=0, help="exit after this many (0: never)")
+    _url_arg(p)
+
+
+def _sub(args: argparse.Namespace) -> int:
+    from .client import connect
+
+    with connect(args.url, timeout=args.timeout) as client:
+        sub = client.subscribe(args.pattern)
+        print(f"subscribed to {args.pattern}", file=sys.stderr, flush=True)
+        n = 0
+        try:
+            for msg in sub:
+                print(f"[{msg.seq}] {msg.subject}: {msg.payload.decode(errors='replace')}",
+                      flush=True)
+                n += 1
+                if args.count and n >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _req_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("service")
+    p.add_argument("data", help="payload (UTF-8)")
+    _url_arg(p)
+
+
+def _req(args: argparse.Namespace) -> int:
+    from . import errors
+    from .client import connect
+
+    with connect(args.url, timeout=args.timeout) as client:
+        try:
+            reply = client.request(args.service, args.data.encode(), timeout=args.timeout)
+        except errors.RingcastError as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(reply.payload.decode(errors="replace"))
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main()
+
+
+register("broker", "run a broker", _broker_args, _broker)
+register("pub", "publish a message", _pub_args, _pub)
+register("sub", "print messages on a subject pattern", _sub_args, _sub)
+register("req", "send a request and print the reply", _req_args, _req)
+register("demo", "run the embedded orders demo", _demo_args, _demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in _PLUGINS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    parser = argparse.ArgumentParser(prog="ringcast", description="ringcast message broker")
+    parser.add_argument("--version", action="version", version=f"ringcast {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, setup, run) in _COMMANDS.items():
+        p = subs.add_parser(name, help=help_text, description=help_text)
+        setup(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Fixtures for broker tests: a real broker process per test, over tcp or ipc,
+and helpers to run client scripts as real processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+import zmq
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+ENV = dict(os.environ, PYTHONPATH=os.path.abspath(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+HEARTBEAT = 0.2
+
+
+class BrokerProcess:
+    """``python -m ringcast broker`` in a subprocess; ``url`` is where it listens."""
+
+    def __init__(self, bind, *extra):
+        self.bind = bind
+        self.extra = extra
+        self.proc = None
+        self.url = None
+
+    def start(self, timeout=15.0):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ringcast", "broker", "--bind", self.bind,
+             "--heartbeat", str(HEARTBEAT), *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, text=True)
+        deadline = time.monotonic() + timeout
+        line = self.proc.stdout.readline()
+        if not line.startswith("ringcast broker listening on ") or time.monotonic() > deadline:
+            self.stop()
+            raise RuntimeError(f"broker did not start: {line!r}")
+        self.url = line.split()[-1]
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(params=["tcp", "ipc"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def endpoint(transport):
+    if transport == "tcp":
+        yield "tcp://127.0.0.1:0"
+    else:
+        d = tempfile.mkdtemp(prefix="rc-")
+        yield f"ipc://{d}/broker.sock"
+
+
+@pytest.fixture
+def broker(endpoint):
+    b = BrokerProcess(endpoint).start()
+    yield b
+    b.stop()
+
+
+def run_script(code, *args, **kw):
+    """Start ``code`` (a Python snippet) as a client process; stdout is a pipe."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True,
+                            **kw)
+
+
+@pytest.fixture
+def procs():
+    """Client processes started by a test; killed at teardown if still running."""
+    started = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        for f in (p.stdout, p.stderr):
+            if f:
+                f.close()
+
+
+@pytest.fixture
+def client(broker):
+    from ringcast.client import connect
+
+    c = connect(broker.url, heartbeat=HEARTBEAT, timeout=10)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def zsocket():
+    """Raw ZeroMQ sockets, closed with linger=0."""
+    ctx = zmq.Context.instance()
+    socks = []
+
+    def make(kind):
+        s = ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        socks.append(s)
+        return s
+
+    yield make
+    for s in socks:
+        s.close(linger=0)
+
+
+def barrier(client, timeout=10):
+    """Everything this client sent before is applied at the broker: the
+    ordered stream is flushed first, then a STATS round trip follows it."""
+    client.flush(timeout)
+    return client.stats(timeout)
+
+
+def wait_for(pred, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()

@@ -1,0 +1,301 @@
+"""A real broker process and real client processes, over tcp and ipc."""
+
+import json
+import signal
+import struct
+
+import pytest
+import zmq
+
+from ringcast import _codec as C
+from ringcast import errors
+from ringcast.client import connect
+
+from .conftest import HEARTBEAT, BrokerProcess, barrier, run_script, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+PUBLISHER = """
+import sys
+from ringcast.client import connect
+url, n = sys.argv[1], int(sys.argv[2])
+with connect(url, heartbeat=0.2) as c:
+    for i in range(n):
+        c.publish("orders.eu.placed" if i % 2 else "orders.us.placed", b"%d" % i)
+    c.flush()
+print("sent", n, flush=True)
+"""
+
+SUBSCRIBER = """
+import sys
+from ringcast.client import connect
+url, n = sys.argv[1], int(sys.argv[2])
+with connect(url, heartbeat=0.2) as c:
+    sub = c.subscribe("orders.*.placed")
+    c.flush(); c.stats()
+    print("ready", flush=True)
+    got = []
+    while len(got) < n:
+        got.extend(sub.recv_many(10000, timeout=20))
+    ok = [int(m.payload) for m in got] == list(range(n))
+    ok = ok and all(m.subject == ("orders.eu.placed" if int(m.payload) % 2 else "orders.us.placed") for m in got)
+    print("result", len(got), ok, got[-1].seq, sub.dropped, flush=True)
+"""
+
+
+def test_pubsub_between_processes(broker, procs):
+    n = 50000
+    sub = run_script(SUBSCRIBER, broker.url, n)
+    procs.append(sub)
+    assert sub.stdout.readline().strip() == "ready"
+    pub = run_script(PUBLISHER, broker.url, n)
+    procs.append(pub)
+    assert pub.stdout.readline().split() == ["sent", str(n)]
+    assert sub.stdout.readline().split() == ["result", str(n), "True", str(n), "0"]
+    assert sub.wait(20) == 0 and pub.wait(20) == 0
+
+
+CONSUMER = """
+import sys, time
+from ringcast.client import connect
+url, ack = sys.argv[1], sys.argv[2] == "ack"
+with connect(url, heartbeat=0.2) as c:
+    q = c.consume("ship", prefetch=8)
+    while True:
+        m = q.recv(timeout=30)
+        print(int(m.payload), int(m.redelivered), flush=True)
+        if ack:
+            m.ack()
+"""
+
+
+def test_killed_consumer_gets_its_unacked_messages_redelivered(broker, client, procs):
+    n = 200
+    client.declare_queue("ship")
+    for i in range(n):
+        client.send("ship", b"%d" % i)
+    barrier(client)
+    # this consumer takes its prefetch of 8 and never acks; then it is killed -9
+    victim = run_script(CONSUMER, broker.url, "hold")
+    procs.append(victim)
+    held = [int(victim.stdout.readline().split()[0]) for _ in range(8)]
+    assert held == list(range(8))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    # a second consumer process gets every message exactly once; the held ones flagged
+    worker = run_script(CONSUMER, broker.url, "ack")
+    procs.append(worker)
+    seen = {}
+    while len(seen) < n:
+        line = worker.stdout.readline()
+        assert line, "worker stopped early"
+        ident, redelivered = map(int, line.split())
+        assert ident not in seen, f"message {ident} delivered twice"
+        seen[ident] = redelivered
+    assert sorted(seen) == list(range(n))
+    assert {i for i, r in seen.items() if r} == set(held)
+    stats = client.stats()
+    assert stats["queues"]["ship"]["redelivered"] == 8
+    assert wait_for(lambda: client.stats()["queues"]["ship"]["acked"] == n)
+
+
+def test_competing_consumers_share_a_queue(broker, client, procs):
+    workers = [run_script(CONSUMER, broker.url, "ack") for _ in range(2)]
+    procs.extend(workers)
+    assert wait_for(lambda: client.stats()["clients"] == 3)
+    for i in range(400):
+        client.send("ship", b"%d" % i)
+    client.flush()
+    assert wait_for(lambda: client.stats()["queues"]["ship"]["acked"] == 400)
+    per = []
+    for w in workers:
+        w.kill()
+        out, err = w.communicate(timeout=10)
+        per.append([int(line.split()[0]) for line in out.splitlines()])
+    assert sorted(per[0] + per[1]) == list(range(400))   # each exactly once
+    assert per[0] and per[1]                              # both took part
+
+
+RESPONDER = """
+import sys, time
+from ringcast.client import connect
+url = sys.argv[1]
+def handle(msg):
+    if msg.payload == b"slow":
+        time.sleep(0.6)
+    if msg.payload == b"boom":
+        raise ValueError("out of stock")
+    return msg.payload.upper()
+with connect(url, heartbeat=0.2) as c:
+    c.serve("inventory", handle)
+    c.flush(); c.stats()
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_request_reply_between_processes(broker, client, procs):
+    with pytest.raises(errors.NoResponders):
+        client.request("inventory", b"x", timeout=5)
+    r = run_script(RESPONDER, broker.url, stdin=__import__("subprocess").PIPE)
+    procs.append(r)
+    assert r.stdout.readline().strip() == "ready"
+    assert client.request("inventory", b"sku-1", timeout=5).payload == b"SKU-1"
+    with pytest.raises(errors.ServiceError, match="out of stock"):
+        client.request("inventory", b"boom", timeout=5)
+    # a late reply never answers the next request
+    with pytest.raises(errors.Timeout):
+        client.request("inventory", b"slow", timeout=0.2)
+    assert client.request("inventory", b"fast", timeout=5).payload == b"FAST"
+    r.stdin.close()
+
+
+def test_broker_restart_clients_reconnect_and_resubscribe(transport, endpoint, procs):
+    b = BrokerProcess(endpoint).start()
+    url = b.url   # a tcp port picked by the first broker is reused by the second
+    b2 = None
+    try:
+        c = connect(url, heartbeat=HEARTBEAT)
+        sub = c.subscribe("stock.>")
+        c.serve("ping", lambda m: b"pong")
+        barrier(c)
+        assert c.sessions == 1
+        b.kill()
+        b2 = BrokerProcess(url).start()
+        assert wait_for(lambda: c.sessions == 2 and c.connected, timeout=15)
+        barrier(c)
+        with connect(url, heartbeat=HEARTBEAT) as other:
+            other.publish("stock.low", b"sku-9")
+            other.flush()
+            msg = sub.recv(timeout=10)
+            assert (msg.subject, msg.payload) == ("stock.low", b"sku-9")
+            assert other.request("ping", b"", timeout=5).payload == b"pong"
+        c.close()
+    finally:
+        b.stop()
+        if b2 is not None:
+            b2.stop()
+
+
+def _hello(sock):
+    w = C.Writer()
+    w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "raw")
+    sock.send(w.take())
+    (evs,) = [C.Reader(sock.recv()).events()]
+    assert evs[0][0] == C.WELCOME
+    return evs[0]
+
+
+def _err(sock):
+    assert sock.poll(5000), "no reply from the broker"
+    evs = C.Reader(sock.recv()).events()
+    errs = [e for e in evs if e[0] == C.ERR]
+    assert errs, evs
+    return errors.error_from_code(errs[0][2], errs[0][3])
+
+
+def test_garbage_client_is_cut_off_while_a_good_client_keeps_working(broker, client, zsocket):
+    sub = client.subscribe("t.>")
+    barrier(client)
+    bad = zsocket(zmq.DEALER)
+    bad.connect(broker.url)
+    bad.send(b"\x00garbage without a session")
+    assert isinstance(_err(bad), errors.RingcastError)        # refused, nothing kept
+    bad.send(b"\x7f\x00\x00\x00\x00")
+    assert isinstance(_err(bad), errors.UnknownCommand)
+    _hello(bad)
+    bad.send(b"\x02\xff\xff\x00\x00garbage")                   # record runs past the frame
+    assert isinstance(_err(bad), errors.ProtocolError)
+    bad.send(b"\x10\x00\x00\x00\x00")                          # after that: no session
+    assert isinstance(_err(bad), errors.ConnectionLost)
+    for i in range(100):
+        client.publish("t.x", b"%d" % i)
+    assert [int(m.payload) for m in sub.recv_many(100, timeout=5) +
+            sub.recv_many(100, timeout=0)][:100] == list(range(100))
+    stats = client.stats()
+    assert stats["counters"]["protocol_errors"] == 1 and stats["clients"] == 1
+
+
+def test_wrong_version_is_refused(broker, zsocket):
+    s = zsocket(zmq.DEALER)
+    s.connect(broker.url)
+    w = C.Writer()
+    w.record(C.HELLO, 99, 1000, "future")
+    s.send(w.take())
+    assert isinstance(_err(s), errors.VersionMismatch)
+
+
+def test_oversize_frames_and_messages_are_rejected(endpoint, client_factory=None):
+    b = BrokerProcess(endpoint, "--max-frame", "65536", "--max-message", "1024").start()
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(b.url)
+        welcome = _hello(s)
+        assert welcome[3:5] == (65536, 1024)
+        # a message over max_message inside an acceptable frame: error reply
+        w = C.Writer()
+        w.pub("big", b"x" * 2000)
+        s.send(w.take())
+        assert isinstance(_err(s), errors.LimitExceeded)
+        # a good client is told the limit and refuses locally
+        with connect(b.url, heartbeat=HEARTBEAT) as good:
+            with pytest.raises(errors.LimitExceeded):
+                good.publish("big", b"x" * 2000)
+            sub = good.subscribe("ok")
+            barrier(good)
+            # a frame over max_frame is cut by the transport before allocation
+            s2 = ctx.socket(zmq.DEALER)
+            s2.setsockopt(zmq.LINGER, 0)
+            s2.connect(b.url)
+            s2.send(b"\x02" + struct.pack("<I", 200000) + b"y" * 200000)
+            good.publish("ok", b"still here")
+            assert sub.recv(timeout=5).payload == b"still here"
+            assert not s2.poll(300)
+            s2.close(0)
+    finally:
+        s.close(0)
+        b.stop()
+
+
+def test_drops_are_counted_and_memory_bounded_with_a_stalled_subscriber(broker, client):
+    with connect(broker.url, heartbeat=HEARTBEAT) as slow:
+        stalled = slow.subscribe("feed", capacity=64, overflow="drop_oldest", window=16)
+        barrier(slow)
+        for i in range(20000):
+            client.publish("feed", b"%d" % i)
+        client.flush()
+        assert wait_for(lambda: client.stats()["dropped"] >= 20000 - 64 - 16)
+        # the subscriber sees the drops as sequence gaps, newest messages last
+        got = []
+        while True:
+            batch = stalled.recv_many(1000, timeout=1)
+            got += batch
+            if got and got[-1].payload == b"19999":
+                break
+        assert len(got) <= 64 + 16 + 16
+        assert stalled.dropped == 20000 - len(got)
+        stats = client.stats()
+        (sub_stats,) = [s for s in stats["subscriptions"] if s["pattern"] == "feed"]
+        assert sub_stats["dropped"] == 20000 - len(got)
+        assert stats["subjects"]["feed"] == 20000
+
+
+def test_block_policy_pushes_back_on_the_publisher(broker, client):
+    with connect(broker.url, heartbeat=HEARTBEAT) as slow:
+        sub = slow.subscribe("orders", capacity=1024, overflow="block", window=1024)
+        barrier(slow)
+        sent = 0
+        with pytest.raises(errors.WouldBlock):
+            while sent < 10_000_000:
+                client.publish("orders", b"%d" % sent, timeout=0.5)
+                sent += 1
+        assert sent < 10_000_000
+        got = []
+        while len(got) < sent:
+            got += sub.recv_many(4096, timeout=10)
+        assert [int(m.payload) for m in got] == list(range(sent))
+        assert sub.dropped == 0
+        stats = json.loads(json.dumps(client.stats()))
+        assert stats["counters"]["publisher_waits"] >= 1
