@@ -8,6 +8,7 @@ native ring's owned slot references and run on ``c`` only.
 import collections
 import gc
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -345,6 +346,86 @@ def test_close_wakes_armed_waiters_and_keeps_unread_messages(impl):
     assert full.pop().payload == b"m0"
     full.close()  # idempotent, nothing armed any more
     assert (ready.n, space.n) == (1, 1)
+
+
+# -- stamped rings and persistent hooks (durable queues use them) ------------
+
+def test_stamped_ring_records_the_enqueue_time(impl):
+    ring, plain = impl.Ring(4, "block", stamped=True), impl.Ring(4, "block")
+    assert ring.stamped and not plain.stamped
+    before = time.time_ns()
+    ring.put("s", b"1")
+    ring.put_many("s", [b"2", b"3"])
+    after = time.time_ns()
+    plain.put("s", b"1")
+    slack = 50_000_000  # the native stamp reads the clock through C11 timespec_get
+    got = ring.pop_many()
+    assert all(before - slack <= m.timestamp_ns <= after + slack for m in got)
+    assert [m.timestamp_ns for m in got] == sorted(m.timestamp_ns for m in got)
+    assert got[0].timestamp == got[0].timestamp_ns / 1e9
+    unstamped = plain.pop()
+    assert (unstamped.timestamp_ns, unstamped.timestamp) == (0, None)
+
+
+def test_message_timestamp_field(impl):
+    assert impl.Message("a", b"x").timestamp is None
+    m = impl.Message("a", b"x", timestamp_ns=1_500_000_000_000_000_000)
+    assert m.timestamp_ns == 1_500_000_000_000_000_000
+    assert m.timestamp == 1.5e9
+
+
+def test_hook_runs_after_every_stored_message(impl):
+    ring = impl.Ring(2, "block")
+    calls = Calls()
+    ring.set_hook(calls)
+    ring.put("s", b"1")
+    ring.put("s", b"2")
+    assert calls.n == 2                     # persistent, not one-shot
+    assert ring.put("s", b"refused") == -1
+    assert calls.n == 2                     # nothing stored, no call
+    ring.pop_many()
+    assert ring.put_many("s", [b"3", b"4"]) == 2
+    assert calls.n == 3                     # one call per batch
+    ring.disarm()                           # disarm leaves a hook alone
+    ring.pop()
+    ring.put("s", b"5")
+    assert calls.n == 4
+    ring.set_hook(None)
+    ring.pop_many()
+    ring.put("s", b"6")
+    assert calls.n == 4
+
+
+def test_hook_and_one_shot_arming_exclude_each_other(impl):
+    ring = impl.Ring(2, "block")
+    ring.set_hook(Calls())
+    with pytest.raises(RingcastError, match="hook"):
+        ring.arm_ready(Calls())
+    ring.set_hook(None)
+    assert ring.arm_ready(Calls()) is True
+
+
+def test_close_does_not_run_the_hook(impl):
+    ring = impl.Ring(1, "block")
+    hook, space = Calls(), Calls()
+    ring.set_hook(hook)
+    ring.put("s", b"1")
+    assert ring.arm_space(space)
+    ring.close()
+    assert (hook.n, space.n) == (1, 1)
+
+
+def test_router_publish_runs_the_hook(impl):
+    core = impl.CoreRouter()
+    hooked, plain = impl.Ring(8, "block"), impl.Ring(8, "block")
+    seen = []
+    hooked.set_hook(lambda: seen.extend(hooked.pop_payloads()))  # drains, as a journal does
+    core.add("q", hooked)
+    core.add("q", plain)
+    assert core.publish("q", b"1") == 2
+    assert core.publish_many("q", [b"2", b"3"]) == 2
+    assert seen == [b"1", b"2", b"3"] and len(hooked) == 0
+    assert plain.pop_payloads() == [b"1", b"2", b"3"]
 
 
 # -- Message ------------------------------------------------------------------
