@@ -1,10 +1,11 @@
 # Type stubs for the compiled module ringcast._codec (src/ringcast/_codec.pyx).
 # Kept in step with the .pyx by `python -m mypy.stubtest` (tools/check_typing.sh).
-from typing import Any, Callable, Dict, List, Optional, Tuple, final
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
 from typing_extensions import Self
 
 from ._ring import Message, Ring
+from ._router import CoreRouter
 
 PROTOCOL_VERSION: int
 
@@ -81,7 +82,7 @@ class Reader:
     def next(self) -> Optional[Tuple[Any, ...]]: ...
     def route(
         self,
-        publish: Callable[[str, Any, Optional[Dict[str, str]]], int],
+        publish: Union[CoreRouter, Callable[[str, Any, Optional[Dict[str, str]]], int]],
         counts: Optional[Dict[str, int]] = None,
     ) -> int: ...
     def events(self, owners: Optional[Dict[int, Any]] = None) -> List[Tuple[Any, ...]]: ...
