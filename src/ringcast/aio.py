@@ -262,3 +262,17 @@ class Router:
 def _set(fut: "asyncio.Future[Any]", result: Any) -> None:
     if not fut.done():
         fut.set_result(result)
+
+
+# -- the asyncio client of a remote broker (aio_client.py) ---------------------------
+# ``conn = await ringcast.aio.connect(url)``; loaded on first use so embedded
+# asyncio programs do not import ZeroMQ.
+__all__ += ["connect", "Connection"]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562
+    if name in ("connect", "Connection"):
+        from . import aio_client
+
+        return getattr(aio_client, name)
+    raise AttributeError(f"module 'ringcast.aio' has no attribute {name!r}")

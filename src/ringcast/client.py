@@ -368,7 +368,7 @@ class Client:
             done.set()
 
         rid = self.proto.request(service, payload, headers, timeout, settle)
-        self._kick_now()
+        self.proto.flush()   # a blocking request is latency-bound: no linger
         if not done.wait(timeout):
             self.proto.forget_request(rid)
             if not box:

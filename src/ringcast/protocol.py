@@ -422,10 +422,6 @@ class ClientProtocol:
             rid = next(self.ids)
             self.requests[rid] = (service, settle)
             self._ordered(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
-            # a request is latency-bound: cut the frame now
-            frame = self.ordered.take()
-            self.frames.append(frame)
-            self.queued += len(frame)
             return rid
 
     def forget_request(self, rid: int) -> None:

@@ -1,0 +1,438 @@
+"""asyncio client: ``await ringcast.aio.connect(url)``.
+
+Drives the same :class:`~ringcast.protocol.ClientProtocol` as the sync
+client, from the event loop: the ZeroMQ socket's file descriptor wakes a
+pump that moves frames both ways, and everything buffered during one loop
+tick leaves as one batch.
+
+Cancellation safety (the pyzmq asyncio pitfall): no coroutine here ever
+awaits the socket. Frames are read by the pump, synchronously, into
+per-handle inboxes; ``recv`` waits on a bare future and then takes a message
+from the inbox synchronously. A cancelled ``recv`` therefore takes nothing,
+and a cancelled ``request`` only forgets its id, so a late reply is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+
+import zmq
+
+from . import errors
+from ._impl import Message, check_subject
+from .protocol import (
+    ClientProtocol,
+    Headers,
+    RemoteConsumer,
+    RemoteService,
+    RemoteSubscription,
+    _Handle,
+)
+
+log = logging.getLogger("ringcast.aio")
+
+
+class Connection:
+    """A connection to a broker from an asyncio program."""
+
+    def __init__(self, url: str, *, name: Optional[str] = None, heartbeat: float = 1.0,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.url = url
+        self.proto = ClientProtocol(name or f"aio-{os.getpid()}", heartbeat=heartbeat, linger=0)
+        self.proto.kick = self._kick
+        self.proto.on_credit = self._credit_ready
+        self.proto.on_deliver = self._delivered
+        self._loop = asyncio.get_running_loop()
+        self._ctx = context or zmq.Context.instance()
+        self._sock: Optional[zmq.Socket] = None
+        self._scheduled = False
+        self._waiters: Dict[int, List["asyncio.Future[None]"]] = {}
+        self._credit_waiters: List["asyncio.Future[None]"] = []
+        self._handlers: Dict[int, Callable[[Message], Any]] = {}
+        self._valid: Set[str] = set()
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._tasks: Set["asyncio.Task[Any]"] = set()
+        self.closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def _start(self, timeout: Optional[float]) -> "Connection":
+        self._open()
+        self._tick()
+        if timeout:
+            await self.wait_ready(timeout)
+        return self
+
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Wait for the broker's welcome (ConnectionLost after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.proto.ready:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.ConnectionLost(f"no broker answered at {self.url}")
+            await self._wait_credit_change(left)
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)   # bounded by publish credit
+        sock.setsockopt(zmq.RCVHWM, 0)   # bounded by subscription credit
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.url)
+        self._sock = sock
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._pump)
+        self.proto.connection_made(time.monotonic())
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _reconnect(self, exc: errors.RingcastError) -> None:
+        log.warning("session lost (%s); reconnecting", exc)
+        self.proto.connection_lost(exc)
+        self._close_socket()
+        self._open()
+        self._wake_everyone()
+
+    async def close(self) -> None:
+        """Flush what is buffered, say goodbye, release the socket."""
+        if self.closed:
+            return
+        if self.proto.ready:
+            try:
+                await self.flush()
+            except errors.RingcastError:
+                log.warning("closing with messages the broker has not confirmed")
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._sock is not None:
+            for frame in self.proto.bye():
+                self._sock.send(frame)
+            self._close_socket()
+        for h in list(self.proto.handles.values()):
+            h.closed = True
+        self._wake_everyone()
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.proto.ready
+
+    @property
+    def sessions(self) -> int:
+        return self.proto.sessions
+
+    # -- the pump ------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if not self._scheduled and not self.closed:
+            self._scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Send what is due, then read every frame waiting (edge-triggered FD:
+        always drain until EVENTS says there is nothing left)."""
+        self._scheduled = False
+        sock = self._sock
+        if sock is None or self.closed:
+            return
+        now = time.monotonic()
+        for frame in self.proto.data_to_send(now, eager=True):
+            sock.send(frame, copy=len(frame) < 65536)
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frame = sock.recv(zmq.NOBLOCK, copy=True)
+            err = self.proto.frame_received(frame, now)
+            if err is not None:
+                self._reconnect(errors.ConnectionLost(str(err)))
+                return
+
+    def _tick(self) -> None:
+        if self.closed:
+            return
+        lost, wait = self.proto.timer(time.monotonic())
+        if lost:
+            self._reconnect(errors.ConnectionLost("the broker stopped answering heartbeats"))
+        self._pump()
+        self._timer = self._loop.call_later(wait, self._tick)
+
+    # -- wake-ups ----------------------------------------------------------------------------
+    def _delivered(self, h: _Handle) -> None:
+        handler = self._handlers.get(h.id)
+        if handler is not None:
+            self._run_handler(h, handler)
+        for fut in self._waiters.pop(h.id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _credit_ready(self) -> None:
+        waiters, self._credit_waiters = self._credit_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_everyone(self) -> None:
+        self._credit_ready()
+        for hid in list(self._waiters):
+            for fut in self._waiters.pop(hid, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _wait_credit_change(self, timeout: Optional[float]) -> None:
+        fut = self._loop.create_future()
+        self._credit_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _run_handler(self, h: _Handle, handler: Callable[[Message], Any]) -> None:
+        for msg in h.take(1 << 30):
+            if isinstance(h, RemoteService):
+                self._answer(msg, handler)
+            else:
+                try:
+                    result = handler(msg)
+                    if inspect.isawaitable(result):
+                        self._spawn(result)
+                except Exception:
+                    log.exception("callback for %r raised", msg.subject)
+
+    def _answer(self, msg: Message, handler: Callable[[Message], Any]) -> None:
+        try:
+            result = handler(msg)
+        except Exception as exc:
+            msg._owner.fail(msg, exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._answer_later(msg, result))
+        elif result is not None:
+            msg.respond(result)
+
+    async def _answer_later(self, msg: Message, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            msg._owner.fail(msg, exc)
+            return
+        if result is not None:
+            msg.respond(result)
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take(self, h: _Handle, max_count: int, timeout: Optional[float]) -> List[Message]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            msgs = h.take(max_count)   # synchronous: a cancellation can never split it
+            if msgs:
+                return msgs
+            if self.closed:
+                raise errors.Closed("connection is closed")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise errors.Timeout("timed out waiting for a message")
+            fut = self._loop.create_future()
+            waiters = self._waiters.setdefault(h.id, [])
+            waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                raise errors.Timeout("timed out waiting for a message") from None
+            finally:
+                if fut in waiters:
+                    waiters.remove(fut)
+
+    # -- pub/sub ----------------------------------------------------------------------------------
+    def publish_nowait(self, subject: str, payload: Any, headers: Headers = None) -> None:
+        """Buffer one message; it leaves at the end of this loop tick.
+        ``WouldBlock`` when too much is buffered already (await ``publish``)."""
+        if subject not in self._valid:
+            check_subject(subject)
+            if len(self._valid) < 4096:
+                self._valid.add(subject)
+        if not self.proto.can_publish():
+            raise errors.WouldBlock("publish buffer full; await publish() or flush()")
+        self.proto.publish(subject, payload, headers)
+
+    async def publish(self, subject: str, payload: Any, headers: Headers = None, *,
+                      timeout: Optional[float] = None) -> None:
+        """Buffer one message, waiting up to ``timeout`` for broker credit."""
+        if not self.proto.can_publish():
+            await self._credit(timeout)
+        self.publish_nowait(subject, payload, headers)
+
+    async def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None,
+                           *, timeout: Optional[float] = None) -> None:
+        check_subject(subject)
+        if not self.proto.can_publish():
+            await self._credit(timeout)
+        self.proto.publish_many(subject, payloads, headers)
+
+    async def _credit(self, timeout: Optional[float]) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.proto.can_publish():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise errors.WouldBlock("the broker has not granted publish credit in time")
+            await self._wait_credit_change(left)
+
+    async def flush(self, timeout: Optional[float] = 5.0) -> None:
+        """Send everything now and wait until the broker has applied it."""
+        self.proto.flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.proto.applied() and not self.closed:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise errors.Timeout("flush timed out (no credit from the broker)")
+            await self._wait_credit_change(left)
+
+    def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
+                  window: Optional[int] = None,
+                  callback: Optional[Callable[[Message], Any]] = None) -> "Subscription":
+        """As ``Client.subscribe``; ``callback`` may be a coroutine function."""
+        h = self.proto.subscribe(pattern, capacity, overflow, window or min(capacity, 8192))
+        if callback is not None:
+            self._handlers[h.id] = callback
+        return Subscription(self, h)
+
+    # -- queues ---------------------------------------------------------------------------------------
+    async def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
+                            capacity: int = 65536, overflow: str = "block",
+                            timeout: float = 5.0) -> None:
+        fut = self._loop.create_future()
+        binds = [bind] if isinstance(bind, str) else list(bind)
+        self.proto.declare_queue(name, binds, capacity, overflow,
+                                 lambda r: fut.done() or fut.set_result(r))
+        try:
+            result = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise errors.Timeout(f"declare_queue({name!r}) got no answer") from None
+        if isinstance(result, BaseException):
+            raise result
+
+    async def send(self, queue: str, payload: Any, headers: Headers = None, *,
+                   timeout: Optional[float] = None) -> None:
+        if not self.proto.can_publish():
+            await self._credit(timeout)
+        self.proto.send(queue, payload, headers)
+
+    def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
+        return Consumer(self, self.proto.consume(queue, prefetch))
+
+    # -- request/reply ---------------------------------------------------------------------------------
+    async def request(self, service: str, payload: Any, headers: Headers = None, *,
+                      timeout: float = 5.0) -> Message:
+        """Ask ``service``; many may be in flight at once (pipelining)."""
+        fut = self._loop.create_future()
+
+        def settle(result: Any) -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        rid = self.proto.request(service, payload, headers, timeout, settle)
+        timer = self._loop.call_later(timeout, settle, errors.Timeout(
+            f"request to {service!r} timed out after {timeout}s"))
+        try:
+            result = await fut
+        finally:
+            timer.cancel()
+            if not fut.done() or isinstance(fut.result(), errors.Timeout):
+                self.proto.forget_request(rid)   # cancelled or timed out: drop a late reply
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def serve(self, name: str, handler: Optional[Callable[[Message], Any]] = None, *,
+              concurrency: int = 64) -> "Responder":
+        """Answer requests to ``name``; ``handler`` may be sync or async."""
+        h = self.proto.serve(name, concurrency)
+        if handler is not None:
+            self._handlers[h.id] = handler
+        return Responder(self, h)
+
+    async def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
+        fut = self._loop.create_future()
+        self.proto.stats(lambda r: fut.done() or fut.set_result(r))
+        try:
+            result = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise errors.Timeout("stats request timed out") from None
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+
+class _AsyncReceiver:
+    """An inbox to await: shared by subscriptions, consumers and responders."""
+
+    def __init__(self, conn: Connection, handle: Any) -> None:
+        self._conn = conn
+        self._h = handle
+
+    async def recv(self, timeout: Optional[float] = None) -> Message:
+        """Next message. Cancelling this loses nothing."""
+        return (await self._conn._take(self._h, 1, timeout))[0]
+
+    async def recv_many(self, max_count: int = 1024,
+                        timeout: Optional[float] = None) -> List[Message]:
+        return await self._conn._take(self._h, max_count, timeout)
+
+    def recv_nowait(self) -> Message:
+        msgs = self._h.take(1)
+        if not msgs:
+            raise errors.WouldBlock("no message waiting")
+        return msgs[0]  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> "_AsyncReceiver":
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except errors.Closed:
+            raise StopAsyncIteration from None
+
+    @property
+    def pending(self) -> int:
+        return len(self._h.inbox)
+
+    def close(self) -> None:
+        self._conn._handlers.pop(self._h.id, None)
+        self._conn.proto.close_handle(self._h)
+        self._conn._wake_everyone()
+
+
+class Subscription(_AsyncReceiver):
+    _h: RemoteSubscription
+
+    @property
+    def dropped(self) -> int:
+        return self._h.dropped
+
+
+class Consumer(_AsyncReceiver):
+    _h: RemoteConsumer
+
+
+class Responder(_AsyncReceiver):
+    _h: RemoteService
+
+
+async def connect(url: str = "tcp://127.0.0.1:7450", *, timeout: Optional[float] = 5.0,
+                  **kwargs: Any) -> Connection:
+    """Connect and wait for the broker's welcome."""
+    return await Connection(url, **kwargs)._start(timeout)

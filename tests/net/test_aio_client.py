@@ -1,0 +1,78 @@
+"""The asyncio client against a real broker process, including cancellation."""
+
+import asyncio
+
+import pytest
+
+from ringcast import aio, errors
+
+from .conftest import HEARTBEAT
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def conn(broker):
+    c = await aio.connect(broker.url, heartbeat=HEARTBEAT)
+    yield c
+    await c.close()
+
+
+async def test_pubsub_queue_and_requests(broker, conn):
+    sub = conn.subscribe("orders.>")
+    conn.serve("inventory", lambda m: m.payload.upper())
+    await conn.flush()
+    for i in range(1000):
+        await conn.publish("orders.placed", b"%d" % i)
+    got = []
+    while len(got) < 1000:
+        got += await sub.recv_many(1000, timeout=5)
+    assert [int(m.payload) for m in got] == list(range(1000))
+    replies = await asyncio.gather(*(conn.request("inventory", b"sku-%d" % i) for i in range(500)))
+    assert [r.payload for r in replies] == [b"SKU-%d" % i for i in range(500)]
+    with pytest.raises(errors.NoResponders):
+        await conn.request("nobody", b"")
+    q = conn.consume("ship", prefetch=4)
+    await conn.send("ship", b"parcel")
+    msg = await q.recv(timeout=5)
+    assert msg.payload == b"parcel" and not msg.redelivered
+    msg.ack()
+
+
+async def test_cancelled_recv_loses_nothing(broker, conn):
+    sub = conn.subscribe("t")
+    await conn.flush()
+    for round_ in range(20):
+        task = asyncio.ensure_future(sub.recv())
+        await asyncio.sleep(0)          # the task is now waiting
+        await conn.publish("t", b"%d" % round_)
+        await conn.flush()
+        task.cancel()                   # whether or not the message already arrived
+        try:
+            msg = await task
+        except asyncio.CancelledError:
+            msg = await sub.recv(timeout=5)   # then it is still there
+        assert msg.payload == b"%d" % round_
+    assert sub.pending == 0
+
+
+async def test_cancelled_request_leaves_the_connection_usable(broker, conn):
+    async def slow(msg):
+        await asyncio.sleep(0.3)
+        return b"late:" + msg.payload
+
+    conn.serve("slow", slow)
+    conn.serve("fast", lambda m: b"fast:" + m.payload)
+    await conn.flush()
+    task = asyncio.ensure_future(conn.request("slow", b"1"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(conn.request("slow", b"2"), 0.05)
+    # the late replies of both abandoned requests are dropped, never misdelivered
+    assert (await conn.request("fast", b"3")).payload == b"fast:3"
+    await asyncio.sleep(0.4)
+    assert (await conn.request("slow", b"4", timeout=5)).payload == b"late:4"
+    assert conn.proto.requests == {}
