@@ -42,13 +42,13 @@ class QueueOptions:
     """How a queue behaves; fixed when it is declared."""
 
     __slots__ = ("capacity", "overflow", "dead_letter", "durable", "fsync", "max_deliver",
-                 "ttl", "on_expire", "ack_deadline", "dedup_window")
+                 "ttl", "on_expire", "ack_deadline", "dedup_window", "segment_bytes")
 
     def __init__(self, *, capacity: int = 65536, overflow: str = "block",
                  dead_letter: Optional[str] = None, durable: bool = False,
                  fsync: Optional[str] = None, max_deliver: int = 0, ttl: Optional[float] = None,
                  on_expire: str = "dead_letter", ack_deadline: Optional[float] = None,
-                 dedup_window: float = 120.0) -> None:
+                 dedup_window: float = 120.0, segment_bytes: int = 64 << 20) -> None:
         if on_expire not in ("dead_letter", "drop"):
             raise errors.LimitExceeded(f"on_expire must be 'dead_letter' or 'drop', "
                                        f"not {on_expire!r}")
@@ -67,6 +67,7 @@ class QueueOptions:
         self.on_expire = on_expire
         self.ack_deadline = ack_deadline
         self.dedup_window = dedup_window
+        self.segment_bytes = segment_bytes
 
     @property
     def timed(self) -> bool:
@@ -110,7 +111,8 @@ class Queue:
                 raise errors.LimitExceeded(
                     f"queue {name!r} is durable but the router has no data_dir")
             self.log = QueueLog(os.path.join(log_dir, name),
-                                fsync=options.fsync or router.fsync)
+                                fsync=options.fsync or router.fsync,
+                                segment_bytes=options.segment_bytes)
             self._recover()
             self.ring.set_hook(self._journal)
 

@@ -278,6 +278,9 @@ class Router(CoreRouter):
                         raise errors.LimitExceeded(f"queue {name!r} cannot dead-letter to itself")
                 q = Queue(self, name, (), opts, self.data_dir)
                 self._queues[name] = q
+                if opts.durable and opts.dead_letter and opts.dead_letter not in self._queues:
+                    # what a durable queue dead-letters must survive a restart too
+                    self.declare_queue(opts.dead_letter, durable=True, fsync=opts.fsync)
                 if opts.timed:
                     self._start_reaper()
             for pattern in binds:

@@ -1,0 +1,186 @@
+"""Durable queues: the log survives restarts, torn tails and kill -9."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import ringcast
+from ringcast import storage
+
+
+def open_router(path, **kw):
+    return ringcast.Router(data_dir=str(path), **kw)
+
+
+def drain(consumer, ack=True):
+    out = []
+    while True:
+        try:
+            msg = consumer.recv_nowait()
+        except ringcast.WouldBlock:
+            return out
+        out.append(msg)
+        if ack:
+            msg.ack()
+
+
+def test_messages_survive_a_restart_and_acks_are_remembered(tmp_path):
+    with open_router(tmp_path) as r:
+        r.declare_queue("jobs", durable=True)
+        for i in range(10):
+            r.send("jobs", b"%d" % i, {"n": str(i)})
+        c = r.consume("jobs")
+        for msg in [c.recv(timeout=1) for _ in range(4)][:3]:
+            msg.ack()  # the 4th is delivered but never acked
+    with open_router(tmp_path) as r:
+        r.declare_queue("jobs", durable=True)
+        got = drain(r.consume("jobs"))
+    assert [m.payload for m in got] == [b"%d" % i for i in range(3, 10)]
+    assert got[0].redelivered and got[0].delivery_count == 2
+    assert not got[1].redelivered and got[1].delivery_count == 1
+    assert got[1].headers == {"n": "4"} and got[1].timestamp is not None
+    with open_router(tmp_path) as r:
+        assert r.declare_queue("jobs", durable=True).depth == 0
+
+
+def test_publishes_on_bound_subjects_are_logged(tmp_path):
+    with open_router(tmp_path) as r:
+        r.declare_queue("shipping", bind="orders.*", durable=True)
+        assert r.publish("orders.placed", b"o1") == 1
+        r.publish_many("orders.placed", [b"o2", b"o3"])
+    with open_router(tmp_path) as r:
+        r.declare_queue("shipping", durable=True)
+        got = drain(r.consume("shipping"))
+    assert [(m.subject, m.payload) for m in got] == [
+        ("orders.placed", b"o1"), ("orders.placed", b"o2"), ("orders.placed", b"o3")]
+
+
+def test_nack_without_requeue_is_remembered_as_settled(tmp_path):
+    with open_router(tmp_path) as r:
+        r.declare_queue("q", durable=True, dead_letter="q.dlq")  # declares q.dlq durable too
+        r.send("q", b"bad")
+        r.consume("q").recv(timeout=1).nack(requeue=False)
+    with open_router(tmp_path) as r:
+        assert r.declare_queue("q", durable=True, dead_letter="q.dlq").depth == 0
+        dead = drain(r.consume("q.dlq"))
+    assert [m.payload for m in dead] == [b"bad"]
+    assert dead[0].headers["x-dead-letter-reason"] == "rejected"
+
+
+def segment_files(path, queue):
+    d = os.path.join(path, queue)
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".seg"))
+
+
+@pytest.mark.parametrize("damage", ["torn", "flipped"])
+def test_a_damaged_tail_is_cut_off_and_logged(tmp_path, caplog, damage):
+    with open_router(tmp_path, fsync="never") as r:
+        r.declare_queue("q", durable=True)
+        for i in range(5):
+            r.send("q", b"payload-%d" % i)
+    (seg,) = segment_files(tmp_path, "q")
+    size = os.path.getsize(seg)
+    with open(seg, "r+b") as f:
+        if damage == "torn":
+            f.truncate(size - 3)  # the last record lost its end
+        else:
+            f.seek(size - 2)
+            f.write(b"\xff\xfe")  # the last record's CRC no longer matches
+    with open_router(tmp_path) as r:
+        q = r.declare_queue("q", durable=True)
+        got = [m.payload for m in drain(r.consume("q"))]
+        assert q.stats()["truncated_bytes"] > 0
+    assert got == [b"payload-%d" % i for i in range(4)]
+    assert any("cutting" in rec.message for rec in caplog.records)
+    with open_router(tmp_path) as r:  # the cut log is clean now, and appendable
+        r.declare_queue("q", durable=True)
+        r.send("q", b"after")
+    with open_router(tmp_path) as r:
+        r.declare_queue("q", durable=True)
+        assert [m.payload for m in drain(r.consume("q"))] == [b"after"]
+
+
+def test_settled_segments_are_deleted(tmp_path):
+    with open_router(tmp_path, fsync="never") as r:
+        q = r.declare_queue("q", durable=True, segment_bytes=1024)
+        for i in range(200):
+            r.send("q", b"x" * 40)
+        assert q.stats()["segments"] > 5
+        drain(r.consume("q"))
+        assert q.stats()["segments"] <= 2
+    assert len(segment_files(tmp_path, "q")) <= 2
+    with open_router(tmp_path) as r:
+        assert r.declare_queue("q", durable=True).depth == 0
+
+
+def test_fsync_policies(tmp_path):
+    with open_router(tmp_path) as r:
+        always = r.declare_queue("a", durable=True, fsync="always")
+        never = r.declare_queue("n", durable=True, fsync="never")
+        interval = r.declare_queue("i", durable=True, fsync="interval")
+        for i in range(5):
+            r.send("a", b"x")
+            r.send("n", b"x")
+        r.send("i", b"x")
+        assert always.stats()["fsyncs"] == 5
+        assert never.stats()["fsyncs"] == 0
+        deadline = time.monotonic() + 5
+        while interval.stats()["fsyncs"] == 0:  # the group-commit thread syncs it
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+
+def test_decoder_rejects_garbage_with_a_typed_error():
+    good = storage.encode_msg(1, 5, "a.b", b"payload", {"k": "v"})
+    assert [k for k, *_ in storage.decode_records(good)] == [storage.MSG]
+    for bad in (good[:-1], b"\x00" * 3, b"\xff\xff\xff\xff" + good[4:],
+                good[:8] + bytes([good[8] ^ 1]) + good[9:]):
+        with pytest.raises(storage.CorruptRecord):
+            list(storage.decode_records(bad))
+
+
+CHILD = textwrap.dedent("""
+    import sys, ringcast
+    r = ringcast.Router(data_dir=sys.argv[1], fsync="always")
+    r.declare_queue("orders", durable=True)
+    start = int(sys.argv[2])
+    for i in range(start, start + 100000):
+        r.send("orders", b"%d" % i)
+        sys.stdout.write("%d\\n" % i)   # confirmed: send() returned after fsync
+        sys.stdout.flush()
+""")
+
+
+def test_no_confirmed_message_is_lost_over_repeated_kill_9(tmp_path):
+    """A process publishing with fsync=always is SIGKILLed at random moments,
+    20 times; every message it confirmed is in the queue afterwards."""
+    rng = random.Random(1234)
+    confirmed = []
+    next_id = 0
+    for cycle in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(next_id)],
+                                stdout=subprocess.PIPE, text=True)
+        want = rng.randrange(5, 60)
+        seen = []
+        for line in proc.stdout:
+            seen.append(int(line))
+            if len(seen) >= want:
+                break
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=10)
+        seen.extend(int(x) for x in rest.split())
+        assert proc.returncode == -signal.SIGKILL
+        confirmed.extend(seen)
+        next_id = (max(seen) + 1000) if seen else next_id + 1000
+    with open_router(tmp_path) as r:
+        r.declare_queue("orders", durable=True)
+        stored = {int(m.payload) for m in drain(r.consume("orders"))}
+    missing = set(confirmed) - stored
+    assert not missing, f"{len(missing)} confirmed messages lost"
+    assert len(confirmed) >= 20 * 5
