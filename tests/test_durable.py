@@ -109,7 +109,7 @@ def test_a_damaged_tail_is_cut_off_and_logged(tmp_path, caplog, damage):
 def test_settled_segments_are_deleted(tmp_path):
     with open_router(tmp_path, fsync="never") as r:
         q = r.declare_queue("q", durable=True, segment_bytes=1024)
-        for i in range(200):
+        for _ in range(200):
             r.send("q", b"x" * 40)
         assert q.stats()["segments"] > 5
         drain(r.consume("q"))
@@ -124,7 +124,7 @@ def test_fsync_policies(tmp_path):
         always = r.declare_queue("a", durable=True, fsync="always")
         never = r.declare_queue("n", durable=True, fsync="never")
         interval = r.declare_queue("i", durable=True, fsync="interval")
-        for i in range(5):
+        for _ in range(5):
             r.send("a", b"x")
             r.send("n", b"x")
         r.send("i", b"x")
@@ -163,7 +163,7 @@ def test_no_confirmed_message_is_lost_over_repeated_kill_9(tmp_path):
     rng = random.Random(1234)
     confirmed = []
     next_id = 0
-    for cycle in range(20):
+    for _ in range(20):
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(next_id)],
                                 stdout=subprocess.PIPE, text=True)
         want = rng.randrange(5, 60)

@@ -51,7 +51,9 @@ class Message:
 class Ring:
     """Fixed-capacity, sequence-numbered ring with a per-ring overflow policy."""
 
-    def __new__(cls, capacity: int = 8192, policy: Any = "block", stamped: bool = False) -> Self: ...
+    def __new__(
+        cls, capacity: int = 8192, policy: Any = "block", stamped: bool = False
+    ) -> Self: ...
     @property
     def capacity(self) -> int: ...
     @property
