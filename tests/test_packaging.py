@@ -68,8 +68,8 @@ def test_cli_version_agrees(capsys, monkeypatch):
             raise
         pytest.skip("ringcast.cli not written yet")
     (entry,) = [
-        ep for ep in importlib.metadata.entry_points(group="console_scripts")
-        if ep.name == "ringcast"
+        ep for ep in importlib.metadata.distribution("ringcast").entry_points
+        if ep.group == "console_scripts" and ep.name == "ringcast"
     ]
     main = entry.load()
     monkeypatch.setattr(sys, "argv", ["ringcast", "--version"])
