@@ -13,12 +13,19 @@ USE_EXTENSIONS = os.environ.get("RINGCAST_NO_EXTENSIONS", "") in ("", "0")
 
 if USE_EXTENSIONS:
     from ._ring import Message, Ring, policy_code
-    from ._router import MAX_SUBJECT_LEN, CoreRouter, check_pattern, check_subject
+    from ._router import (
+        MAX_SUBJECT_LEN,
+        CoreRouter,
+        check_message,
+        check_pattern,
+        check_subject,
+    )
 else:  # pragma: no cover - exercised by the impl=py test run
     from ._ring_py import Message, Ring, policy_code  # type: ignore[assignment]
     from ._router_py import (  # type: ignore[assignment]
         MAX_SUBJECT_LEN,
         CoreRouter,
+        check_message,
         check_pattern,
         check_subject,
     )
@@ -36,6 +43,7 @@ __all__ = [
     "Ring",
     "CoreRouter",
     "policy_code",
+    "check_message",
     "check_pattern",
     "check_subject",
     "MAX_SUBJECT_LEN",

@@ -83,6 +83,14 @@ cdef inline int _check_headers(object headers) except -1:
     return 0
 
 
+def check_message(payload, headers=None):
+    """Raise WrongType unless ``payload`` is bytes-like and ``headers`` is
+    None or a dict of str to str (what publish checks, for other entry points)."""
+    if type(payload) is not bytes:
+        _check_payload(payload)
+    _check_headers(headers)
+
+
 cdef class _Node:
     def __cinit__(self):
         self.children = {}

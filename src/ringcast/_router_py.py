@@ -81,6 +81,11 @@ def _check_ring(ring: Any) -> None:
         raise WrongType(f"ring must be a Ring, not {type(ring).__name__}")
 
 
+def check_message(payload: Any, headers: Any = None) -> None:
+    _check_payload(payload)
+    _check_headers(headers)
+
+
 class CoreRouter:
     """Linear scan over (pattern, ring) pairs with a subject cache."""
 

@@ -38,14 +38,20 @@ class _Signal:
     several consumers (sync or async, any thread) can wait on one queue.
     """
 
-    __slots__ = ("_cond", "_futures", "_callbacks")
+    __slots__ = ("_cond", "_futures", "_callbacks", "_sleepers")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
         self._callbacks: List[Callable[[], None]] = []
+        # Every waiter registers here BEFORE it checks for work (arm), so a
+        # producer that adds work and then sees nobody registered may skip
+        # the lock: anyone who registers later will see the work.
+        self._sleepers = 0
 
     def notify(self) -> None:
+        if not (self._sleepers or self._futures or self._callbacks):
+            return
         with self._cond:
             self._cond.notify_all()
             futures, self._futures = self._futures, []
@@ -74,12 +80,16 @@ class _Signal:
             if item is not None:
                 return item
             with self._cond:
-                if not arm():
-                    continue
-                remaining = _remaining(deadline)
-                if remaining is not None and remaining <= 0:
-                    raise errors.Timeout("timed out waiting")
-                self._cond.wait(remaining)
+                self._sleepers += 1
+                try:
+                    if not arm():
+                        continue
+                    remaining = _remaining(deadline)
+                    if remaining is not None and remaining <= 0:
+                        raise errors.Timeout("timed out waiting")
+                    self._cond.wait(remaining)
+                finally:
+                    self._sleepers -= 1
 
     async def wait_async(self, poll: Callable[[], Optional[T]], arm: Callable[[], bool],
                          deadline: Optional[float]) -> T:
@@ -115,10 +125,11 @@ class _Signal:
         """Register a one-shot ``callback()`` for the next wake-up; False (not
         registered) when ``arm()`` says something is already waiting."""
         with self._cond:
-            if not arm():
-                return False
             self._callbacks.append(callback)
-            return True
+            if arm():
+                return True
+            self._callbacks.remove(callback)
+            return False
 
     def _forget(self, fut: "asyncio.Future[None]") -> None:
         with self._cond:

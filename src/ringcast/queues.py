@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from . import errors
-from ._impl import Headers, Message, Ring
+from ._impl import Headers, Message, Ring, check_message
 from ._waiting import _deadline, _Signal
 from .storage import QueueLog
 
@@ -92,7 +92,7 @@ class Queue:
         self._ready: Deque[Message] = collections.deque()
         # Given back by nack, a closing consumer or a missed ack deadline: served first.
         self._returned: Deque[Message] = collections.deque()
-        # Delivered and owed, oldest delivery first: tag -> (consumer, message, deadline).
+        # With an ack deadline: delivered and owed, oldest first: tag -> (consumer, msg, deadline).
         self._inflight: "collections.OrderedDict[int, Tuple[Consumer, Message, float]]" = \
             collections.OrderedDict()
         self._seen_ids: "collections.OrderedDict[str, float]" = collections.OrderedDict()
@@ -122,11 +122,31 @@ class Queue:
         msg_id = headers.get(MSG_ID_HEADER) if headers else None
         if msg_id is not None and self._duplicate(msg_id):
             return False
+        if self.log is not None:
+            check_message(payload, headers)
+            self._log_and_ready([Message(self.name, payload, headers, 0, False, 1, time.time_ns())])
+            return True
         if self.ring.put(self.name, payload, headers) < 0:
             deadline = _deadline(timeout)
             while self.ring.put(self.name, payload, headers) < 0:
                 self._router._wait_space(self.ring, deadline)
         return True
+
+    def put_many(self, payloads: List[Any], headers: Headers, timeout: Optional[float]) -> int:
+        """Enqueue many payloads in one native call (one log write if durable)."""
+        if self.log is not None:
+            now = time.time_ns()
+            for p in payloads:
+                check_message(p, headers)
+            self._log_and_ready([Message(self.name, p, headers, 0, False, 1, now)
+                                 for p in payloads])
+            return len(payloads)
+        done: int = self.ring.put_many(self.name, payloads, headers)
+        deadline = _deadline(timeout)
+        while done < len(payloads):
+            self._router._wait_space(self.ring, deadline)
+            done += self.ring.put_many(self.name, payloads[done:], headers)
+        return done
 
     def _duplicate(self, msg_id: str) -> bool:
         now = time.monotonic()
@@ -140,12 +160,14 @@ class Queue:
         return False
 
     def _journal(self) -> None:
-        """Ring hook of a durable queue: log what was pushed, before the
+        """Ring hook of a durable queue: log what a publish pushed, before the
         publisher's call returns (so a return means durable per fsync)."""
-        assert self.log is not None
         msgs = self.ring.pop_many(1 << 20)
-        if not msgs:
-            return
+        if msgs:
+            self._log_and_ready(msgs)
+
+    def _log_and_ready(self, msgs: List[Message]) -> None:
+        assert self.log is not None
         ids = self.log.append([(m.timestamp_ns, m.subject, m.payload, m.headers) for m in msgs])
         for m, i in zip(msgs, ids):
             m._id = i
@@ -177,41 +199,43 @@ class Queue:
             return self._ready.popleft()
         return None
 
-    def _take(self, consumer: "Consumer") -> Optional[Message]:
-        """Hand the next deliverable message to ``consumer``, applying TTL
-        and max_deliver on the way."""
+    def _take(self, consumer: "Consumer", limit: int) -> List[Message]:
+        """Hand up to ``limit`` deliverable messages to ``consumer``, applying
+        TTL and max_deliver on the way."""
+        out: List[Message] = []
+        opts = self.options
+        timed_ttl = opts.ttl is not None
         with self._lock:
             if self._inflight:
                 self.reap()
-            return self._take_locked(consumer)
-
-    def _take_locked(self, consumer: "Consumer") -> Optional[Message]:
-        opts = self.options
-        while True:
-            old = self._next()
-            if old is None:
-                return None
-            if self._expired(old):
-                self.counters["expired"] += 1
-                self._dead_letter(old, "expired", drop=opts.on_expire == "drop")
-                continue
-            count = old.delivery_count + 1 if old.redelivered else old.delivery_count
-            if opts.max_deliver and count > opts.max_deliver:
-                self._dead_letter(old, "max_deliver")
-                continue
-            if old.redelivered:
-                self.counters["redelivered"] += 1
-            msg = Message(old.subject, old.payload, old.headers, old.seq, old.redelivered,
-                          count, old.timestamp_ns)
-            msg._id = old._id
-            msg._owner = consumer
-            msg._tag = next(self._tags)
-            deadline = (time.monotonic() + opts.ack_deadline) if opts.ack_deadline else 0.0
-            self._inflight[msg._tag] = (consumer, msg, deadline)
-            consumer._unacked[msg._tag] = msg
-            if self.log is not None:
-                self.log.delivered(msg._id)
-            return msg
+            while len(out) < limit:
+                msg = self._next()
+                if msg is None:
+                    break
+                if (timed_ttl or (msg.headers and TTL_HEADER in msg.headers)) \
+                        and self._expired(msg):
+                    self.counters["expired"] += 1
+                    self._dead_letter(msg, "expired", drop=opts.on_expire == "drop")
+                    continue
+                if msg.redelivered:  # a copy that counts this delivery too
+                    count = msg.delivery_count + 1
+                    if opts.max_deliver and count > opts.max_deliver:
+                        self._dead_letter(msg, "max_deliver")
+                        continue
+                    self.counters["redelivered"] += 1
+                    again = Message(msg.subject, msg.payload, msg.headers, msg.seq, True,
+                                    count, msg.timestamp_ns)
+                    again._id = msg._id
+                    msg = again
+                msg._owner = consumer
+                msg._tag = tag = next(self._tags)
+                consumer._unacked[tag] = msg
+                if opts.ack_deadline:
+                    self._inflight[tag] = (consumer, msg, time.monotonic() + opts.ack_deadline)
+                out.append(msg)
+            if self.log is not None and out:
+                self.log.delivered([m._id for m in out])
+        return out
 
     def _expired(self, msg: Message) -> bool:
         ttl = self.options.ttl
@@ -347,7 +371,7 @@ class Queue:
 
     @property
     def unacked(self) -> int:
-        return len(self._inflight)
+        return sum(len(c._unacked) for c in self.consumers)
 
     def stats(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -389,13 +413,19 @@ class Consumer:
         return None if not self.prefetch else max(0, self.prefetch - len(self._unacked))
 
     def _poll(self) -> Optional[Message]:
+        msgs = self._take(1)
+        return msgs[0] if msgs else None
+
+    def _take(self, max_count: int) -> List[Message]:
         if self.closed:
             raise errors.Closed(f"consumer of {self.queue.name!r} is closed")
-        if self.prefetch and len(self._unacked) >= self.prefetch:
-            raise errors.WouldBlock(
-                f"prefetch limit {self.prefetch} reached on {self.queue.name!r}: ack first"
-            )
-        return self.queue._take(self)
+        if self.prefetch:
+            room = self.prefetch - len(self._unacked)
+            if room <= 0:
+                raise errors.WouldBlock(
+                    f"prefetch limit {self.prefetch} reached on {self.queue.name!r}: ack first")
+            max_count = min(max_count, room)
+        return self.queue._take(self, max_count)
 
     def _arm(self) -> bool:
         return self.closed or self.queue._arm()
@@ -412,15 +442,9 @@ class Consumer:
 
     def recv_many(self, max_count: int = 1024) -> List[Message]:
         """Up to ``max_count`` waiting messages (within credit), without waiting."""
-        out: List[Message] = []
-        credit = self.credit
-        limit = max_count if credit is None else min(max_count, credit)
-        while len(out) < limit:
-            msg = self._poll()
-            if msg is None:
-                break
-            out.append(msg)
-        return out
+        if self.prefetch and len(self._unacked) >= self.prefetch:
+            return []
+        return self._take(max_count)
 
     def __iter__(self) -> Iterator[Message]:
         while True:

@@ -303,6 +303,15 @@ class Router(CoreRouter):
         q = self._queues.get(queue) or self.declare_queue(queue)
         return q.put(payload, headers, timeout)
 
+    def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
+                  timeout: Optional[float] = None) -> int:
+        """Put many messages on a queue in one call (one log write if durable);
+        returns how many were enqueued. ``msg-id`` de-duplication applies to
+        ``send`` only."""
+        q = self._queues.get(queue) or self.declare_queue(queue)
+        return q.put_many(payloads if isinstance(payloads, list) else list(payloads),
+                          headers, timeout)
+
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         """A competing consumer of ``queue`` (declared on first use)."""
         q = self._queues.get(queue) or self.declare_queue(queue)

@@ -5,8 +5,8 @@ Record on disk::
     u32 body_length | u32 crc32(body) | body
     body = u8 kind | u64 id | kind-specific fields (little endian)
 
-    MSG      u64 stamp_ns | u16 subject_len | subject | u32 headers_len | headers
-             | u32 payload_len | payload            (headers: JSON object or empty)
+    MSG      u64 stamp_ns | u16 subject_len | u32 headers_len | u32 payload_len
+             | subject | headers | payload          (headers: JSON object or empty)
     ACK      (nothing)      the message is settled: acked, dead-lettered or expired
     DELIVER  (nothing)      one more delivery attempt began
 
@@ -49,7 +49,7 @@ MAX_RECORD = 64 << 20  # a length field above this is corruption, not a record
 
 _HEAD = struct.Struct("<II")
 _KIND_ID = struct.Struct("<BQ")
-_MSG_FIXED = struct.Struct("<BQQH")  # kind, id, stamp, subject_len
+_MSG_FIXED = struct.Struct("<BQQHII")  # kind, id, stamp, subject/headers/payload lengths
 _U32 = struct.Struct("<I")
 
 
@@ -77,8 +77,8 @@ def encode_msg(id: int, stamp_ns: int, subject: str, payload: Any,
     """One MSG record, framed and checksummed."""
     subj = subject.encode()
     hdr = json.dumps(headers, separators=(",", ":")).encode() if headers else b""
-    body = b"".join((_MSG_FIXED.pack(MSG, id, stamp_ns, len(subj)), subj,
-                     _U32.pack(len(hdr)), hdr, _U32.pack(len(payload)), payload))
+    body = b"".join((_MSG_FIXED.pack(MSG, id, stamp_ns, len(subj), len(hdr), len(payload)),
+                     subj, hdr, payload))
     if len(body) > MAX_RECORD:
         raise LimitExceeded(f"message of {len(body)} bytes is over the log's {MAX_RECORD}")
     return _HEAD.pack(len(body), zlib.crc32(body)) + body
@@ -115,18 +115,16 @@ def decode_records(data: bytes) -> Iterator[Tuple[int, int, Optional[StoredMessa
 
 def _decode_msg(body: memoryview, id: int, pos: int) -> StoredMessage:
     try:
-        _, _, stamp, slen = _MSG_FIXED.unpack_from(body, 0)
+        _, _, stamp, slen, hlen, plen = _MSG_FIXED.unpack_from(body, 0)
         off = _MSG_FIXED.size
+        if off + slen + hlen + plen != len(body):
+            raise ValueError("field lengths do not add up")
         subject = bytes(body[off:off + slen]).decode()
         off += slen
-        (hlen,) = _U32.unpack_from(body, off)
-        off += 4
         headers = json.loads(bytes(body[off:off + hlen])) if hlen else None
+        if headers is not None and not isinstance(headers, dict):
+            raise ValueError("headers are not an object")
         off += hlen
-        (plen,) = _U32.unpack_from(body, off)
-        off += 4
-        if off + plen != len(body) or (headers is not None and not isinstance(headers, dict)):
-            raise ValueError("field lengths do not add up")
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError included
         raise _corrupt(pos, f"malformed MSG record: {exc}") from None
     return StoredMessage(id, stamp, subject, bytes(body[off:off + plen]), headers)
@@ -259,11 +257,11 @@ class QueueLog:
                 self._flush_marks()
                 self._compact()
 
-    def delivered(self, id: int) -> None:
-        """Record one more delivery attempt of ``id`` (for delivery counts)."""
+    def delivered(self, ids: List[int]) -> None:
+        """Record one more delivery attempt of each id (for delivery counts)."""
         with self._lock:
-            if id in self._where:
-                self._pending_marks.append(encode_mark(DELIVER, id))
+            where = self._where
+            self._pending_marks.extend(encode_mark(DELIVER, i) for i in ids if i in where)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
