@@ -55,8 +55,8 @@ def test_scenario_by_count(tmp_path, capsys, scenario):
     assert "\r" not in err  # no progress line when stderr is not a terminal
 
 
-def test_all_by_duration_with_options(tmp_path):
-    rc, doc = _run(tmp_path, "all", "--duration", "0.05", "--subscribers", "3",
+def test_embedded_group_by_duration_with_options(tmp_path):
+    rc, doc = _run(tmp_path, "embedded", "--duration", "0.05", "--subscribers", "3",
                    "--size", "16", "--publish", "many", "--recv", "payloads")
     assert rc == 0
     assert [r["scenario"] for r in doc["results"] if r["system"] == "ringcast"] == EMBEDDED
@@ -117,3 +117,51 @@ def test_ringcast_bench_subcommand(tmp_path):
     doc = json.loads(out.read_text())
     bench.validate(doc)
     assert doc["results"][0]["system"] == "ringcast"
+
+
+# -- broker scenarios: separate processes over loopback TCP ---------------------------------
+BROKER = [("pubsub", 1, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"]),
+          ("fanout", 2, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"]),
+          ("queue", 2, ["pyzmq PUSH/PULL"])]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scenario,subs,baselines", BROKER)
+def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
+    pytest.importorskip("zmq")
+    rc, doc = _run(tmp_path, scenario, "--count", "2000", "--batch", "500",
+                   "--subscribers", str(subs))
+    assert rc == 0
+    rows = doc["results"]
+    assert [r["system"] for r in rows] == ["ringcast", *baselines]
+    for row in rows:
+        assert row["scenario"] == scenario and row["subscribers"] == subs
+        assert row["lost"] == 0, row
+        assert row["msgs_per_s"] > 0 and row["p50_us"] is None
+    fanout = 1 if scenario == "queue" else subs
+    assert rows[0]["deliveries_per_s"] == pytest.approx(rows[0]["msgs_per_s"] * fanout)
+
+
+@pytest.mark.timeout(180)
+def test_broker_reqrep_reports_latency(tmp_path):
+    pytest.importorskip("zmq")
+    rc, doc = _run(tmp_path, "reqrep", "--count", "200")
+    assert rc == 0
+    rows = doc["results"]
+    assert [r["system"] for r in rows] == ["ringcast", "pyzmq REQ/REP",
+                                           "zmq.proxy ROUTER/DEALER"]
+    for row in rows:
+        assert 0 < row["p50_us"] <= row["p99_us"]
+        assert row["lost"] == 0 and row["msgs_per_s"] > 0
+
+
+def test_processes_clean_up_on_error():
+    """A failing child surfaces as an error in the parent, and no child outlives
+    the ``processes`` block."""
+    with pytest.raises(RuntimeError, match="boom"):
+        with bench.processes(("bad", bench._selftest_child, ("boom",))):
+            pass  # pragma: no cover - never reached: wait_ready raises
+    with bench.processes(("ok", bench._selftest_child, (None,))) as (p,):
+        p.go()
+        assert p.result(30) == "done"
+    assert not p.process.is_alive()

@@ -36,7 +36,7 @@ import socket
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 __all__ = [
     "Result",
@@ -273,6 +273,8 @@ def percentiles_us(samples_s: Sequence[float]) -> Tuple[Optional[float], Optiona
 # -- the registry ---------------------------------------------------------------------------
 
 ScenarioFn = Callable[[str, Options, Progress], List[Result]]
+#: one process of a scenario: (name, module-level target, its arguments)
+Spec = Tuple[str, Callable[..., Any], Tuple[Any, ...]]
 
 
 @dataclasses.dataclass
@@ -491,11 +493,17 @@ class _ChildControl:
         """Tell the parent this process is set up (connected, subscribed...)."""
         self._conn.send(("ready", info))
 
-    def wait_go(self, timeout: float = 30.0) -> Any:
-        """Block until the parent says go (every process is ready)."""
+    def wait_go(self, timeout: Optional[float] = 60.0) -> Any:
+        """Block until the parent says go (every process is ready); returns
+        what it sent: ``"go"``, or ``"stop"`` when the scenario is abandoned."""
         if not self._conn.poll(timeout):
             raise TimeoutError("no 'go' from the bench within the timeout")
         return self._conn.recv()
+
+    def wait_stop(self) -> None:
+        """Block until the parent says stop (for servers: brokers, proxies)."""
+        while self._conn.recv() != "stop":
+            pass
 
     def should_stop(self) -> bool:
         """True once the parent asked this process to stop (non-blocking)."""
@@ -554,7 +562,7 @@ class Proc:
 
 
 @contextlib.contextmanager
-def processes(*specs: Tuple[str, Callable[..., Any], Tuple[Any, ...]],
+def processes(*specs: Spec,
               ready_timeout: float = 30.0) -> Iterator[List[Proc]]:
     """Start one process per ``(name, target, args)``, wait until each has called
     ``ctl.ready()``, yield them, and stop every one of them on the way out
@@ -570,6 +578,506 @@ def processes(*specs: Tuple[str, Callable[..., Any], Tuple[Any, ...]],
     finally:
         for p in procs:
             p.stop()
+
+
+# -- broker scenarios: every participant in its own process ----------------------------------
+# The publisher records when it started sending; each receiver records when it
+# took its last message; rates are received / (last - start), so they count
+# what arrived, not what was sent. The stream ends with an end marker (subject
+# END for ringcast and zmq.proxy, an empty frame for direct pyzmq); a receiver
+# that never sees it stops after IDLE seconds without messages, and whatever
+# never arrived is counted as lost. pyzmq sockets get unlimited high-water
+# marks (SNDHWM/RCVHWM 0), so the baselines lose nothing either and their
+# rates are comparable; ringcast subscriptions use the block policy.
+
+END = "bench.end"
+IDLE = 2.0            # seconds without a message before a receiver gives up
+SERVICE = "bench.echo"
+QUEUE = "bench.work"
+
+
+def _send_stream(opts: Options, send_one: Callable[[], None],
+                 send_batch: Optional[Callable[[int], None]] = None) -> Tuple[int, float]:
+    """Send until ``opts.count`` or ``opts.duration``; returns (sent, start time)."""
+    t0 = time.monotonic()
+    sent = 0
+    while True:
+        n = opts.batch
+        if opts.count is not None:
+            n = min(n, opts.count - sent)
+            if n <= 0:
+                break
+        if send_batch is not None:
+            send_batch(n)
+        else:
+            for _ in range(n):
+                send_one()
+        sent += n
+        if opts.count is None and time.monotonic() - t0 >= opts.duration:
+            break
+    return sent, t0
+
+
+def _broker_child(ctl: "_ChildControl") -> None:
+    from .broker import Broker
+
+    broker = Broker("tcp://127.0.0.1:0").start()
+    try:
+        ctl.ready(broker.endpoints[0])
+        ctl.wait_stop()
+    finally:
+        broker.stop()
+
+
+def _rc_sub_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
+    from . import errors
+    from .client import connect
+
+    with connect(url) as c:
+        sub = c.subscribe("bench.>", capacity=65536)
+        c.flush()
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        n, t_last = 0, time.monotonic()
+        while True:
+            try:
+                msgs = sub.recv_many(65536, timeout=IDLE)
+            except errors.Timeout:
+                break
+            t_last = time.monotonic()
+            if msgs[-1].subject == END:
+                n += len(msgs) - 1
+                break
+            n += len(msgs)
+        return {"received": n, "t_last": t_last, "dropped": sub.dropped}
+
+
+def _rc_pub_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
+    from .client import connect
+
+    payload = opts.payload()
+    items = [payload] * opts.batch
+    with connect(url) as c:
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        publish = c.publish
+
+        def one() -> None:
+            publish(SUBJECT, payload)
+
+        def many(n: int) -> None:
+            c.publish_many(SUBJECT, items if n == len(items) else items[:n])
+
+        sent, t0 = _send_stream(opts, one, many if opts.publish == "many" else None)
+        c.publish(END, b"")
+        c.flush(60)
+    return {"sent": sent, "t0": t0}
+
+
+def _zmq_socket(kind: int) -> Any:
+    import zmq
+
+    s: Any = zmq.Context.instance().socket(kind)
+    s.setsockopt(zmq.LINGER, 2000)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    return s
+
+
+def _zmq_pub_child(ctl: "_ChildControl", endpoint: str, bind: bool, nsubs: int,
+                   multipart: bool, opts: Options) -> Dict[str, Any]:
+    """XPUB (a PUB that sees subscriptions): waits for every subscriber's unique
+    ``ready.<i>`` subscription, so no message goes out before all are there."""
+    import zmq
+
+    s = _zmq_socket(zmq.XPUB)
+    s.bind(endpoint) if bind else s.connect(endpoint)
+    seen: Set[bytes] = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < nsubs:
+        if not s.poll(500):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(seen)} of {nsubs} subscribers appeared")
+            continue
+        event = s.recv()
+        if event[:1] == b"\x01" and event[1:].startswith(b"ready."):
+            seen.add(event[1:])
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    payload = opts.payload()
+    topic = SUBJECT.encode()
+    if multipart:
+        send_multipart = s.send_multipart
+        frames = [topic, payload]
+        sent, t0 = _send_stream(opts, lambda: send_multipart(frames))
+        s.send_multipart([END.encode(), b""])
+    else:
+        send = s.send
+        sent, t0 = _send_stream(opts, lambda: send(payload))
+        s.send(b"")
+    s.close()
+    return {"sent": sent, "t0": t0}
+
+
+def _zmq_sub_child(ctl: "_ChildControl", endpoint: str, index: int,
+                   multipart: bool) -> Dict[str, Any]:
+    import zmq
+
+    s = _zmq_socket(zmq.SUB)
+    s.connect(endpoint)
+    s.setsockopt(zmq.SUBSCRIBE, b"bench." if multipart else b"")
+    s.setsockopt(zmq.SUBSCRIBE, f"ready.{index}".encode())
+    s.setsockopt(zmq.RCVTIMEO, int(IDLE * 1000))
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    n = 0
+    end = END.encode()
+    try:
+        if multipart:
+            recv_multipart = s.recv_multipart
+            while recv_multipart()[0] != end:
+                n += 1
+        else:
+            recv = s.recv
+            while recv():
+                n += 1
+        t_last = time.monotonic()
+    except zmq.Again:
+        t_last = time.monotonic() - IDLE
+    s.close(0)
+    return {"received": n, "t_last": t_last, "dropped": 0}
+
+
+def _zmq_proxy_child(ctl: "_ChildControl", front_kind: str, back_kind: str) -> None:
+    """``zmq.proxy`` between two bound sockets, until the bench says stop."""
+    import threading
+
+    import zmq
+
+    front = _zmq_socket(getattr(zmq, front_kind))
+    back = _zmq_socket(getattr(zmq, back_kind))
+    front_ep = free_tcp_endpoint()
+    back_ep = free_tcp_endpoint()
+    front.bind(front_ep)
+    back.bind(back_ep)
+    threading.Thread(target=zmq.proxy, args=(front, back), daemon=True).start()
+    ctl.ready((front_ep, back_ep))
+    ctl.wait_stop()
+    os._exit(0)  # the proxy thread holds the sockets; nothing to clean up
+
+
+def _stream_row(name: str, system: str, opts: Options, nsubs: int,
+                pub: Dict[str, Any], subs: List[Dict[str, Any]], fanout: bool = True) -> Result:
+    received = sum(s["received"] for s in subs)
+    last = max(s["t_last"] for s in subs)
+    elapsed = max(last - pub["t0"], 1e-9)
+    owed = pub["sent"] * (nsubs if fanout else 1)
+    per_sub = nsubs if fanout else 1
+    return Result(scenario=name, system=system, size=opts.size, subscribers=nsubs,
+                  msgs_per_s=received / per_sub / elapsed,
+                  deliveries_per_s=received / elapsed, lost=owed - received)
+
+
+def _collect(procs: Sequence[Proc], progress: Progress, label: str, timeout: float
+             ) -> List[Any]:
+    """Say go to every process and gather their results in order."""
+    for p in procs:
+        p.go()
+    t0 = time.monotonic()
+    out = []
+    for p in procs:
+        while not p.conn.poll(0.2):
+            elapsed = time.monotonic() - t0
+            if elapsed > timeout:
+                raise TimeoutError(f"{label}: {p.name} gave no result within {timeout:.0f} s")
+            progress.update(label, elapsed, 0, 0.0)
+        out.append(p.result(0))
+    progress.clear()
+    return out
+
+
+def _budget(opts: Options) -> float:
+    return (opts.duration if opts.count is None else opts.count / 20_000) + 60.0
+
+
+def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
+                ) -> List[Result]:
+    nsubs = _subscribers(opts, default_subs)
+    if not _importable("zmq"):
+        _skip(name, "all systems", "pyzmq is not installed")
+        return []
+    rows = []
+    # ringcast: broker, publisher and each subscriber in its own process
+    with processes(("broker", _broker_child, ())) as (broker,):
+        url = broker.ready_info
+        specs: List[Spec] = [(f"sub{i}", _rc_sub_child, (url,)) for i in range(nsubs)]
+        specs.append(("pub", _rc_pub_child, (url, opts)))
+        with processes(*specs) as procs:
+            res = _collect(procs, progress, f"{name} ringcast", _budget(opts))
+    rows.append(_stream_row(name, "ringcast", opts, nsubs, res[-1], res[:-1]))
+    # pyzmq direct: PUB -> SUB, one frame per message, no broker
+    ep = free_tcp_endpoint()
+    specs = [(f"sub{i}", _zmq_sub_child, (ep, i, False)) for i in range(nsubs)]
+    specs.append(("pub", _zmq_pub_child, (ep, True, nsubs, False, opts)))
+    with processes(*specs) as procs:
+        res = _collect(procs, progress, f"{name} pyzmq", _budget(opts))
+    rows.append(_stream_row(name, "pyzmq PUB/SUB", opts, nsubs, res[-1], res[:-1]))
+    # zmq.proxy XSUB/XPUB broker, multipart [topic, payload]
+    with processes(("proxy", _zmq_proxy_child, ("XSUB", "XPUB"))) as (proxy,):
+        front, back = proxy.ready_info
+        specs = [(f"sub{i}", _zmq_sub_child, (back, i, True)) for i in range(nsubs)]
+        specs.append(("pub", _zmq_pub_child, (front, False, nsubs, True, opts)))
+        with processes(*specs) as procs:
+            res = _collect(procs, progress, f"{name} zmq.proxy", _budget(opts))
+    rows.append(_stream_row(name, "zmq.proxy XSUB/XPUB", opts, nsubs, res[-1], res[:-1]))
+    return rows
+
+
+@scenario("pubsub", "1 publisher -> N subscribers through the broker, each its own process; "
+          "baselines pyzmq PUB/SUB direct and a zmq.proxy XSUB/XPUB broker", group="broker")
+def net_pubsub(name: str, opts: Options, progress: Progress) -> List[Result]:
+    return _net_pubsub(name, opts, progress, 1)
+
+
+@scenario("fanout", "as pubsub with N subscribers (default 4), in deliveries/s",
+          default_subscribers=4, group="broker")
+def net_fanout(name: str, opts: Options, progress: Progress) -> List[Result]:
+    return _net_pubsub(name, opts, progress, 4)
+
+
+def _rc_consumer_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
+    from . import errors
+    from .client import connect
+
+    with connect(url) as c:
+        c.declare_queue(QUEUE, capacity=65536)
+        consumer = c.consume(QUEUE, prefetch=1024)
+        c.flush()
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        n, t_last = 0, time.monotonic()
+        done = False
+        while not done:
+            try:
+                msgs = consumer.recv_many(1024, timeout=IDLE)
+            except errors.Timeout:
+                break
+            t_last = time.monotonic()
+            for m in msgs:
+                m.ack()
+                if not m.payload:  # the end marker (payloads are never empty)
+                    done = True
+                else:
+                    n += 1
+        consumer.close()
+        c.flush()
+        return {"received": n, "t_last": t_last}
+
+
+def _rc_producer_child(ctl: "_ChildControl", url: str, nconsumers: int, opts: Options
+                       ) -> Dict[str, Any]:
+    from .client import connect
+
+    payload = opts.payload()
+    with connect(url) as c:
+        c.declare_queue(QUEUE, capacity=65536)
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        send = c.send
+        sent, t0 = _send_stream(opts, lambda: send(QUEUE, payload))
+        for _ in range(nconsumers):
+            send(QUEUE, b"")
+        c.flush(60)
+    return {"sent": sent, "t0": t0}
+
+
+def _zmq_push_child(ctl: "_ChildControl", endpoint: str, nconsumers: int, opts: Options
+                    ) -> Dict[str, Any]:
+    import zmq
+
+    s = _zmq_socket(zmq.PUSH)
+    s.bind(endpoint)
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    time.sleep(0.2)  # PUSH cannot see its peers: give every PULL time to connect
+    payload = opts.payload()
+    send = s.send
+    sent, t0 = _send_stream(opts, lambda: send(payload))
+    for _ in range(nconsumers):
+        send(b"")     # round-robin: one end marker per connected consumer
+    s.close()
+    return {"sent": sent, "t0": t0}
+
+
+def _zmq_pull_child(ctl: "_ChildControl", endpoint: str) -> Dict[str, Any]:
+    import zmq
+
+    s = _zmq_socket(zmq.PULL)
+    s.connect(endpoint)
+    s.setsockopt(zmq.RCVTIMEO, int(IDLE * 1000))
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    n = 0
+    recv = s.recv
+    try:
+        while recv():
+            n += 1
+        t_last = time.monotonic()
+    except zmq.Again:
+        t_last = time.monotonic() - IDLE
+    s.close(0)
+    return {"received": n, "t_last": t_last}
+
+
+@scenario("queue", "1 producer -> N competing consumers through the broker, with acks; "
+          "baseline pyzmq PUSH/PULL direct (no acks)", group="broker")
+def net_queue(name: str, opts: Options, progress: Progress) -> List[Result]:
+    n = _subscribers(opts, 1)
+    if not _importable("zmq"):
+        _skip(name, "all systems", "pyzmq is not installed")
+        return []
+    rows = []
+    with processes(("broker", _broker_child, ())) as (broker,):
+        url = broker.ready_info
+        specs: List[Spec] = [(f"consumer{i}", _rc_consumer_child, (url,)) for i in range(n)]
+        specs.append(("producer", _rc_producer_child, (url, n, opts)))
+        with processes(*specs) as procs:
+            res = _collect(procs, progress, f"{name} ringcast", _budget(opts))
+    rows.append(_stream_row(name, "ringcast", opts, n, res[-1], res[:-1], fanout=False))
+    ep = free_tcp_endpoint()
+    specs = [(f"pull{i}", _zmq_pull_child, (ep,)) for i in range(n)]
+    specs.append(("push", _zmq_push_child, (ep, n, opts)))
+    with processes(*specs) as procs:
+        res = _collect(procs, progress, f"{name} pyzmq", _budget(opts))
+    rows.append(_stream_row(name, "pyzmq PUSH/PULL", opts, n, res[-1], res[:-1], fanout=False))
+    return rows
+
+
+def _latency_loop(opts: Options, ask: Callable[[], Any]) -> Dict[str, Any]:
+    """Synchronous round trips until count/duration; latency of each one."""
+    for _ in range(50):   # warm-up: connections, caches
+        ask()
+    clock = time.perf_counter
+    lat: List[float] = []
+    t0 = clock()
+    count = opts.count
+    while True:
+        t = clock()
+        ask()
+        now = clock()
+        lat.append(now - t)
+        if count is not None:
+            if len(lat) >= count:
+                break
+        elif now - t0 >= opts.duration:
+            break
+    p50, p99 = percentiles_us(lat)
+    return {"n": len(lat), "elapsed": clock() - t0, "p50": p50, "p99": p99}
+
+
+def _rc_responder_child(ctl: "_ChildControl", url: str) -> None:
+    from .client import connect
+
+    with connect(url) as c:
+        c.serve(SERVICE, lambda m: m.payload)
+        c.flush()
+        ctl.ready()
+        ctl.wait_stop()
+
+
+def _rc_requester_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
+    from .client import connect
+
+    payload = opts.payload()
+    with connect(url) as c:
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        return _latency_loop(opts, lambda: c.request(SERVICE, payload, timeout=10))
+
+
+def _zmq_rep_child(ctl: "_ChildControl", endpoint: str, bind: bool) -> None:
+    import zmq
+
+    s = _zmq_socket(zmq.REP)
+    s.bind(endpoint) if bind else s.connect(endpoint)
+    ctl.ready()
+    while not ctl.should_stop():
+        if s.poll(100):
+            s.send(s.recv())
+    s.close(0)
+
+
+def _zmq_req_child(ctl: "_ChildControl", endpoint: str, opts: Options) -> Dict[str, Any]:
+    import zmq
+
+    s = _zmq_socket(zmq.REQ)
+    s.connect(endpoint)
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    payload = opts.payload()
+    send, recv = s.send, s.recv
+
+    def ask() -> None:
+        send(payload)
+        recv()
+
+    out = _latency_loop(opts, ask)
+    s.close(0)
+    return out
+
+
+def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> Result:
+    rate = res["n"] / max(res["elapsed"], 1e-9)
+    return Result(scenario=name, system=system, size=opts.size, subscribers=1,
+                  msgs_per_s=rate, deliveries_per_s=rate,
+                  p50_us=res["p50"], p99_us=res["p99"], lost=0)
+
+
+@scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99); "
+          "baselines pyzmq REQ/REP direct and REQ -> ROUTER/DEALER proxy -> REP",
+          group="broker")
+def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
+    if not _importable("zmq"):
+        _skip(name, "all systems", "pyzmq is not installed")
+        return []
+    rows = []
+    with processes(("broker", _broker_child, ())) as (broker,):
+        url = broker.ready_info
+        with processes(("responder", _rc_responder_child, (url,)),
+                       ("requester", _rc_requester_child, (url, opts))) as (_, req):
+            (res,) = _collect([req], progress, f"{name} ringcast", _budget(opts))
+    rows.append(_latency_row(name, "ringcast", opts, res))
+    ep = free_tcp_endpoint()
+    with processes(("rep", _zmq_rep_child, (ep, True)),
+                   ("req", _zmq_req_child, (ep, opts))) as (_, req):
+        (res,) = _collect([req], progress, f"{name} pyzmq", _budget(opts))
+    rows.append(_latency_row(name, "pyzmq REQ/REP", opts, res))
+    with processes(("proxy", _zmq_proxy_child, ("ROUTER", "DEALER"))) as (proxy,):
+        front, back = proxy.ready_info
+        with processes(("rep", _zmq_rep_child, (back, False)),
+                       ("req", _zmq_req_child, (front, opts))) as (_, req):
+            (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
+    rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
+    return rows
+
+
+def _selftest_child(ctl: "_ChildControl", fail: Optional[str]) -> str:
+    """A trivial child for the bench's own tests of :func:`processes`."""
+    if fail:
+        raise RuntimeError(fail)
+    ctl.ready()
+    ctl.wait_go()
+    return "done"
 
 
 # -- running and reporting ------------------------------------------------------------------------
@@ -630,7 +1138,8 @@ def _si(rate: float) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     names = ", ".join(SCENARIOS)
     p.add_argument("scenarios", nargs="*", default=["all"], metavar="SCENARIO",
-                   help=f"scenario names, or 'all' (default). Known: {names}")
+                   help=f"scenario names, 'embedded', 'broker' or 'all' (default). "
+                        f"Known: {names}")
     p.add_argument("--size", type=int, default=16, help="payload bytes (default 16)")
     p.add_argument("--subscribers", type=int, default=None,
                    help="subscribers / consumers (default: per scenario, fan-out 4)")
@@ -653,16 +1162,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no live progress line even on a terminal")
 
 
+_GROUPS = ("embedded", "broker")
+
+
 def _resolve(names: Sequence[str]) -> List[str]:
     out: List[str] = []
     for name in names or ["all"]:
-        if name == "all":
-            out.extend(n for n in SCENARIOS if n not in out)
+        if name == "all" or name in _GROUPS:
+            out.extend(n for n, sc in SCENARIOS.items()
+                       if n not in out and (name == "all" or sc.group == name))
         elif name in SCENARIOS:
             if name not in out:
                 out.append(name)
         else:
-            raise ValueError(f"unknown scenario {name!r}; known: all, {', '.join(SCENARIOS)}")
+            raise ValueError(f"unknown scenario {name!r}; known: all, embedded, broker, "
+                             f"{', '.join(SCENARIOS)}")
     return out
 
 
