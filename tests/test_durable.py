@@ -137,8 +137,9 @@ def test_fsync_policies(tmp_path):
 
 
 def test_decoder_rejects_garbage_with_a_typed_error():
-    good = storage.encode_msg(1, 5, "a.b", b"payload", {"k": "v"})
-    assert [k for k, *_ in storage.decode_records(good)] == [storage.MSG]
+    good = storage.encode_msgs(1, [(5, "a.b", b"payload", {"k": "v"}), (6, "c", b"", None)])
+    assert [(k, i) for k, i, *_ in storage.decode_records(good)] == [
+        (storage.MSGS, 1), (storage.MSGS, 2)]
     for bad in (good[:-1], b"\x00" * 3, b"\xff\xff\xff\xff" + good[4:],
                 good[:8] + bytes([good[8] ^ 1]) + good[9:]):
         with pytest.raises(storage.CorruptRecord):

@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 
 from ringcast import storage
 
-RECORDS = [storage.encode_msg(i, 1000 + i, f"s.{i}", b"p" * i, {"i": str(i)} if i % 2 else None)
-           for i in range(1, 6)] + [storage.encode_mark(storage.ACK, 2),
-                                    storage.encode_mark(storage.DELIVER, 3)]
+RECORDS = [storage.encode_msgs(i, [(1000 + i, f"s.{i}", b"p" * i,
+                                    {"i": str(i)} if i % 2 else None)]) for i in range(1, 4)]
+RECORDS += [storage.encode_msgs(4, [(1004, "s.4", b"pppp", None), (1005, "s.5", b"p" * 5, {})]),
+            storage.encode_marks(storage.ACKS, [2]), storage.encode_marks(storage.DELIVERS, [3, 5])]
 VALID = b"".join(RECORDS)
 
 
@@ -63,8 +64,8 @@ def test_recovery_of_a_damaged_segment(tmp_path_factory, cut, tail):
     recovered = log.recover()
     ids = [m.id for m in recovered]
     intact = decode_all(VALID[:cut])  # records fully before the damage
-    unsettled = {i for k, i, _ in intact if k == storage.MSG} - {
-        i for k, i, _ in intact if k == storage.ACK}
+    unsettled = {i for k, i, _ in intact if k == storage.MSGS} - {
+        i for k, i, _ in intact if k == storage.ACKS}
     assert ids == sorted(set(ids))
     assert unsettled <= set(ids) <= {1, 2, 3, 4, 5}
     log.append([(0, "after", b"x", None)])  # still appendable after any damage

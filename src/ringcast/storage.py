@@ -1,14 +1,18 @@
 """Append-only, segmented, CRC-checked log of one durable queue.
 
-Record on disk::
+Record on disk (little endian)::
 
     u32 body_length | u32 crc32(body) | body
-    body = u8 kind | u64 id | kind-specific fields (little endian)
+    body = u8 kind | u64 first | u32 count | entries
 
-    MSG      u64 stamp_ns | u16 subject_len | u32 headers_len | u32 payload_len
-             | subject | headers | payload          (headers: JSON object or empty)
-    ACK      (nothing)      the message is settled: acked, dead-lettered or expired
-    DELIVER  (nothing)      one more delivery attempt began
+    MSGS     count messages with ids first, first+1, ...; each entry:
+             u64 stamp_ns | u16 subject_len | u32 headers_len | u32 payload_len
+             | subject | headers | payload      (headers: JSON object or empty)
+    ACKS     count u64 ids now settled: acked, dead-lettered or expired
+    DELIVERS count u64 ids of which one more delivery attempt began
+
+One record per append or flush, not per message: a batch costs one CRC and
+one write, and a torn batch is lost whole (it was never confirmed).
 
 Segments are files named by the first id they hold; the newest is appended
 to, a segment rolls over at ``segment_bytes``, and fully settled segments
@@ -44,13 +48,12 @@ from .errors import LimitExceeded, ProtocolError
 log = logging.getLogger("ringcast.storage")
 
 FSYNC_POLICIES = ("always", "interval", "never")
-MSG, ACK, DELIVER = 1, 2, 3
+MSGS, ACKS, DELIVERS = 1, 2, 3
 MAX_RECORD = 64 << 20  # a length field above this is corruption, not a record
 
 _HEAD = struct.Struct("<II")
-_KIND_ID = struct.Struct("<BQ")
-_MSG_FIXED = struct.Struct("<BQQHII")  # kind, id, stamp, subject/headers/payload lengths
-_U32 = struct.Struct("<I")
+_BODY = struct.Struct("<BQI")      # kind, first id, count
+_ENTRY = struct.Struct("<QHII")    # stamp, subject/headers/payload lengths
 
 
 class CorruptRecord(ProtocolError):
@@ -72,62 +75,89 @@ class StoredMessage:
         self.deliveries = deliveries
 
 
-def encode_msg(id: int, stamp_ns: int, subject: str, payload: Any,
-               headers: Optional[Dict[str, str]]) -> bytes:
-    """One MSG record, framed and checksummed."""
-    subj = subject.encode()
-    hdr = json.dumps(headers, separators=(",", ":")).encode() if headers else b""
-    body = b"".join((_MSG_FIXED.pack(MSG, id, stamp_ns, len(subj), len(hdr), len(payload)),
-                     subj, hdr, payload))
+def _frame(body: bytes) -> bytes:
     if len(body) > MAX_RECORD:
-        raise LimitExceeded(f"message of {len(body)} bytes is over the log's {MAX_RECORD}")
+        raise LimitExceeded(f"a log record of {len(body)} bytes is over the {MAX_RECORD} limit")
     return _HEAD.pack(len(body), zlib.crc32(body)) + body
 
 
-def encode_mark(kind: int, id: int) -> bytes:
-    body = _KIND_ID.pack(kind, id)
-    return _HEAD.pack(len(body), zlib.crc32(body)) + body
+def encode_msgs(first: int, messages: List[Tuple[int, str, Any, Optional[Dict[str, str]]]]
+                ) -> bytes:
+    """One MSGS record for ``(stamp_ns, subject, payload, headers)`` tuples."""
+    parts = [_BODY.pack(MSGS, first, len(messages))]
+    append = parts.append
+    pack = _ENTRY.pack
+    last_headers: Any = None
+    hdr = b""
+    for stamp, subject, payload, headers in messages:
+        subj = subject.encode()
+        if headers is not last_headers:  # batches usually share one headers dict
+            last_headers = headers
+            hdr = json.dumps(headers, separators=(",", ":")).encode() if headers else b""
+        append(pack(stamp, len(subj), len(hdr), len(payload)))
+        append(subj)
+        append(hdr)
+        append(payload)
+    return _frame(b"".join(parts))
+
+
+def encode_marks(kind: int, ids: List[int]) -> bytes:
+    """One ACKS or DELIVERS record."""
+    return _frame(_BODY.pack(kind, 0, len(ids)) + struct.pack(f"<{len(ids)}Q", *ids))
 
 
 def decode_records(data: bytes) -> Iterator[Tuple[int, int, Optional[StoredMessage], int]]:
-    """Yield ``(kind, id, message_or_None, end_offset)`` for each intact
-    record; raise CorruptRecord (with ``.offset``) at the first bad one."""
+    """Yield ``(kind, id, message_or_None, end_offset)`` per message or mark
+    of each intact record; raise CorruptRecord (with ``.offset``) at the
+    first bad record. Nothing of a bad record is yielded."""
     view = memoryview(data)
     pos, n = 0, len(data)
     while pos < n:
         if n - pos < _HEAD.size:
             raise _corrupt(pos, "truncated record header")
         length, crc = _HEAD.unpack_from(view, pos)
-        if length < _KIND_ID.size or length > MAX_RECORD or pos + _HEAD.size + length > n:
+        if length < _BODY.size or length > MAX_RECORD or pos + _HEAD.size + length > n:
             raise _corrupt(pos, f"bad record length {length}")
         body = view[pos + _HEAD.size:pos + _HEAD.size + length]
         if zlib.crc32(body) != crc:
             raise _corrupt(pos, "CRC mismatch")
-        kind, id = _KIND_ID.unpack_from(body, 0)
-        msg = None
-        if kind == MSG:
-            msg = _decode_msg(body, id, pos)
-        elif kind not in (ACK, DELIVER):
-            raise _corrupt(pos, f"unknown record kind {kind}")
-        pos += _HEAD.size + length
-        yield kind, id, msg, pos
+        end = pos + _HEAD.size + length
+        items = _decode_body(body, pos)
+        pos = end
+        for kind, ident, msg in items:
+            yield kind, ident, msg, end
 
 
-def _decode_msg(body: memoryview, id: int, pos: int) -> StoredMessage:
+def _decode_body(body: memoryview, pos: int) -> List[Tuple[int, int, Optional[StoredMessage]]]:
+    kind, first, count = _BODY.unpack_from(body, 0)
+    off = _BODY.size
     try:
-        _, _, stamp, slen, hlen, plen = _MSG_FIXED.unpack_from(body, 0)
-        off = _MSG_FIXED.size
-        if off + slen + hlen + plen != len(body):
-            raise ValueError("field lengths do not add up")
-        subject = bytes(body[off:off + slen]).decode()
-        off += slen
-        headers = json.loads(bytes(body[off:off + hlen])) if hlen else None
-        if headers is not None and not isinstance(headers, dict):
-            raise ValueError("headers are not an object")
-        off += hlen
+        if kind in (ACKS, DELIVERS):
+            if off + 8 * count != len(body):
+                raise ValueError("mark count does not match the record length")
+            return [(kind, i, None) for i in struct.unpack_from(f"<{count}Q", body, off)]
+        if kind != MSGS:
+            raise ValueError(f"unknown record kind {kind}")
+        out: List[Tuple[int, int, Optional[StoredMessage]]] = []
+        for ident in range(first, first + count):
+            stamp, slen, hlen, plen = _ENTRY.unpack_from(body, off)
+            off += _ENTRY.size
+            if off + slen + hlen + plen > len(body):
+                raise ValueError("entry lengths run past the record")
+            subject = bytes(body[off:off + slen]).decode()
+            off += slen
+            headers = json.loads(bytes(body[off:off + hlen])) if hlen else None
+            if headers is not None and not isinstance(headers, dict):
+                raise ValueError("headers are not an object")
+            off += hlen
+            out.append((MSGS, ident, StoredMessage(ident, stamp, subject,
+                                                   bytes(body[off:off + plen]), headers)))
+            off += plen
+        if off != len(body):
+            raise ValueError("trailing bytes after the last entry")
+        return out
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError included
-        raise _corrupt(pos, f"malformed MSG record: {exc}") from None
-    return StoredMessage(id, stamp, subject, bytes(body[off:off + plen]), headers)
+        raise _corrupt(pos, f"malformed record: {exc}") from None
 
 
 def _corrupt(offset: int, why: str) -> CorruptRecord:
@@ -148,7 +178,8 @@ class QueueLog:
         self.interval = interval
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        self._pending_marks: List[bytes] = []
+        self._acks: List[int] = []          # buffered marks (see the module doc)
+        self._delivers: List[int] = []
         self._dirty = False
         self._segments: List[int] = []          # first ids, oldest first
         self._live: Dict[int, int] = {}         # segment first id -> unsettled MSG count
@@ -182,13 +213,13 @@ class QueueLog:
                 for kind, id, msg, end in decode_records(data):
                     good = end
                     self.next_id = max(self.next_id, id + 1)
-                    if kind == MSG:
+                    if kind == MSGS:
                         assert msg is not None
                         messages[id] = msg
                         self._where[id] = first
                         self._live[first] += 1
                     elif id in messages:
-                        if kind == ACK:
+                        if kind == ACKS:
                             del messages[id]
                             self._live[self._where.pop(id)] -= 1
                         else:
@@ -228,13 +259,10 @@ class QueueLog:
         with self._lock:
             self._check_open()
             first = self.next_id
-            ids = list(range(first, first + len(messages)))
-            chunks = self._pending_marks
-            self._pending_marks = []
-            chunks.extend(encode_msg(i, stamp, subject, payload, headers)
-                          for i, (stamp, subject, payload, headers) in zip(ids, messages))
+            ids = range(first, first + len(messages))
+            record = encode_msgs(first, messages)
             self.next_id += len(messages)
-            self._write(b"".join(chunks))
+            self._write(self._marks() + record)
             seg = self._segments[-1]
             self._live[seg] += len(ids)
             for i in ids:
@@ -243,7 +271,7 @@ class QueueLog:
                 self._sync()
             if self._size >= self.segment_bytes:
                 self._roll()
-            return ids
+            return list(ids)
 
     def settle(self, id: int) -> None:
         """Record that ``id`` is done (acked, dead-lettered, expired)."""
@@ -251,7 +279,7 @@ class QueueLog:
             seg = self._where.pop(id, None)
             if seg is None:
                 return
-            self._pending_marks.append(encode_mark(ACK, id))
+            self._acks.append(id)
             self._live[seg] -= 1
             if seg == self._segments[0] and self._live[seg] == 0 and len(self._segments) > 1:
                 self._flush_marks()
@@ -261,7 +289,7 @@ class QueueLog:
         """Record one more delivery attempt of each id (for delivery counts)."""
         with self._lock:
             where = self._where
-            self._pending_marks.extend(encode_mark(DELIVER, i) for i in ids if i in where)
+            self._delivers.extend(i for i in ids if i in where)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -271,10 +299,20 @@ class QueueLog:
         self._size += len(data)
         self._dirty = True
 
+    def _marks(self) -> bytes:
+        """Encode and forget the buffered marks (deliveries before acks)."""
+        out = b""
+        if self._delivers:
+            out = encode_marks(DELIVERS, self._delivers)
+            self._delivers = []
+        if self._acks:
+            out += encode_marks(ACKS, self._acks)
+            self._acks = []
+        return out
+
     def _flush_marks(self) -> None:
-        if self._pending_marks and self._fd >= 0:
-            chunks, self._pending_marks = self._pending_marks, []
-            self._write(b"".join(chunks))
+        if (self._acks or self._delivers) and self._fd >= 0:
+            self._write(self._marks())
 
     def _sync(self) -> None:
         if self._dirty and self._fd >= 0:
