@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.." || exit 1
 status=0
 for v in 3.9 3.10 3.11 3.12 3.13 3.14; do
     py=$(command -v "python$v" || true)
+    # a pyenv shim exists for every installed version but runs only the active ones
+    if [ -n "$py" ] && ! "$py" -c "" >/dev/null 2>&1; then
+        py=""
+    fi
     if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
         for d in "$(pyenv root)"/versions/"$v".*; do
             [ -x "$d/bin/python$v" ] && py="$d/bin/python$v"
