@@ -35,7 +35,7 @@ from ._impl import (
 )
 from ._waiting import _deadline, _Dispatcher, _Signal
 from .queues import Consumer, Queue, QueueOptions
-from .services import MAX_REQUEST_BACKLOG, PendingRequest, Responder, _Service
+from .services import PendingRequest, Responder, _Service
 from .storage import FSYNC_POLICIES
 
 log = logging.getLogger("ringcast.router")
@@ -345,25 +345,8 @@ class Router(CoreRouter):
             raise errors.NoResponders(f"no responders for {name!r}")
         pending = PendingRequest(service, on_done, _deadline(timeout))
         service.requests += 1
-        self._dispatch_request(service, payload, headers, pending)
+        service.dispatch(payload, headers, pending)
         return pending
-
-    def _dispatch_request(self, service: _Service, payload: Any, headers: Headers,
-                          pending: PendingRequest) -> None:
-        if not service.responders:
-            pending.fail(errors.NoResponders(f"no responders left for {service.name!r}"))
-            return
-        if not service.backlog:
-            for responder in service.pick():
-                if responder._offer(payload, headers, pending):
-                    return
-        if len(service.backlog) >= MAX_REQUEST_BACKLOG:
-            service.failed += 1
-            pending.fail(errors.WouldBlock(
-                f"every responder of {service.name!r} is full and "
-                f"{MAX_REQUEST_BACKLOG} requests already wait"))
-            return
-        service.backlog.append((payload, headers, pending))
 
     def request(self, name: str, payload: Any, headers: Headers = None, *,
                 timeout: float = 5.0) -> Message:

@@ -155,7 +155,7 @@ class Responder:
                 break
             pending = self._pending.popleft()
             if not pending.settled:
-                self._router._dispatch_request(self._service, msg.payload, msg.headers, pending)
+                self._service.dispatch(msg.payload, msg.headers, pending)
         service = self._service
         for other in service.responders:
             service.refill(other)
@@ -200,6 +200,23 @@ class _Service:
         self.late_replies = 0
         self.failed = 0
         self.expired = 0
+
+    def dispatch(self, payload: Any, headers: Headers, pending: PendingRequest) -> None:
+        """Give a request to the next responder with room, or backlog it."""
+        if not self.responders:
+            pending.fail(errors.NoResponders(f"no responders left for {self.name!r}"))
+            return
+        if not self.backlog:
+            for responder in self.pick():
+                if responder._offer(payload, headers, pending):
+                    return
+        if len(self.backlog) >= MAX_REQUEST_BACKLOG:
+            self.failed += 1
+            pending.fail(errors.WouldBlock(
+                f"every responder of {self.name!r} is full and "
+                f"{MAX_REQUEST_BACKLOG} requests already wait"))
+            return
+        self.backlog.append((payload, headers, pending))
 
     def refill(self, responder: Responder) -> None:
         """Move backlogged requests into ``responder`` while it has room."""
