@@ -165,3 +165,18 @@ def test_processes_clean_up_on_error():
         p.go()
         assert p.result(30) == "done"
     assert not p.process.is_alive()
+
+
+@pytest.mark.timeout(180)
+def test_broker_slow_consumer(tmp_path, capsys):
+    pytest.importorskip("zmq")
+    rc, doc = _run(tmp_path, "slow-consumer", "--count", "30000", "--batch", "1000")
+    assert rc == 0  # losses are the chosen drop_oldest policy's, not a failure
+    rows = doc["results"]
+    assert [r["system"] for r in rows] == ["ringcast", "zmq.proxy XSUB/XPUB"]
+    ours = rows[0]
+    assert ours["subscribers"] == 2 and ours["msgs_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "broker RSS MB" in out and "drops counted by the broker" in out
+    counted = int(out.split("drops counted by the broker ")[1].split(",")[0])
+    assert ours["lost"] == counted  # every loss is a counted drop of the stalled subscriber

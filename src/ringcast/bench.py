@@ -75,9 +75,13 @@ class Result:
     p50_us: Optional[float] = None
     p99_us: Optional[float] = None
     lost: int = 0
+    #: free text printed under the table (RSS over time, drop counters); not in the JSON
+    note: str = dataclasses.field(default="", compare=False)
 
     def as_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        row = dataclasses.asdict(self)
+        del row["note"]
+        return row
 
 
 #: the JSON schema of one result row, field -> accepted types (documented in
@@ -284,6 +288,7 @@ class Scenario:
     help: str
     default_subscribers: int = 1
     group: str = "embedded"   # "embedded" scenarios run in this process; others spawn
+    drop_policy: bool = False  # ringcast runs with a drop policy: its rows may lose
 
     def run(self, opts: Options, progress: Progress) -> List[Result]:
         return self.fn(self.name, opts, progress)
@@ -293,12 +298,12 @@ class Scenario:
 SCENARIOS: Dict[str, Scenario] = {}
 
 
-def scenario(name: str, help: str, default_subscribers: int = 1,
-             group: str = "embedded") -> Callable[[ScenarioFn], ScenarioFn]:
+def scenario(name: str, help: str, default_subscribers: int = 1, group: str = "embedded",
+             drop_policy: bool = False) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register ``fn(name, opts, progress) -> [Result, ...]`` as a scenario."""
 
     def register(fn: ScenarioFn) -> ScenarioFn:
-        SCENARIOS[name] = Scenario(name, fn, help, default_subscribers, group)
+        SCENARIOS[name] = Scenario(name, fn, help, default_subscribers, group, drop_policy)
         return fn
 
     return register
@@ -464,6 +469,20 @@ def _skip(scenario_name: str, system: str, why: str) -> None:
 # -- processes (for scenarios with a broker, remote publishers/subscribers) ---------------------
 
 
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes (0 where unknown)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        try:
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+        except Exception:
+            return 0
+
+
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
     """A ``tcp://host:port`` with a port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -505,6 +524,25 @@ class _ChildControl:
         while self._conn.recv() != "stop":
             pass
 
+    def wait_stop_sampling(self, interval: float = 0.25) -> List[Tuple[float, int]]:
+        """As ``wait_stop``, sampling this process's RSS every ``interval`` s;
+        ``"go"`` restarts the clock. Returns [(seconds since go, RSS bytes)]."""
+        samples: List[Tuple[float, int]] = []
+        t0 = time.monotonic()
+        while True:
+            if self._conn.poll(interval):
+                msg = self._conn.recv()
+                if msg == "stop":
+                    return samples
+                if msg == "go":
+                    t0 = time.monotonic()
+                    samples = []
+            samples.append((round(time.monotonic() - t0, 2), rss_bytes()))
+
+    def send_result(self, result: Any) -> None:
+        """Report a result now (for a child that will not return normally)."""
+        self._conn.send(("result", result))
+
     def should_stop(self) -> bool:
         """True once the parent asked this process to stop (non-blocking)."""
         return bool(self._conn.poll(0))
@@ -545,6 +583,11 @@ class Proc:
 
     def result(self, timeout: float = 60.0) -> Any:
         return self._expect("result", timeout)
+
+    def finish(self, timeout: float = 30.0) -> Any:
+        """Tell a server process to stop and return its result."""
+        self.conn.send("stop")
+        return self.result(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask nicely, then terminate, then kill."""
@@ -618,13 +661,17 @@ def _send_stream(opts: Options, send_one: Callable[[], None],
     return sent, t0
 
 
-def _broker_child(ctl: "_ChildControl") -> None:
+def _broker_child(ctl: "_ChildControl", sample: bool = False) -> Any:
+    """A ringcast broker; with ``sample``, returns its RSS over time on stop."""
     from .broker import Broker
 
     broker = Broker("tcp://127.0.0.1:0").start()
     try:
         ctl.ready(broker.endpoints[0])
+        if sample:
+            return ctl.wait_stop_sampling()
         ctl.wait_stop()
+        return None
     finally:
         broker.stop()
 
@@ -653,7 +700,8 @@ def _rc_sub_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
         return {"received": n, "t_last": t_last, "dropped": sub.dropped}
 
 
-def _rc_pub_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
+def _rc_pub_child(ctl: "_ChildControl", url: str, opts: Options,
+                  report_drops: bool = False) -> Dict[str, Any]:
     from .client import connect
 
     payload = opts.payload()
@@ -673,26 +721,29 @@ def _rc_pub_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, An
         sent, t0 = _send_stream(opts, one, many if opts.publish == "many" else None)
         c.publish(END, b"")
         c.flush(60)
-    return {"sent": sent, "t0": t0}
+        dropped = c.stats()["dropped"] if report_drops else 0
+    return {"sent": sent, "t0": t0, "dropped": dropped}
 
 
-def _zmq_socket(kind: int) -> Any:
+def _zmq_socket(kind: int, hwm: Optional[int] = 0) -> Any:
+    """A socket with high-water marks ``hwm`` (0: unlimited; None: pyzmq's default)."""
     import zmq
 
     s: Any = zmq.Context.instance().socket(kind)
     s.setsockopt(zmq.LINGER, 2000)
-    s.setsockopt(zmq.SNDHWM, 0)
-    s.setsockopt(zmq.RCVHWM, 0)
+    if hwm is not None:
+        s.setsockopt(zmq.SNDHWM, hwm)
+        s.setsockopt(zmq.RCVHWM, hwm)
     return s
 
 
 def _zmq_pub_child(ctl: "_ChildControl", endpoint: str, bind: bool, nsubs: int,
-                   multipart: bool, opts: Options) -> Dict[str, Any]:
+                   multipart: bool, opts: Options, hwm: Optional[int] = 0) -> Dict[str, Any]:
     """XPUB (a PUB that sees subscriptions): waits for every subscriber's unique
     ``ready.<i>`` subscription, so no message goes out before all are there."""
     import zmq
 
-    s = _zmq_socket(zmq.XPUB)
+    s = _zmq_socket(zmq.XPUB, hwm)
     s.bind(endpoint) if bind else s.connect(endpoint)
     seen: Set[bytes] = set()
     deadline = time.monotonic() + 30
@@ -723,15 +774,31 @@ def _zmq_pub_child(ctl: "_ChildControl", endpoint: str, bind: bool, nsubs: int,
 
 
 def _zmq_sub_child(ctl: "_ChildControl", endpoint: str, index: int,
-                   multipart: bool) -> Dict[str, Any]:
+                   multipart: bool, hwm: Optional[int] = 0, stalled: bool = False
+                   ) -> Dict[str, Any]:
+    """A SUB that counts what it receives; ``stalled`` reads nothing until the
+    bench says stop, then counts what it can still take without waiting."""
     import zmq
 
-    s = _zmq_socket(zmq.SUB)
+    s = _zmq_socket(zmq.SUB, hwm)
     s.connect(endpoint)
     s.setsockopt(zmq.SUBSCRIBE, b"bench." if multipart else b"")
     s.setsockopt(zmq.SUBSCRIBE, f"ready.{index}".encode())
     s.setsockopt(zmq.RCVTIMEO, int(IDLE * 1000))
     ctl.ready()
+    if stalled:
+        ctl.wait_stop()
+        n = 0
+        end = END.encode()
+        while True:
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frames[0] != end and frames[0]:
+                n += 1
+        s.close(0)
+        return {"received": n, "t_last": time.monotonic()}
     if ctl.wait_go() == "stop":
         return {}
     n = 0
@@ -752,21 +819,26 @@ def _zmq_sub_child(ctl: "_ChildControl", endpoint: str, index: int,
     return {"received": n, "t_last": t_last, "dropped": 0}
 
 
-def _zmq_proxy_child(ctl: "_ChildControl", front_kind: str, back_kind: str) -> None:
-    """``zmq.proxy`` between two bound sockets, until the bench says stop."""
+def _zmq_proxy_child(ctl: "_ChildControl", front_kind: str, back_kind: str,
+                     hwm: Optional[int] = 0, sample: bool = False) -> None:
+    """``zmq.proxy`` between two bound sockets, until the bench says stop; with
+    ``sample``, sends back its RSS over time first."""
     import threading
 
     import zmq
 
-    front = _zmq_socket(getattr(zmq, front_kind))
-    back = _zmq_socket(getattr(zmq, back_kind))
+    front = _zmq_socket(getattr(zmq, front_kind), hwm)
+    back = _zmq_socket(getattr(zmq, back_kind), hwm)
     front_ep = free_tcp_endpoint()
     back_ep = free_tcp_endpoint()
     front.bind(front_ep)
     back.bind(back_ep)
     threading.Thread(target=zmq.proxy, args=(front, back), daemon=True).start()
     ctl.ready((front_ep, back_ep))
-    ctl.wait_stop()
+    if sample:
+        ctl.send_result(ctl.wait_stop_sampling())
+    else:
+        ctl.wait_stop()
     os._exit(0)  # the proxy thread holds the sockets; nothing to clean up
 
 
@@ -1071,6 +1143,88 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
     return rows
 
 
+STALLED_CAPACITY = 8192
+
+
+def _rc_stalled_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
+    """A subscriber that reads nothing (drop_oldest, 8192 buffered at the broker)
+    until the bench says stop, then counts what it can still take."""
+    from . import errors
+    from .client import connect
+
+    with connect(url) as c:
+        sub = c.subscribe("bench.>", capacity=STALLED_CAPACITY, overflow="drop_oldest")
+        c.flush()
+        ctl.ready()
+        ctl.wait_stop()
+        n = 0
+        while True:
+            try:
+                msgs = sub.recv_many(65536, timeout=0.5)
+            except errors.Timeout:
+                break
+            n += sum(1 for m in msgs if m.subject != END)
+        return {"received": n, "t_last": time.monotonic(), "dropped": sub.dropped}
+
+
+def _rss_note(samples: List[Tuple[float, int]], what: str) -> str:
+    if not samples:
+        return f"{what} RSS: not sampled"
+    mb = [rss / 2**20 for _, rss in samples]
+    step = max(1, len(samples) // 8)
+    series = ", ".join(f"{t:.1f}s {rss / 2**20:.0f}" for t, rss in samples[::step])
+    return (f"{what} RSS MB start {mb[0]:.0f}, max {max(mb):.0f}, end {mb[-1]:.0f} "
+            f"({series})")
+
+
+def _slow_row(name: str, system: str, opts: Options, pub: Dict[str, Any],
+              healthy: Dict[str, Any], stalled: Dict[str, Any], note: str) -> Result:
+    elapsed = max(healthy["t_last"] - pub["t0"], 1e-9)
+    rate = healthy["received"] / elapsed
+    lost = 2 * pub["sent"] - healthy["received"] - stalled["received"]
+    return Result(scenario=name, system=system, size=opts.size, subscribers=2,
+                  msgs_per_s=rate, deliveries_per_s=rate, lost=lost, note=note)
+
+
+@scenario("slow-consumer",
+          "1 publisher -> 1 healthy + 1 stalled subscriber; broker RSS over time and drops "
+          "(ringcast: drop_oldest for the stalled one; baseline zmq.proxy with pyzmq's "
+          "default high-water marks)", default_subscribers=2, group="broker", drop_policy=True)
+def net_slow_consumer(name: str, opts: Options, progress: Progress) -> List[Result]:
+    if not _importable("zmq"):
+        _skip(name, "all systems", "pyzmq is not installed")
+        return []
+    rows = []
+    with processes(("broker", _broker_child, (True,))) as (broker,):
+        url = broker.ready_info
+        with processes(("healthy", _rc_sub_child, (url,)),
+                       ("stalled", _rc_stalled_child, (url,)),
+                       ("pub", _rc_pub_child, (url, opts, True))) as (healthy_p, stalled_p, pub_p):
+            broker.go()   # RSS clock starts with the publisher
+            healthy, pub = _collect([healthy_p, pub_p], progress, f"{name} ringcast",
+                                    _budget(opts))
+            stalled = stalled_p.finish()
+        samples = broker.finish()
+    note = (f"{_rss_note(samples, 'broker')}; drops counted by the broker {pub['dropped']}, "
+            f"seen by the stalled subscriber as sequence gaps {stalled['dropped']}")
+    rows.append(_slow_row(name, "ringcast", opts, pub, healthy, stalled, note))
+
+    with processes(("proxy", _zmq_proxy_child, ("XSUB", "XPUB", None, True))) as (proxy,):
+        front, back = proxy.ready_info
+        with processes(("healthy", _zmq_sub_child, (back, 0, True, None)),
+                       ("stalled", _zmq_sub_child, (back, 1, True, None, True)),
+                       ("pub", _zmq_pub_child, (front, False, 2, True, opts, None))
+                       ) as (healthy_p, stalled_p, pub_p):
+            proxy.go()
+            healthy, pub = _collect([healthy_p, pub_p], progress, f"{name} zmq.proxy",
+                                    _budget(opts))
+            stalled = stalled_p.finish()
+        samples = proxy.finish()
+    note = f"{_rss_note(samples, 'proxy')}; drops not counted anywhere (silent)"
+    rows.append(_slow_row(name, "zmq.proxy XSUB/XPUB", opts, pub, healthy, stalled, note))
+    return rows
+
+
 def _selftest_child(ctl: "_ChildControl", fail: Optional[str]) -> str:
     """A trivial child for the bench's own tests of :func:`processes`."""
     if fail:
@@ -1124,6 +1278,10 @@ def render_table(results: Sequence[Result]) -> str:
 
     lines = [fmt(header), fmt(["-" * w for w in widths])]
     lines.extend(fmt(row) for row in rows)
+    notes = [f"{r.scenario} / {r.system}: {r.note}" for r in results if r.note]
+    if notes:
+        lines.append("")
+        lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -1213,7 +1371,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
-    lost = [r for r in results if r.system == "ringcast" and r.lost]
+    lost = [r for r in results if r.system == "ringcast" and r.lost
+            and not SCENARIOS[r.scenario].drop_policy]
     for r in lost:
         print(f"ringcast bench: {r.scenario}: ringcast lost {r.lost} deliveries",
               file=sys.stderr)
