@@ -143,13 +143,16 @@ def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
 
 
 @pytest.mark.timeout(180)
-def test_broker_reqrep_reports_latency(tmp_path):
+@pytest.mark.parametrize("scenario,baselines", [
+    ("reqrep", ["pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"]),
+    ("reqrep-pipelined", ["pyzmq DEALER/ROUTER", "zmq.proxy ROUTER/DEALER"]),
+])
+def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines):
     pytest.importorskip("zmq")
-    rc, doc = _run(tmp_path, "reqrep", "--count", "200")
+    rc, doc = _run(tmp_path, scenario, "--count", "300", "--inflight", "8")
     assert rc == 0
     rows = doc["results"]
-    assert [r["system"] for r in rows] == ["ringcast", "pyzmq REQ/REP",
-                                           "zmq.proxy ROUTER/DEALER"]
+    assert [r["system"] for r in rows] == ["ringcast", *baselines]
     for row in rows:
         assert 0 < row["p50_us"] <= row["p99_us"]
         assert row["lost"] == 0 and row["msgs_per_s"] > 0

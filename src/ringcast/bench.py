@@ -170,6 +170,7 @@ class Options:
     count: Optional[int] = None        # messages per system (overrides duration)
     batch: int = 1000                  # messages per publish/receive cycle
     publish: str = "call"              # "call": publish() per message; "many": publish_many
+    inflight: int = 100                # requests outstanding in reqrep-pipelined
     recv: str = "messages"             # "messages": recv_many; "payloads": recv_payloads
 
     def payload(self) -> bytes:
@@ -1055,11 +1056,11 @@ def _latency_loop(opts: Options, ask: Callable[[], Any]) -> Dict[str, Any]:
     return {"n": len(lat), "elapsed": clock() - t0, "p50": p50, "p99": p99}
 
 
-def _rc_responder_child(ctl: "_ChildControl", url: str) -> None:
+def _rc_responder_child(ctl: "_ChildControl", url: str, concurrency: int = 16) -> None:
     from .client import connect
 
     with connect(url) as c:
-        c.serve(SERVICE, lambda m: m.payload)
+        c.serve(SERVICE, lambda m: m.payload, concurrency=concurrency)
         c.flush()
         ctl.ready()
         ctl.wait_stop()
@@ -1138,6 +1139,145 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
         front, back = proxy.ready_info
         with processes(("rep", _zmq_rep_child, (back, False)),
                        ("req", _zmq_req_child, (front, opts))) as (_, req):
+            (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
+    rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
+    return rows
+
+
+def _rc_pipelined_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
+    """asyncio client with ``opts.inflight`` requests outstanding at all times."""
+    import asyncio
+
+    from .aio_client import connect
+
+    payload = opts.payload()
+
+    async def main() -> Dict[str, Any]:
+        conn = await connect(url)
+        try:
+            for _ in range(20):
+                await conn.request(SERVICE, payload, timeout=10)
+            ctl.ready()
+            if ctl.wait_go() == "stop":
+                return {}
+            clock = time.perf_counter
+            lat: List[float] = []
+            t0 = clock()
+            stop_at = None if opts.count is not None else t0 + opts.duration
+            budget = [opts.count if opts.count is not None else -1]
+
+            async def worker() -> None:
+                while True:
+                    if budget[0] == 0 or (stop_at is not None and clock() >= stop_at):
+                        return
+                    budget[0] -= 1
+                    t = clock()
+                    await conn.request(SERVICE, payload, timeout=30)
+                    lat.append(clock() - t)
+
+            await asyncio.gather(*(worker() for _ in range(opts.inflight)))
+            elapsed = clock() - t0
+        finally:
+            await conn.close()
+        p50, p99 = percentiles_us(lat)
+        return {"n": len(lat), "elapsed": elapsed, "p50": p50, "p99": p99}
+
+    return asyncio.run(main())
+
+
+def _zmq_echo_child(ctl: "_ChildControl", endpoint: str, bind: bool, kind: str) -> None:
+    """Echo every multipart message back (a ROUTER server, or a DEALER worker
+    behind a ROUTER/DEALER proxy), until stop."""
+    import zmq
+
+    s = _zmq_socket(getattr(zmq, kind))
+    s.bind(endpoint) if bind else s.connect(endpoint)
+    ctl.ready()
+    recv, send = s.recv_multipart, s.send_multipart
+    while not ctl.should_stop():
+        if s.poll(100):
+            for _ in range(1000):
+                try:
+                    send(recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+    s.close(0)
+
+
+def _zmq_pipelined_child(ctl: "_ChildControl", endpoint: str, opts: Options) -> Dict[str, Any]:
+    """A DEALER keeping ``opts.inflight`` requests outstanding ([b"", payload],
+    as REQ would frame them); replies come back in order, so latency is
+    measured against a FIFO of send times."""
+    import collections as _c
+
+    import zmq
+
+    s = _zmq_socket(zmq.DEALER)
+    s.connect(endpoint)
+    payload = opts.payload()
+    frames = [b"", payload]
+    for _ in range(20):
+        s.send_multipart(frames)
+        s.recv_multipart()
+    ctl.ready()
+    if ctl.wait_go() == "stop":
+        return {}
+    clock = time.perf_counter
+    sent_at: "_c.deque[float]" = _c.deque()
+    lat: List[float] = []
+    t0 = clock()
+    limit = opts.count
+    issued = 0
+
+    def more() -> bool:
+        if limit is not None:
+            return issued < limit
+        return clock() - t0 < opts.duration
+
+    for _ in range(opts.inflight):
+        if not more():
+            break
+        sent_at.append(clock())
+        s.send_multipart(frames)
+        issued += 1
+    while sent_at:
+        s.recv_multipart()
+        now = clock()
+        lat.append(now - sent_at.popleft())
+        if more():
+            sent_at.append(now)
+            s.send_multipart(frames)
+            issued += 1
+    elapsed = clock() - t0
+    s.close(0)
+    p50, p99 = percentiles_us(lat)
+    return {"n": len(lat), "elapsed": elapsed, "p50": p50, "p99": p99}
+
+
+@scenario("reqrep-pipelined",
+          "request/reply throughput with --inflight requests outstanding (asyncio client); "
+          "baselines pyzmq DEALER -> ROUTER direct and through a ROUTER/DEALER proxy",
+          group="broker")
+def net_reqrep_pipelined(name: str, opts: Options, progress: Progress) -> List[Result]:
+    if not _importable("zmq"):
+        _skip(name, "all systems", "pyzmq is not installed")
+        return []
+    rows = []
+    with processes(("broker", _broker_child, ())) as (broker,):
+        url = broker.ready_info
+        with processes(("responder", _rc_responder_child, (url, min(opts.inflight, 1024))),
+                       ("requester", _rc_pipelined_child, (url, opts))) as (_, req):
+            (res,) = _collect([req], progress, f"{name} ringcast", _budget(opts))
+    rows.append(_latency_row(name, "ringcast", opts, res))
+    ep = free_tcp_endpoint()
+    with processes(("server", _zmq_echo_child, (ep, True, "ROUTER")),
+                   ("client", _zmq_pipelined_child, (ep, opts))) as (_, req):
+        (res,) = _collect([req], progress, f"{name} pyzmq", _budget(opts))
+    rows.append(_latency_row(name, "pyzmq DEALER/ROUTER", opts, res))
+    with processes(("proxy", _zmq_proxy_child, ("ROUTER", "DEALER"))) as (proxy,):
+        front, back = proxy.ready_info
+        with processes(("worker", _zmq_echo_child, (back, False, "DEALER")),
+                       ("client", _zmq_pipelined_child, (front, opts))) as (_, req):
             (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
     rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
     return rows
@@ -1314,6 +1454,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recv", choices=("messages", "payloads"), default="messages",
                    help="ringcast receiving: recv_many() Message objects (default) "
                         "or recv_payloads()")
+    p.add_argument("--inflight", type=int, default=100,
+                   help="requests in flight for reqrep-pipelined (default 100)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--no-progress", action="store_true",
@@ -1350,6 +1492,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         print(f"ringcast bench: {exc}", file=sys.stderr)
         return 2
     for flag, value, low in (("--size", args.size, 1), ("--batch", args.batch, 1),
+                             ("--inflight", args.inflight, 1),
                              ("--count", args.count, 1)):
         if value is not None and value < low:
             print(f"ringcast bench: {flag} must be at least {low}", file=sys.stderr)
@@ -1361,7 +1504,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         print("ringcast bench: --duration must be positive", file=sys.stderr)
         return 2
     opts = Options(size=args.size, subscribers=args.subscribers, duration=args.duration,
-                   count=args.count, batch=args.batch, publish=args.publish, recv=args.recv)
+                   count=args.count, batch=args.batch, publish=args.publish, recv=args.recv,
+                   inflight=args.inflight)
     progress = Progress(enabled=False if args.no_progress else None)
     results = run_scenarios(names, opts, progress)
     print(render_table(results))
