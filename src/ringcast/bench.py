@@ -907,7 +907,20 @@ def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
         with processes(*specs) as procs:
             res = _collect(procs, progress, f"{name} zmq.proxy", _budget(opts))
     rows.append(_stream_row(name, "zmq.proxy XSUB/XPUB", opts, nsubs, res[-1], res[:-1]))
+    _external_note(name)
     return rows
+
+
+def _external_note(name: str) -> None:
+    """Issue 5's optional external baselines: say plainly why they are absent."""
+    import shutil
+
+    for server, client, label in (("nats-server", "nats", "nats-server + nats-py"),
+                                  ("redis-server", "redis", "redis-server + redis-py")):
+        if shutil.which(server) is None or not _importable(client):
+            _skip(name, label, f"{server} or the {client} package is not installed")
+        else:
+            _skip(name, label, "installed, but not wired into the bench yet")
 
 
 @scenario("pubsub", "1 publisher -> N subscribers through the broker, each its own process; "
