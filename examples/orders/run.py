@@ -17,9 +17,13 @@ import sys
 import threading
 import time
 
+import ringcast
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(HERE, "..", "..", "src")
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, SRC, os.environ.get("PYTHONPATH", "")]),
+# The services import common.py from here and the ringcast this runner imports.
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ringcast.__file__)))
+ENV = dict(os.environ,
+           PYTHONPATH=os.pathsep.join([HERE, PKG_ROOT, os.environ.get("PYTHONPATH", "")]),
            PYTHONUNBUFFERED="1")
 LINES: "queue.Queue[str]" = queue.Queue()
 
