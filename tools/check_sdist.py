@@ -8,7 +8,8 @@ Required (compared with the source tree this script sits in):
 - every csrc/ file, and every header named by a `cdef extern from "..."`
   in a .pyx/.pxd or by an `#include "..."` in csrc/ (a header the build
   needs but nobody has written down in MANIFEST.in is caught here);
-- every tests/ file (the wheels are tested from the sdist's tests/);
+- every tests/ and examples/ file (the wheels are tested from the sdist's
+  tests/, which run examples/orders);
 - setup.py, pyproject.toml, MANIFEST.in, LICENSE, README.md (when present).
 Forbidden: Cython output (src/ringcast/*.c), compiled objects (.so/.pyd/.o),
 bytecode, build/ and egg-info leftovers other than the sdist's own PKG-INFO.
@@ -33,7 +34,7 @@ def required_files() -> set[str]:
     pkg = ROOT / "src" / "ringcast"
     for pattern in ("*.pyx", "*.pxd", "*.pyi", "*.py", "py.typed"):
         need.update(p.relative_to(ROOT).as_posix() for p in pkg.glob(pattern))
-    for base in ("csrc", "tests"):
+    for base in ("csrc", "tests", "examples"):
         for p in (ROOT / base).rglob("*"):
             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in FORBIDDEN_SUFFIXES:
                 need.add(p.relative_to(ROOT).as_posix())
