@@ -19,8 +19,10 @@ import time
 
 import zmq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(HERE, "..", "src")
+import ringcast
+
+# child processes import the same ringcast as this script (installed or built in place)
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ringcast.__file__)))
 
 
 def _ipc(name):
@@ -135,7 +137,6 @@ def bench_raw_reqrep(n, size):
 
 # -- ringcast ---------------------------------------------------------------------------
 def rc_sub(url, n, q):
-    sys.path.insert(0, SRC)
     from ringcast.client import connect
 
     with connect(url) as c:
@@ -151,7 +152,6 @@ def rc_sub(url, n, q):
 
 
 def rc_pub(url, n, size, many):
-    sys.path.insert(0, SRC)
     from ringcast.client import connect
 
     payload = b"x" * size
@@ -168,7 +168,6 @@ def rc_pub(url, n, size, many):
 
 
 def rc_responder(url, q):
-    sys.path.insert(0, SRC)
     from ringcast.client import connect
 
     with connect(url) as c:
@@ -179,7 +178,7 @@ def rc_responder(url, q):
 
 
 def start_broker(url):
-    env = dict(os.environ, PYTHONPATH=SRC)
+    env = dict(os.environ, PYTHONPATH=PKG_ROOT)
     b = subprocess.Popen([sys.executable, "-m", "ringcast", "broker", "--bind", url],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     line = b.stdout.readline()
@@ -200,7 +199,6 @@ def bench_rc_pubsub(url, n, size, many=False):
 
 
 def bench_rc_reqrep(url, n, size):
-    sys.path.insert(0, SRC)
     from ringcast.client import connect
 
     q = mp.Queue()
@@ -220,7 +218,6 @@ def bench_rc_reqrep(url, n, size):
 
 
 def bench_rc_pipelined(url, n, size, inflight=1000):
-    sys.path.insert(0, SRC)
     from ringcast import aio
 
     q = mp.Queue()

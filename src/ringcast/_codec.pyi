@@ -61,6 +61,53 @@ class Writer:
     def clear(self) -> None: ...
 
 @final
+class Outbox:
+    """A client's ordered stream: records batched into frames waiting for credit."""
+
+    frame_target: int
+    queued_limit: int
+    max_message: int
+    kick: Optional[Callable[[], None]]
+    wait: Optional[Callable[[Optional[float]], None]]
+    def __new__(
+        cls,
+        check_subject: Callable[[str], None],
+        clock: Callable[[], float],
+        frame_target: int = 65536,
+        queued_limit: int = 1048576,
+        max_message: int = 1048576,
+    ) -> Self: ...
+    @property
+    def frames(self) -> Any: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def first(self) -> float: ...
+    @property
+    def unsent(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    def publish(
+        self,
+        subject: str,
+        payload: Any,
+        headers: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> None: ...
+    def publish_many(
+        self,
+        subject: str,
+        payloads: Any,
+        headers: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> None: ...
+    def record(self, cmd: int, *fields: Any) -> None: ...
+    def cut(self, now: float = 0.0, linger: float = 0.0, force: bool = True) -> None: ...
+    def take_frames(self, credit: int) -> Tuple[List[bytes], int]: ...
+    def clear(self) -> None: ...
+    def can_publish(self) -> bool: ...
+
+@final
 class Reader:
     """Walks the records of one received frame, checking every length
     against the limits before building anything from it."""

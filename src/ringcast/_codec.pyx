@@ -18,6 +18,10 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, NOWAIT_LOCK,
+                               WAIT_LOCK)
+from collections import deque
 
 from ringcast._ring cimport Ring, Message, rc_slot
 from ringcast._router cimport CoreRouter
@@ -186,28 +190,19 @@ cdef class Writer:
             PyBuffer_Release(&view)
         return 0
 
-    def pub(self, str subject, payload, headers=None):
-        """Append a PUB record; returns the frame's size so far."""
+    cdef int _pub(self, object subject, object payload, object headers) except -1:
+        """Append one PUB record, or nothing at all if a field is refused."""
         cdef size_t start = self._begin(PUB)
-        self._str(subject)
-        self._headers(headers)
-        self._payload(payload)
-        self._end(start)
-        return self.length
-
-    def pub_many(self, str subject, payloads, headers=None):
-        """Append one PUB record per payload under one subject."""
-        cdef size_t start
-        for payload in payloads:
-            start = self._begin(PUB)
+        try:
             self._str(subject)
             self._headers(headers)
             self._payload(payload)
-            self._end(start)
-        return self.length
+        except BaseException:
+            self.length = start
+            raise
+        return self._end(start)
 
-    def record(self, int cmd, *fields):
-        """Append any record; ``fields`` follow ``FORMATS[cmd]``."""
+    cdef int _record(self, int cmd, tuple fields) except -1:
         fmt = _FMT_BY_BYTE[cmd & 0xff] if 0 <= cmd < 256 else None
         if fmt is None:
             raise UnknownCommand(f"unknown command 0x{cmd:02x}")
@@ -216,22 +211,41 @@ cdef class Writer:
             raise ValueError(f"command 0x{cmd:02x} takes {len(f)} fields, got {len(fields)}")
         cdef size_t start = self._begin(cmd)
         cdef Py_ssize_t i
-        for i in range(len(f)):
-            c = f[i]
-            x = fields[i]
-            if c == 117:    # u
-                self._uv(<uint64_t>x)
-            elif c == 115:  # s
-                self._str(x)
-            elif c == 104:  # h
-                self._headers(x)
-            elif c == 112:  # p
-                self._payload(x)
-            else:           # l
-                self._uv(len(x))
-                for item in x:
-                    self._str(item)
-        self._end(start)
+        try:
+            for i in range(len(f)):
+                c = f[i]
+                x = fields[i]
+                if c == 117:    # u
+                    self._uv(<uint64_t>x)
+                elif c == 115:  # s
+                    self._str(x)
+                elif c == 104:  # h
+                    self._headers(x)
+                elif c == 112:  # p
+                    self._payload(x)
+                else:           # l
+                    self._uv(len(x))
+                    for item in x:
+                        self._str(item)
+        except BaseException:
+            self.length = start
+            raise
+        return self._end(start)
+
+    def pub(self, str subject, payload, headers=None):
+        """Append a PUB record; returns the frame's size so far."""
+        self._pub(subject, payload, headers)
+        return self.length
+
+    def pub_many(self, str subject, payloads, headers=None):
+        """Append one PUB record per payload under one subject."""
+        for payload in payloads:
+            self._pub(subject, payload, headers)
+        return self.length
+
+    def record(self, int cmd, *fields):
+        """Append any record; ``fields`` follow ``FORMATS[cmd]``."""
+        self._record(cmd, fields)
         return self.length
 
     def write_ring(self, Ring ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
@@ -268,6 +282,187 @@ cdef class Writer:
     def clear(self):
         self.length = 0
         self.records = 0
+
+
+@cython.final
+cdef class Outbox:
+    """A client's ordered stream: records batched into frames, and frames
+    waiting for publish credit (docs/protocol.md, "Ordered frames").
+
+    ``publish`` is the hot path of a client's publish loop, native end to end:
+    a cached subject check, a size check, a short native lock, one record
+    appended. The lock (not the GIL) guards the buffer because the client's
+    I/O thread cuts and sends frames while application threads append.
+    """
+    cdef Writer w
+    cdef PyThread_type_lock mutex
+    #: frames cut and waiting for credit (a collections.deque of bytes)
+    cdef readonly object frames
+    #: bytes in ``frames``
+    cdef readonly Py_ssize_t queued
+    #: monotonic time the oldest record not yet in a frame was added
+    cdef readonly double first
+    cdef public Py_ssize_t frame_target
+    cdef public Py_ssize_t queued_limit
+    cdef public Py_ssize_t max_message
+    #: called (no lock held) when the stream starts filling or a frame is cut
+    cdef public object kick
+    #: called as ``wait(timeout)`` before adding to a stream over its limit
+    cdef public object wait
+    cdef dict valid
+    cdef object check_subject
+    cdef object clock
+
+    def __cinit__(self, check_subject, clock, Py_ssize_t frame_target=65536,
+                  Py_ssize_t queued_limit=1 << 20, Py_ssize_t max_message=DEFAULT_MAX_MESSAGE):
+        self.mutex = PyThread_allocate_lock()
+        if self.mutex == NULL:
+            raise MemoryError()
+        self.w = Writer(frame_target + 4096)
+        self.frames = deque()
+        self.frame_target = frame_target
+        self.queued_limit = queued_limit
+        self.max_message = max_message
+        self.valid = {}
+        self.check_subject = check_subject
+        self.clock = clock
+        self.kick = None
+        self.wait = None
+
+    def __dealloc__(self):
+        if self.mutex != NULL:
+            PyThread_free_lock(self.mutex)
+
+    cdef inline void _lock(self):
+        if not PyThread_acquire_lock(self.mutex, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.mutex, WAIT_LOCK)
+
+    cdef inline void _unlock(self):
+        PyThread_release_lock(self.mutex)
+
+    cdef inline void _cut(self):
+        cdef bytes frame = self.w.take()
+        self.frames.append(frame)
+        self.queued += PyBytes_GET_SIZE(frame)
+
+    cdef int _admit(self, object timeout) except -1:
+        if self.queued >= self.queued_limit and self.wait is not None:
+            self.wait(timeout)
+        if self.w.length == 0:
+            self.first = self.clock()
+        return 0
+
+    cdef int _after(self, bint started, bint cut) except -1:
+        if (started or cut) and self.kick is not None:
+            self.kick()
+        return 0
+
+    def publish(self, subject, payload, headers=None, timeout=None):
+        """Buffer one PUB record (see ``Client.publish``)."""
+        cdef Py_ssize_t size
+        cdef bint started, cut
+        if type(subject) is not str or PyDict_GetItem(self.valid, subject) == NULL:
+            self.check_subject(subject)
+            if len(self.valid) < 4096:
+                self.valid[subject] = True
+        size = PyBytes_GET_SIZE(payload) if type(payload) is bytes else len(payload)
+        if size > self.max_message:
+            raise LimitExceeded(
+                f"message of {size} bytes exceeds the broker's limit of {self.max_message}")
+        self._admit(timeout)
+        self._lock()
+        try:
+            started = self.w.length == 0
+            self.w._pub(subject, payload, headers)
+            cut = self.w.length >= <size_t>self.frame_target
+            if cut:
+                self._cut()
+        finally:
+            self._unlock()
+        return self._after(started, cut)
+
+    def publish_many(self, subject, payloads, headers=None, timeout=None):
+        """Buffer one PUB record per payload under one subject."""
+        cdef bint started, cut = False
+        self.check_subject(subject)
+        self._admit(timeout)
+        self._lock()
+        try:
+            started = self.w.length == 0
+            for payload in payloads:
+                self.w._pub(subject, payload, headers)
+                if self.w.length >= <size_t>self.frame_target:
+                    self._cut()
+                    cut = True
+        finally:
+            self._unlock()
+        return self._after(started, cut)
+
+    def record(self, int cmd, *fields):
+        """Buffer any ordered record; control records are not held to the limit."""
+        cdef bint started, cut
+        if self.w.length == 0:
+            self.first = self.clock()
+        self._lock()
+        try:
+            started = self.w.length == 0
+            self.w._record(cmd, fields)
+            cut = self.w.length >= <size_t>self.frame_target
+            if cut:
+                self._cut()
+        finally:
+            self._unlock()
+        return self._after(started, cut)
+
+    def cut(self, double now=0.0, double linger=0.0, bint force=True):
+        """Close the partial frame if ``force`` or it is ``linger`` old."""
+        self._lock()
+        try:
+            if self.w.length and (force or now - self.first >= linger):
+                self._cut()
+        finally:
+            self._unlock()
+
+    def take_frames(self, Py_ssize_t credit):
+        """Frames that fit in ``credit`` bytes, oldest first, as (list, bytes used)."""
+        cdef list out = []
+        cdef Py_ssize_t used = 0, n
+        self._lock()
+        try:
+            while self.frames:
+                n = PyBytes_GET_SIZE(self.frames[0])
+                if used + n > credit:
+                    break
+                out.append(self.frames.popleft())
+                used += n
+            self.queued -= used
+        finally:
+            self._unlock()
+        return out, used
+
+    def clear(self):
+        self._lock()
+        try:
+            self.w.clear()
+            self.frames.clear()
+            self.queued = 0
+        finally:
+            self._unlock()
+
+    def can_publish(self):
+        return self.queued < self.queued_limit
+
+    @property
+    def unsent(self):
+        """Bytes not yet handed to the socket."""
+        return <Py_ssize_t>self.w.length + self.queued
+
+    @property
+    def buffered(self):
+        """Bytes in the partial frame."""
+        return self.w.length
+
 
 
 @cython.final

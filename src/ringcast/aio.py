@@ -267,7 +267,7 @@ def _set(fut: "asyncio.Future[Any]", result: Any) -> None:
 # -- the asyncio client of a remote broker (aio_client.py) ---------------------------
 # ``conn = await ringcast.aio.connect(url)``; loaded on first use so embedded
 # asyncio programs do not import ZeroMQ.
-__all__ += ["connect", "Connection"]
+__all__ += ["connect", "Connection"]  # noqa: F822 (provided by __getattr__)
 
 
 def __getattr__(name: str) -> Any:  # PEP 562

@@ -19,12 +19,12 @@ import inspect
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union, cast
 
 import zmq
 
 from . import errors
-from ._impl import Message, check_subject
+from ._impl import Message
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -54,7 +54,11 @@ class Connection:
         self._waiters: Dict[int, List["asyncio.Future[None]"]] = {}
         self._credit_waiters: List["asyncio.Future[None]"] = []
         self._handlers: Dict[int, Callable[[Message], Any]] = {}
-        self._valid: Set[str] = set()
+        outbox = self.proto.outbox
+        outbox.wait = _would_block
+        #: buffer one message now (native fast path); ``WouldBlock`` when the
+        #: buffer is over its limit (then ``await publish(...)`` instead)
+        self.publish_nowait: Callable[..., None] = outbox.publish
         self._timer: Optional[asyncio.TimerHandle] = None
         self._tasks: Set["asyncio.Task[Any]"] = set()
         self.closed = False
@@ -85,12 +89,13 @@ class Connection:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         sock.connect(self.url)
         self._sock = sock
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._pump)
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._pump)
         self.proto.connection_made(time.monotonic())
 
     def _close_socket(self) -> None:
         if self._sock is not None:
-            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._fd)
             self._sock.close(linger=0)
             self._sock = None
 
@@ -150,8 +155,8 @@ class Connection:
             return
         now = time.monotonic()
         for frame in self.proto.data_to_send(now, eager=True):
-            sock.send(frame, copy=len(frame) < 65536)
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            sock.send(frame)
+        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             frame = sock.recv(zmq.NOBLOCK, copy=True)
             err = self.proto.frame_received(frame, now)
             if err is not None:
@@ -257,30 +262,19 @@ class Connection:
                     waiters.remove(fut)
 
     # -- pub/sub ----------------------------------------------------------------------------------
-    def publish_nowait(self, subject: str, payload: Any, headers: Headers = None) -> None:
-        """Buffer one message; it leaves at the end of this loop tick.
-        ``WouldBlock`` when too much is buffered already (await ``publish``)."""
-        if subject not in self._valid:
-            check_subject(subject)
-            if len(self._valid) < 4096:
-                self._valid.add(subject)
-        if not self.proto.can_publish():
-            raise errors.WouldBlock("publish buffer full; await publish() or flush()")
-        self.proto.publish(subject, payload, headers)
-
     async def publish(self, subject: str, payload: Any, headers: Headers = None, *,
                       timeout: Optional[float] = None) -> None:
-        """Buffer one message, waiting up to ``timeout`` for broker credit."""
+        """Buffer one message, waiting up to ``timeout`` for broker credit;
+        everything buffered in one loop tick leaves as one frame."""
         if not self.proto.can_publish():
             await self._credit(timeout)
         self.publish_nowait(subject, payload, headers)
 
     async def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None,
                            *, timeout: Optional[float] = None) -> None:
-        check_subject(subject)
         if not self.proto.can_publish():
             await self._credit(timeout)
-        self.proto.publish_many(subject, payloads, headers)
+        self.proto.outbox.publish_many(subject, payloads, headers)
 
     async def _credit(self, timeout: Optional[float]) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -309,14 +303,13 @@ class Connection:
             self._handlers[h.id] = callback
         return Subscription(self, h)
 
-    # -- queues ---------------------------------------------------------------------------------------
+    # -- queues ----------------------------------------------------------------------------
     async def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
                             capacity: int = 65536, overflow: str = "block",
                             timeout: float = 5.0) -> None:
         fut = self._loop.create_future()
         binds = [bind] if isinstance(bind, str) else list(bind)
-        self.proto.declare_queue(name, binds, capacity, overflow,
-                                 lambda r: fut.done() or fut.set_result(r))
+        self.proto.declare_queue(name, binds, capacity, overflow, _settler(fut))
         try:
             result = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -333,7 +326,7 @@ class Connection:
     def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
         return Consumer(self, self.proto.consume(queue, prefetch))
 
-    # -- request/reply ---------------------------------------------------------------------------------
+    # -- request/reply ---------------------------------------------------------------------
     async def request(self, service: str, payload: Any, headers: Headers = None, *,
                       timeout: float = 5.0) -> Message:
         """Ask ``service``; many may be in flight at once (pipelining)."""
@@ -366,7 +359,7 @@ class Connection:
 
     async def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
         fut = self._loop.create_future()
-        self.proto.stats(lambda r: fut.done() or fut.set_result(r))
+        self.proto.stats(_settler(fut))
         try:
             result = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -374,6 +367,17 @@ class Connection:
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[no-any-return]
+
+
+def _settler(fut: "asyncio.Future[Any]") -> Callable[[Any], None]:
+    def settle(result: Any) -> None:
+        if not fut.done():
+            fut.set_result(result)
+    return settle
+
+
+def _would_block(timeout: Optional[float]) -> None:
+    raise errors.WouldBlock("publish buffer full; await publish() or flush()")
 
 
 class _AsyncReceiver:

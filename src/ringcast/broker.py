@@ -116,7 +116,7 @@ class Broker:
         self._wake_pending = False
         self._sock: Optional[zmq.Socket] = None
         self._publish = self.router   # the native router itself: no Python call per message
-        self.counters = collections.Counter()
+        self.counters: "collections.Counter[str]" = collections.Counter()
         self._start_error: Optional[BaseException] = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -328,6 +328,7 @@ class Broker:
                 continue
             start = reader.offset
             rec = reader.next()
+            assert rec is not None
             handler = self._handlers.get(cmd)
             if handler is None:
                 raise errors.ProtocolError(f"command 0x{cmd:02x} is not a client command")

@@ -15,12 +15,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Union
 
 import zmq
 
 from . import errors
-from ._impl import Message, check_subject
+from ._impl import Message
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -40,7 +40,18 @@ def _deadline(timeout: Optional[float]) -> Optional[float]:
 
 
 class Client:
-    """A connection to a ringcast broker (see module docstring)."""
+    """A connection to a ringcast broker (see module docstring).
+
+    ``publish(subject, payload, headers=None, timeout=None)`` buffers one
+    message; frames leave when full or after ``linger`` seconds (``flush()``
+    sends at once). When the broker's publish credit is used up it waits up
+    to ``timeout`` (None: forever) and then raises ``WouldBlock``.
+    ``publish_many(subject, payloads, headers=None, timeout=None)`` buffers a
+    batch under one subject in one native call.
+    """
+
+    publish: Callable[..., None]
+    publish_many: Callable[..., None]
 
     def __init__(self, url: str = "tcp://127.0.0.1:7450", *, name: Optional[str] = None,
                  heartbeat: float = 1.0, linger: float = 0.002, timeout: float = 5.0,
@@ -54,8 +65,11 @@ class Client:
         self.proto.on_credit = self._cond.notify_all
         self.proto.on_deliver = self._delivered
         self._ctx = context or zmq.Context.instance()
-        self._valid: Set[str] = set()
-        self._over = False   # too much buffered: the next publish waits for credit
+        outbox = self.proto.outbox
+        outbox.wait = self._wait_credit
+        # bound straight to the native fast path: no Python frame per publish
+        self.publish = outbox.publish
+        self.publish_many = outbox.publish_many
         self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
         self._jobs: Deque[_Handle] = collections.deque()
         self._jobs_cond = threading.Condition(threading.Lock())
@@ -165,10 +179,10 @@ class Client:
                         "the broker stopped answering heartbeats"))
                     continue
                 for frame in proto.data_to_send(now):
-                    sock.send(frame, copy=len(frame) < 65536)
+                    sock.send(frame)
                 if self._closing:
                     break
-                events = dict(poller.poll(wait * 1000))
+                events = dict(poller.poll(max(1, int(wait * 1000))))
                 if self._wake_rx in events:
                     with self._lock:
                         self._wake_pending = False
@@ -273,26 +287,6 @@ class Client:
                 self._cond.wait(left)
 
     # -- pub/sub ------------------------------------------------------------------------------
-    def publish(self, subject: str, payload: Any, headers: Headers = None, *,
-                timeout: Optional[float] = None) -> None:
-        """Send one message (batched; see ``flush``). Waits up to ``timeout``
-        when the broker's credit is used up (``WouldBlock`` after it)."""
-        if subject not in self._valid:
-            check_subject(subject)
-            if len(self._valid) < 4096:
-                self._valid.add(subject)
-        if self._over:   # the previous publish filled the buffer: wait before adding more
-            self._wait_credit(timeout)
-        self._over = not self.proto.publish(subject, payload, headers)
-
-    def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None, *,
-                     timeout: Optional[float] = None) -> None:
-        """Send many payloads under one subject in one native call."""
-        check_subject(subject)
-        if self._over:
-            self._wait_credit(timeout)
-        self._over = not self.proto.publish_many(subject, payloads, headers)
-
     def _wait_credit(self, timeout: Optional[float]) -> None:
         deadline = _deadline(timeout)
         with self._cond:
@@ -348,9 +342,9 @@ class Client:
     def send(self, queue: str, payload: Any, headers: Headers = None, *,
              timeout: Optional[float] = None) -> None:
         """Put one message on a queue (declared on first use)."""
-        if self._over:
+        if not self.proto.can_publish():
             self._wait_credit(timeout)
-        self._over = not self.proto.send(queue, payload, headers)
+        self.proto.send(queue, payload, headers)
 
     def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
         """A competing consumer; at most ``prefetch`` unacked messages at a time."""

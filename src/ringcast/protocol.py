@@ -177,6 +177,10 @@ def _noop() -> None:
     pass
 
 
+def _ignore(_: Any) -> None:
+    pass
+
+
 class ClientProtocol:
     """Session state of one client connection (see module docstring)."""
 
@@ -186,10 +190,9 @@ class ClientProtocol:
         self.heartbeat = heartbeat
         self.linger = linger
         self.lock = lock if lock is not None else contextlib.nullcontext()
-        self.ordered = C.Writer()
+        self.outbox = C.Outbox(check_subject, time.monotonic, FRAME_TARGET, QUEUED_LIMIT)
+        self.outbox.kick = lambda: self.kick()
         self.urgent_w = C.Writer(4096)
-        self.frames: Deque[bytes] = collections.deque()   # ordered frames waiting for credit
-        self.queued = 0                                   # bytes in self.frames
         self.credit = 0
         self.ready = False           # WELCOME received for the current session
         self.hello_sent_at = -1.0
@@ -204,13 +207,12 @@ class ClientProtocol:
         self.max_frame = C.DEFAULT_MAX_FRAME
         self.window = 0
         self.last_rx = self.last_tx = time.monotonic()
-        self.first_buffered = 0.0    # when the ordered writer got its first record
         #: called (with the lock held) when something should be sent soon
         self.kick: Callable[[], None] = _noop
         #: called when a publisher waiting for credit may proceed
         self.on_credit: Callable[[], None] = _noop
         #: called with each (handle) that received messages
-        self.on_deliver: Callable[[_Handle], None] = _noop
+        self.on_deliver: Callable[[_Handle], None] = _ignore
         self.closed = False
 
     # -- session ---------------------------------------------------------------------
@@ -219,9 +221,7 @@ class ClientProtocol:
         with self.lock:
             self.ready = False
             self.credit = 0
-            self.frames.clear()
-            self.queued = 0
-            self.ordered.clear()
+            self.outbox.clear()
             self.urgent_w.clear()
             self.owners.clear()
             for h in self.handles.values():
@@ -260,7 +260,7 @@ class ClientProtocol:
                 self.urgent_w.record(C.HB)
                 self.kick()
             wait = hb - (now - self.last_tx)
-            if len(self.ordered):
+            if self.outbox.buffered:
                 wait = min(wait, self.linger)
             return False, max(0.0005, min(wait, hb))
 
@@ -272,60 +272,24 @@ class ClientProtocol:
                 self.kick()
 
     def _ordered(self, cmd: int, *fields: Any) -> None:
-        with self.lock:
-            if not len(self.ordered):
-                self.first_buffered = time.monotonic()
-            self.ordered.record(cmd, *fields)
-            self._cut_if_full()
-            self.kick()
+        self.outbox.record(cmd, *fields)
 
-    def _cut_if_full(self) -> None:
-        if len(self.ordered) >= FRAME_TARGET:
-            frame = self.ordered.take()
-            self.frames.append(frame)
-            self.queued += len(frame)
-
-    def publish(self, subject: str, payload: Any, headers: Headers = None) -> bool:
-        """Buffer one message; returns False when the caller should wait for
-        credit (too much is queued) before publishing more."""
-        if len(payload) > self.max_message:
-            raise errors.LimitExceeded(
-                f"message of {len(payload)} bytes exceeds the broker's limit of {self.max_message}")
-        with self.lock:
-            w = self.ordered
-            if not len(w):
-                self.first_buffered = time.monotonic()
-                self.kick()   # lets a sleeping I/O loop arm its linger timer
-            n = w.pub(subject, payload, headers)
-            if n >= FRAME_TARGET:
-                self._cut_if_full()
-                self.kick()
-            return self.queued < QUEUED_LIMIT
-
-    def publish_many(self, subject: str, payloads: Sequence[Any], headers: Headers = None) -> bool:
-        with self.lock:
-            if not len(self.ordered):
-                self.first_buffered = time.monotonic()
-            self.ordered.pub_many(subject, payloads, headers)
-            self._cut_if_full()
-            self.kick()
-            return self.queued < QUEUED_LIMIT
+    def publish(self, subject: str, payload: Any, headers: Headers = None,
+                timeout: Optional[float] = None) -> None:
+        """Buffer one message (the drivers bind ``outbox.publish`` directly)."""
+        self.outbox.publish(subject, payload, headers, timeout)
 
     def can_publish(self) -> bool:
-        return self.queued < QUEUED_LIMIT or self.closed
+        return bool(self.outbox.can_publish()) or self.closed
 
     def flush(self) -> None:
         """Cut the partial ordered frame now instead of after the linger."""
-        with self.lock:
-            if len(self.ordered):
-                frame = self.ordered.take()
-                self.frames.append(frame)
-                self.queued += len(frame)
-            self.kick()
+        self.outbox.cut()
+        self.kick()
 
     def unsent(self) -> int:
-        """Bytes not yet handed to the socket (ordered writer + queued frames)."""
-        return len(self.ordered) + self.queued
+        """Bytes not yet handed to the socket (partial frame + queued frames)."""
+        return int(self.outbox.unsent)
 
     def applied(self) -> bool:
         """Has the broker applied everything sent so far (all credit back)?"""
@@ -343,15 +307,10 @@ class ClientProtocol:
                 out.append(self.urgent_w.take())
             if not self.ready:
                 return out
-            if len(self.ordered) and (eager or now - self.first_buffered >= self.linger):
-                frame = self.ordered.take()
-                self.frames.append(frame)
-                self.queued += len(frame)
-            while self.frames and len(self.frames[0]) <= self.credit:
-                frame = self.frames.popleft()
-                self.queued -= len(frame)
-                self.credit -= len(frame)
-                out.append(frame)
+            self.outbox.cut(now, self.linger, eager)
+            frames, used = self.outbox.take_frames(self.credit)
+            self.credit -= used
+            out += frames
             if out:
                 self.last_tx = now
             return out
@@ -409,10 +368,9 @@ class ClientProtocol:
             self.waiters[ref] = settle
             self._ordered(*rec)
 
-    def send(self, queue: str, payload: Any, headers: Headers = None) -> bool:
+    def send(self, queue: str, payload: Any, headers: Headers = None) -> None:
         check_subject(queue)
         self._ordered(C.SEND, queue, headers, payload)
-        return self.can_publish()
 
     def request(self, service: str, payload: Any, headers: Headers, timeout: float,
                 settle: Settle) -> int:
@@ -473,6 +431,7 @@ class ClientProtocol:
                     entry = self.requests.pop(ev[1], None)
                     if entry is None:
                         continue   # late reply to a request given up on
+                    reply: Any
                     if cmd == C.REPLY:
                         reply = C.message(entry[0], ev[3], ev[2])
                     else:
@@ -490,11 +449,12 @@ class ClientProtocol:
                 elif cmd == C.WELCOME:
                     _, version, _hb, max_frame, max_message, _max_subject, window, _bid = ev
                     self.max_frame, self.max_message = max_frame, max_message
+                    self.outbox.max_message = max_message
                     self.window = self.credit = window
                     self.ready = True
                     self.sessions += 1
                     for h in list(self.handles.values()):
-                        self.ordered.record(*h.record)
+                        self.outbox.record(*h.record)
                     self.kick()
                     self.on_credit()
                 elif cmd == C.OK:
@@ -507,20 +467,20 @@ class ClientProtocol:
                         settles.append((settle, json.loads(ev[2])))
                 elif cmd == C.ERR:
                     _, ref, code, text = ev
-                    exc = errors.error_from_code(code, text)
+                    reported = errors.error_from_code(code, text)
                     if ref == 0:
                         if code == errors.ConnectionLost.code or isinstance(
-                                exc, errors.ProtocolError):
-                            result = exc   # the broker does not know this session
+                                reported, errors.ProtocolError):
+                            result = reported   # the broker does not know this session
                         else:
-                            log.warning("broker reported: %s", exc)
+                            log.warning("broker reported: %s", reported)
                         continue
                     settle = self.waiters.pop(ref, None)
                     if settle is not None:
-                        settles.append((settle, exc))
+                        settles.append((settle, reported))
                     h = self.handles.get(ref)
                     if h is not None:
-                        h.error = exc
+                        h.error = reported
                         self.handles.pop(ref, None)
                         self.owners.pop(ref, None)
                         h.wake()

@@ -12,8 +12,12 @@ import time
 import pytest
 import zmq
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
-ENV = dict(os.environ, PYTHONPATH=os.path.abspath(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+import ringcast
+
+# Child processes import the very ringcast this test run imports: the
+# installed wheel in CI, the in-place build in a checkout.
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ringcast.__file__)))
+ENV = dict(os.environ, PYTHONPATH=_PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 HEARTBEAT = 0.2
 
 

@@ -38,7 +38,8 @@ with connect(url, heartbeat=0.2) as c:
     while len(got) < n:
         got.extend(sub.recv_many(10000, timeout=20))
     ok = [int(m.payload) for m in got] == list(range(n))
-    ok = ok and all(m.subject == ("orders.eu.placed" if int(m.payload) % 2 else "orders.us.placed") for m in got)
+    subject = lambda i: "orders.eu.placed" if i % 2 else "orders.us.placed"
+    ok = ok and all(m.subject == subject(int(m.payload)) for m in got)
     print("result", len(got), ok, got[-1].seq, sub.dropped, flush=True)
 """
 
