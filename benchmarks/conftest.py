@@ -22,9 +22,18 @@ import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SRC = os.path.join(os.path.dirname(_HERE), "src")
-try:  # an installed ringcast wins; a source checkout built in place also works
-    import ringcast  # noqa: F401
-except ImportError:
+
+
+def _built(src: str) -> bool:
+    pkg = os.path.join(src, "ringcast")
+    return os.path.isdir(pkg) and any(n.startswith("_ring.") and n.endswith((".so", ".pyd"))
+                                      for n in os.listdir(pkg))
+
+
+# Measure the checkout these benchmarks belong to when it is built in place
+# (an installed or editable ringcast elsewhere must not be measured instead);
+# otherwise whatever ringcast is installed. The path goes into the JSON.
+if _built(_SRC):
     sys.path.insert(0, _SRC)
 sys.path.insert(0, _HERE)
 
@@ -58,6 +67,23 @@ def record(benchmark: Any) -> Callable[..., None]:
                     baseline=baseline, **extra)
 
     return tag
+
+
+def pytest_benchmark_update_machine_info(config: Any, machine_info: Dict[str, Any]) -> None:
+    import ringcast
+    from ringcast._impl import USE_EXTENSIONS
+
+    machine_info["ringcast"] = {
+        "version": ringcast.__version__,
+        "path": os.path.dirname(ringcast.__file__),
+        "core": "compiled" if USE_EXTENSIONS else "pure-python",
+    }
+
+
+def pytest_report_header(config: Any) -> str:
+    import ringcast
+
+    return f"ringcast measured: {os.path.dirname(ringcast.__file__)}"
 
 
 @pytest.hookimpl(trylast=True)
