@@ -49,8 +49,10 @@ extensions = [
         define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
     )
     for name in MODULES
-    if os.path.exists(f"src/ringcast/{name}.pyx")
 ]
+missing = [e.sources[0] for e in extensions if not os.path.exists(e.sources[0])]
+if missing:  # an sdist that lost a source must not build a wheel without it
+    raise SystemExit(f"missing extension sources: {', '.join(missing)}")
 
 setup(
     ext_modules=cythonize(

@@ -211,7 +211,7 @@ class Ring:
         return Message(subject, payload, headers, seq, timestamp_ns=stamp)
 
     def pop_many(self, max_count: int = 1 << 30) -> List[Message]:
-        out = []
+        out: List[Message] = []
         while len(out) < max_count:
             slot = self._take()
             if slot is None:
@@ -222,7 +222,7 @@ class Ring:
         return out
 
     def pop_payloads(self, max_count: int = 1 << 30) -> List[Any]:
-        out = []
+        out: List[Any] = []
         while len(out) < max_count:
             slot = self._take()
             if slot is None:

@@ -238,7 +238,8 @@ class Router(CoreRouter):
             done += self.try_publish_many(subject, items[done:], headers)
         return done
 
-    def _wait_space(self, ring: Ring, deadline: Optional[float]) -> None:
+    def _wait_space(self, ring: Optional[Ring], deadline: Optional[float]) -> None:
+        assert ring is not None, "only called after a publish reported a full ring"
         if deadline is not None and deadline <= time.monotonic():
             raise errors.WouldBlock(f"a block-policy buffer is full ({ring!r})")
         try:

@@ -228,10 +228,10 @@ class QueueLog:
                 cut = len(data) - good
                 self.truncated_bytes += cut
                 log.error("%s: %s; cutting %d bytes off the end", path, exc, cut)
-                with open(path, "r+b") as f:
-                    f.truncate(good)
-                    f.flush()
-                    os.fsync(f.fileno())
+                with open(path, "r+b") as damaged:
+                    damaged.truncate(good)
+                    damaged.flush()
+                    os.fsync(damaged.fileno())
         self._compact()
         self._open_active()
         return [messages[i] for i in sorted(messages)]
