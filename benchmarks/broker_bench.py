@@ -217,25 +217,42 @@ def bench_rc_reqrep(url, n, size):
     return statistics.median(lat[n // 10:]) * 1e6
 
 
-def bench_rc_pipelined(url, n, size, inflight=1000):
+def rc_aio_responder(url, q, concurrency):
+    from ringcast import aio
+
+    async def main():
+        c = await aio.connect(url)
+        c.serve("echo", lambda m: m.payload, concurrency=concurrency)
+        await c.flush()
+        q.put("ready")
+        await asyncio.get_running_loop().run_in_executor(None, q.get)
+        await c.close()
+
+    asyncio.run(main())
+
+
+def bench_rc_pipelined(url, n, size, inflight=1000, concurrency=256):
+    """One asyncio client keeps ``inflight`` requests outstanding (worker
+    tasks, not a semaphore: asyncio.Semaphore wake-ups are O(waiters))."""
     from ringcast import aio
 
     q = mp.Queue()
-    r = mp.Process(target=rc_responder, args=(url, q))
+    r = mp.Process(target=rc_aio_responder, args=(url, q, concurrency))
     r.start()
     q.get(timeout=30)
     payload = b"x" * size
 
     async def main():
         c = await aio.connect(url)
-        sem = asyncio.Semaphore(inflight)
+        left = [n]
 
-        async def one():
-            async with sem:
+        async def worker():
+            while left[0] > 0:
+                left[0] -= 1
                 await c.request("echo", payload, timeout=30)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(worker() for _ in range(inflight)))
         dt = time.perf_counter() - t0
         await c.close()
         return n / dt
@@ -244,6 +261,38 @@ def bench_rc_pipelined(url, n, size, inflight=1000):
     q.put("done")
     r.join()
     return rate
+
+
+def bench_rss_soak(url, seconds, size):
+    """A publisher at full speed, one subscriber that never reads (drop_oldest
+    policy, default capacity); returns the broker's RSS samples in MiB."""
+
+    from ringcast.client import connect
+
+    stop = mp.Event()
+    pub = mp.Process(target=rc_flood, args=(url, size, stop))
+    with connect(url) as stalled:
+        stalled.subscribe("orders.>", overflow="drop_oldest")
+        stalled.flush()
+        pub.start()
+        samples = []
+        for _ in range(seconds):
+            time.sleep(1)
+            stats = stalled.stats()
+            samples.append((stats["memory_rss"] / 2**20, stats["dropped"]))
+        stop.set()
+        pub.join()
+    return samples
+
+
+def rc_flood(url, size, stop):
+    from ringcast.client import connect
+
+    payload = b"x" * size
+    batch = [payload] * 1000
+    with connect(url) as c:
+        while not stop.is_set():
+            c.publish_many("orders.placed", batch)
 
 
 def _free_port():
@@ -260,6 +309,7 @@ def main():
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--requests", type=int, default=5000, help="sync round trips")
     ap.add_argument("--pipelined", type=int, default=100_000, help="asyncio requests")
+    ap.add_argument("--soak", type=int, default=30, help="seconds of the stalled-subscriber run")
     args = ap.parse_args()
     n, size = args.n, args.size
     rows = []
@@ -276,6 +326,7 @@ def main():
                      "us"))
         rows.append(("ringcast asyncio pipelined requests",
                      bench_rc_pipelined(url, args.pipelined, size), "req/s"))
+        soak = bench_rss_soak(url, args.soak, size) if args.soak else []
     finally:
         broker.terminate()
         broker.wait()
@@ -288,6 +339,9 @@ def main():
     rc = by["ringcast broker, publish() loop"]
     print(f"\nbroker publish() / raw PUB-SUB: {rc / raw:.2f}x (target 2.5x)")
     print(f"broker publish() / zmq.proxy:   {rc / prox:.2f}x (target 10x)")
+    if soak:
+        print("\nbroker RSS (MiB) / dropped, one sample per second, stalled subscriber:")
+        print("  " + ", ".join(f"{rss:.0f}/{drops}" for rss, drops in soak))
     print(f"sync request p50 / raw REQ-REP: "
           f"{by['ringcast sync request, p50'] / by['pyzmq REQ<->REP direct, p50']:.2f}x "
           f"(target <= 1.5x)")

@@ -647,7 +647,7 @@ class Broker:
     def _send(self, ident: bytes, frame: bytes) -> bool:
         assert self._sock is not None
         try:
-            self._sock.send_multipart((ident, frame), zmq.NOBLOCK, copy=len(frame) < 65536)
+            self._sock.send_multipart((ident, frame), zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
