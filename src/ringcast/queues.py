@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import os
 import threading
@@ -36,6 +37,8 @@ MSG_ID_HEADER = "msg-id"
 TTL_HEADER = "ttl-ms"
 
 _REFILL = 256  # messages moved from the intake ring per refill
+#: file in a durable queue's directory holding its definition
+DEFINITION = "queue.json"
 
 
 class QueueOptions:
@@ -115,6 +118,22 @@ class Queue:
                                 segment_bytes=options.segment_bytes)
             self._recover()
             self.ring.set_hook(self._journal)
+            self.save_definition()
+
+    # -- definition (durable queues) ------------------------------------------------
+    def save_definition(self) -> None:
+        """Write name, binds and options next to the log, so a restarted
+        broker rebuilds this queue before any client declares it again."""
+        assert self.log is not None
+        path = os.path.join(self.log.directory, DEFINITION)
+        body = {"name": self.name, "bind": list(self.bind),
+                "options": {k: getattr(self.options, k) for k in QueueOptions.__slots__}}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     # -- intake -------------------------------------------------------------------
     def put(self, payload: Any, headers: Headers, timeout: Optional[float]) -> bool:
@@ -477,3 +496,20 @@ class Consumer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def saved_definitions(data_dir: str) -> List[Dict[str, Any]]:
+    """The definitions of the durable queues found under ``data_dir``."""
+    found = []
+    for entry in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else ():
+        path = os.path.join(data_dir, entry, DEFINITION)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                body = json.load(f)
+            found.append({"name": str(body["name"]), "bind": list(body["bind"]),
+                          "options": dict(body["options"])})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s: unreadable queue definition (%s); queue not restored", path, exc)
+    return found

@@ -34,7 +34,7 @@ from ._impl import (
     policy_code,
 )
 from ._waiting import _deadline, _Dispatcher, _Signal
-from .queues import Consumer, Queue, QueueOptions
+from .queues import Consumer, Queue, QueueOptions, saved_definitions
 from .services import PendingRequest, Responder, _Service
 from .storage import FSYNC_POLICIES
 
@@ -201,6 +201,9 @@ class Router(CoreRouter):
         self._space = _Signal()
         self._lock = threading.RLock()  # guards the Python-side tables
         self.closed = False
+        if data_dir is not None:
+            for saved in saved_definitions(data_dir):  # rebuild durable queues now
+                self.declare_queue(saved["name"], bind=saved["bind"], **saved["options"])
 
     # -- pub/sub -----------------------------------------------------------------
     def subscribe(self, pattern: str, *, capacity: int = _DEFAULT_CAPACITY,
@@ -284,10 +287,12 @@ class Router(CoreRouter):
                     self.declare_queue(opts.dead_letter, durable=True, fsync=opts.fsync)
                 if opts.timed:
                     self._start_reaper()
-            for pattern in binds:
-                if pattern not in q.bind:
-                    self.add(pattern, q.ring)
-                    q.bind += (pattern,)
+            added = [p for p in binds if p not in q.bind]
+            for pattern in added:
+                self.add(pattern, q.ring)
+                q.bind += (pattern,)
+            if added and q.log is not None:
+                q.save_definition()
             return q
 
     def queue(self, name: str) -> Queue:
