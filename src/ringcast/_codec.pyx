@@ -74,7 +74,7 @@ STATSREP = 0x8A
 #: h headers, p payload (the rest of the body). Shared by both directions.
 FORMATS = {
     HELLO: "uus", PUB: "shp", SUB: "usuuu", CLOSE: "u", CREDIT: "uu",
-    DECLARE: "usuul", SEND: "shp", CONSUME: "usu", ACK: "uu", NACK: "uuu",
+    DECLARE: "usuulh", SEND: "shp", CONSUME: "usu", ACK: "uu", NACK: "uuu",
     SERVE: "usu", REQ: "usuhp", REP: "uuhp", REPERR: "uuus", STATS: "u",
     HB: "", BYE: "",
     WELCOME: "uuuuuus", OK: "u", ERR: "uus", MSG: "uushp", QMSG: "uuuushp",

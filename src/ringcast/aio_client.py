@@ -285,7 +285,8 @@ class Connection:
             await self._wait_credit_change(left)
 
     async def flush(self, timeout: Optional[float] = 5.0) -> None:
-        """Send everything now and wait until the broker has applied it."""
+        """Send everything now and wait until the broker has applied it (the
+        publisher confirm; see ``Client.flush``)."""
         self.proto.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.proto.applied() and not self.closed:
@@ -293,6 +294,7 @@ class Connection:
             if left is not None and left <= 0:
                 raise errors.Timeout("flush timed out (no credit from the broker)")
             await self._wait_credit_change(left)
+        self.proto.take_loss()
 
     def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
                   window: Optional[int] = None,
@@ -306,10 +308,10 @@ class Connection:
     # -- queues ----------------------------------------------------------------------------
     async def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
                             capacity: int = 65536, overflow: str = "block",
-                            timeout: float = 5.0) -> None:
+                            timeout: float = 5.0, **options: Any) -> None:
         fut = self._loop.create_future()
         binds = [bind] if isinstance(bind, str) else list(bind)
-        self.proto.declare_queue(name, binds, capacity, overflow, _settler(fut))
+        self.proto.declare_queue(name, binds, capacity, overflow, options, _settler(fut))
         try:
             result = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:

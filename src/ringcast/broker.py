@@ -37,6 +37,7 @@ import zmq
 from . import _codec as C
 from . import errors
 from ._impl import Message
+from .queues import queue_options_from_wire
 from .router import Router
 
 log = logging.getLogger("ringcast.broker")
@@ -87,12 +88,14 @@ class Broker:
     """
 
     def __init__(self, bind: Union[str, Sequence[str]] = (DEFAULT_ENDPOINT,), *,
-                 router: Optional[Router] = None, heartbeat: float = 1.0,
+                 router: Optional[Router] = None, data_dir: Optional[str] = None,
+                 fsync: str = "interval", heartbeat: float = 1.0,
                  max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
                  max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
                  context: Optional[zmq.Context] = None) -> None:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
-        self.router = router if router is not None else Router()
+        # data_dir/fsync: where durable queues live (ignored when a router is given)
+        self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
         self.heartbeat = heartbeat
         self.max_frame = max_frame
         self.max_message = max_message
@@ -425,12 +428,13 @@ class Broker:
                 msg._owner.fail(errors.ServiceError("the responder disconnected"))
 
     def _on_declare(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        _, ref, name, capacity, overflow, bind = rec
+        _, ref, name, capacity, overflow, bind, options = rec
         try:
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
-                                      overflow=_OVERFLOW[overflow])
+                                      overflow=_OVERFLOW[overflow],
+                                      **queue_options_from_wire(options))
         except errors.RingcastError as exc:
             self._error(s, ref, exc)
             return

@@ -42,6 +42,10 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1.0)")
     p.add_argument("--max-frame", type=int, default=None, help="bytes per ZeroMQ frame")
     p.add_argument("--max-message", type=int, default=None, help="bytes per message payload")
+    p.add_argument("--data-dir", default=None,
+                   help="directory of the durable queues' logs (needed for durable=True)")
+    p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
+                   help="default fsync policy of durable queues (docs/reliability.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -52,6 +56,7 @@ def _broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
+                    data_dir=args.data_dir, fsync=args.fsync,
                     max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
                     max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE)
     stop = threading.Event()

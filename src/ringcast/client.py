@@ -4,18 +4,17 @@ The methods mirror the embedded :class:`~ringcast.router.Router`. One I/O
 thread per client owns the ZeroMQ socket (sockets are not thread-safe) and
 drives the shared :class:`~ringcast.protocol.ClientProtocol`; application
 threads buffer into the protocol under its lock and wait on a condition.
-Callbacks and ``serve`` handlers run on a separate dispatch thread, so a
-handler may itself call ``request`` on the same client.
+Subscription callbacks run on a thread of their own; ``serve`` handlers run
+on the I/O thread unless ``threaded=True`` (see ``serve``).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import zmq
 
@@ -71,8 +70,7 @@ class Client:
         self.publish = outbox.publish
         self.publish_many = outbox.publish_many
         self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
-        self._jobs: Deque[_Handle] = collections.deque()
-        self._jobs_cond = threading.Condition(threading.Lock())
+        self._inline: Set[int] = set()                 # handlers run on the I/O thread
         self._notify = False
         self._closing = False
         self._wake_pending = False
@@ -82,7 +80,7 @@ class Client:
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(addr)
         self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
-        self._dispatcher: Optional[threading.Thread] = None
+        self._workers: List[threading.Thread] = []    # one per threaded callback/handler
         self._io.start()
         if timeout:
             self.wait_ready(timeout)
@@ -125,10 +123,9 @@ class Client:
             for h in list(self.proto.handles.values()):
                 h.closed = True
             self._cond.notify_all()
-        with self._jobs_cond:
-            self._jobs_cond.notify_all()
-        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(5)
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(5)
         self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
 
@@ -234,34 +231,25 @@ class Client:
     def _delivered(self, h: _Handle) -> None:
         # called by the protocol on the I/O thread, lock held
         self._notify = True
-        if h.id in self._callbacks:
-            with self._jobs_cond:
-                self._jobs.append(h)
-                self._jobs_cond.notify()
+        if h.id in self._inline:
+            for msg in h.take(1 << 30):
+                _answer(msg, self._callbacks[h.id])
 
     # -- callbacks and handlers --------------------------------------------------------
-    def _start_dispatcher(self) -> None:
-        if self._dispatcher is None:
-            self._dispatcher = threading.Thread(target=self._dispatch, name="ringcast-client-cb",
-                                                daemon=True)
-            self._dispatcher.start()
+    def _start_worker(self, h: _Handle, fn: Handler) -> None:
+        """A thread of its own for one callback or handler, so handlers may
+        block, or wait on each other, without stalling anything else."""
+        t = threading.Thread(target=self._work, args=(h, fn), daemon=True,
+                             name=f"ringcast-client-{h.kind}-{h.id}")
+        self._workers.append(t)
+        t.start()
 
-    def _dispatch(self) -> None:
+    def _work(self, h: _Handle, fn: Handler) -> None:
         while True:
-            with self._jobs_cond:
-                while not self._jobs and not self._closing:
-                    self._jobs_cond.wait()
-                if self._closing:
-                    return
-                h = self._jobs.popleft()
-            fn = self._callbacks.get(h.id)
-            if fn is None:
-                continue
-            with self._lock:
-                try:
-                    msgs = h.take(1 << 30)
-                except errors.RingcastError:
-                    continue
+            try:
+                msgs = self._take(h, 1 << 30, None)
+            except errors.RingcastError:
+                return   # closed
             for msg in msgs:
                 if isinstance(h, RemoteService):
                     _answer(msg, fn)
@@ -272,7 +260,15 @@ class Client:
                         log.exception("callback for handle %d raised", h.id)
 
     # -- waiting -----------------------------------------------------------------------------
+    def _no_wait_on_io(self, what: str) -> None:
+        """A handler running on the I/O thread must not wait for that thread."""
+        if threading.current_thread() is self._io:
+            raise errors.RingcastError(
+                f"{what} inside an inline handler would wait on itself; "
+                "serve(..., threaded=True) runs handlers on their own thread")
+
     def _take(self, h: _Handle, max_count: int, timeout: Optional[float]) -> List[Message]:
+        self._no_wait_on_io("recv")
         deadline = _deadline(timeout)
         with self._cond:
             while True:
@@ -288,6 +284,7 @@ class Client:
 
     # -- pub/sub ------------------------------------------------------------------------------
     def _wait_credit(self, timeout: Optional[float]) -> None:
+        self._no_wait_on_io("publish with a full buffer")
         deadline = _deadline(timeout)
         with self._cond:
             while not self.proto.can_publish():
@@ -298,8 +295,12 @@ class Client:
 
     def flush(self, timeout: Optional[float] = 5.0) -> None:
         """Send everything buffered now and wait until the broker has applied
-        it (routed every publish, registered every subscription)."""
+        it (routed every publish, registered every subscription): the
+        publisher confirm. For a durable queue, applied means logged per its
+        fsync policy. Raises ConnectionLost if a session ended with anything
+        unconfirmed since the last flush (it may not have been applied)."""
         self.proto.flush()
+        self._no_wait_on_io("flush")
         deadline = _deadline(timeout)
         with self._cond:
             while not self.proto.applied() and not self.proto.closed:
@@ -307,6 +308,7 @@ class Client:
                 if left is not None and left <= 0:
                     raise errors.Timeout("flush timed out (no credit from the broker)")
                 self._cond.wait(left)
+        self.proto.take_loss()
 
     def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
                   window: Optional[int] = None,
@@ -317,14 +319,16 @@ class Client:
         h = self.proto.subscribe(pattern, capacity, overflow, window or min(capacity, 8192))
         if callback is not None:
             self._callbacks[h.id] = callback
-            self._start_dispatcher()
+            self._start_worker(h, callback)
         return Subscription(self, h)
 
     # -- queues -------------------------------------------------------------------------------
     def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
                       capacity: int = 65536, overflow: str = "block",
-                      timeout: float = 5.0) -> None:
-        """Create a queue at the broker (idempotent), bound to ``bind`` patterns."""
+                      timeout: float = 5.0, **options: Any) -> None:
+        """Create a queue at the broker (idempotent), bound to ``bind`` patterns.
+        ``options`` are those of ``Router.declare_queue`` (``durable``,
+        ``max_deliver``, ``ttl``, ``dead_letter``...)."""
         binds = [bind] if isinstance(bind, str) else list(bind)
         done = threading.Event()
         box: List[Any] = []
@@ -333,7 +337,7 @@ class Client:
             box.append(result)
             done.set()
 
-        self.proto.declare_queue(name, binds, capacity, overflow, settle)
+        self.proto.declare_queue(name, binds, capacity, overflow, options, settle)
         if not done.wait(timeout):
             raise errors.Timeout(f"declare_queue({name!r}) got no answer")
         if isinstance(box[0], BaseException):
@@ -354,6 +358,7 @@ class Client:
     def request(self, service: str, payload: Any, headers: Headers = None, *,
                 timeout: float = 5.0) -> Message:
         """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``)."""
+        self._no_wait_on_io("request")
         done = threading.Event()
         box: List[Any] = []
 
@@ -372,14 +377,22 @@ class Client:
             raise result
         return result  # type: ignore[no-any-return]
 
-    def serve(self, name: str, handler: Optional[Handler] = None, *,
-              concurrency: int = 16) -> "Responder":
+    def serve(self, name: str, handler: Optional[Handler] = None, *, concurrency: int = 16,
+              threaded: bool = False) -> "Responder":
         """Answer requests to ``name``: ``handler(msg)`` returns the reply
-        payload; without one, iterate the responder and ``msg.respond(...)``."""
+        payload; without one, iterate the responder and ``msg.respond(...)``.
+
+        Handlers run on the client's I/O thread (no thread hand-off: the
+        lowest latency); keep them short, as heartbeats wait for them. Pass
+        ``threaded=True`` for handlers that block or call this client's
+        ``request``/``recv``/``flush`` (those raise on the I/O thread)."""
         h = self.proto.serve(name, concurrency)
         if handler is not None:
             self._callbacks[h.id] = handler
-            self._start_dispatcher()
+            if threaded:
+                self._start_worker(h, handler)
+            else:
+                self._inline.add(h.id)
         return Responder(self, h)
 
     def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
@@ -450,6 +463,7 @@ class _Receiver:
 
     def close(self) -> None:
         self._client._callbacks.pop(self._h.id, None)
+        self._client._inline.discard(self._h.id)
         self._client.proto.close_handle(self._h)
         with self._client._cond:
             self._client._cond.notify_all()

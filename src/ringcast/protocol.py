@@ -24,6 +24,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from . import _codec as C
 from . import errors
 from ._impl import Message, check_pattern, check_subject, policy_code
+from .queues import queue_options_to_wire
 
 log = logging.getLogger("ringcast.client")
 
@@ -214,6 +215,10 @@ class ClientProtocol:
         #: called with each (handle) that received messages
         self.on_deliver: Callable[[_Handle], None] = _ignore
         self.closed = False
+        #: bytes of ordered frames (publishes, sends...) that were buffered or
+        #: in flight, unconfirmed, when a session ended: reported by the next
+        #: flush (``take_loss``) so a confirm never covers a lost message
+        self.unconfirmed_lost = 0
 
     # -- session ---------------------------------------------------------------------
     def connection_made(self, now: float) -> None:
@@ -221,6 +226,7 @@ class ClientProtocol:
         with self.lock:
             self.ready = False
             self.credit = 0
+            self.unconfirmed_lost += int(self.outbox.unsent)
             self.outbox.clear()
             self.urgent_w.clear()
             self.owners.clear()
@@ -240,6 +246,8 @@ class ClientProtocol:
     def connection_lost(self, exc: errors.RingcastError) -> None:
         """The session is gone: fail what cannot survive it (requests, waiters)."""
         with self.lock:
+            if self.ready:
+                self.unconfirmed_lost += max(0, self.window - self.credit)
             self.ready = False
             requests, self.requests = self.requests, {}
             waiters, self.waiters = self.waiters, {}
@@ -295,6 +303,17 @@ class ClientProtocol:
         """Has the broker applied everything sent so far (all credit back)?"""
         with self.lock:
             return self.ready and not self.unsent() and self.credit >= self.window
+
+    def take_loss(self) -> None:
+        """Raise ConnectionLost (once) if ordered frames went unconfirmed with
+        a session since the last call: the caller's confirm must not succeed."""
+        with self.lock:
+            lost, self.unconfirmed_lost = self.unconfirmed_lost, 0
+        if lost:
+            raise errors.ConnectionLost(
+                f"the session to the broker ended with {lost} bytes of publishes/sends "
+                f"unconfirmed: they may or may not have been applied; send them again "
+                f"(with a msg-id header to make the retry land once)")
 
     def data_to_send(self, now: float, eager: bool = False) -> List[bytes]:
         """Frames to hand to the socket now, urgent ones first; ordered ones
@@ -355,13 +374,14 @@ class ClientProtocol:
             h.wake()
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
-                      settle: Settle) -> None:
+                      options: Dict[str, Any], settle: Settle) -> None:
         check_subject(name)
         for p in bind:
             check_pattern(p)
+        wire = queue_options_to_wire(options)
         with self.lock:
             ref = next(self.ids)
-            rec = (C.DECLARE, ref, name, capacity, policy_code(overflow), list(bind))
+            rec = (C.DECLARE, ref, name, capacity, policy_code(overflow), list(bind), wire)
             # queues outlive a broker restart only if re-declared: keep it as a handle
             h = _Handle(self, ref, rec)
             self.handles[ref] = h

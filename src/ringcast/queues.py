@@ -513,3 +513,36 @@ def saved_definitions(data_dir: str) -> List[Dict[str, Any]]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("%s: unreadable queue definition (%s); queue not restored", path, exc)
     return found
+
+
+# How DECLARE's options map travels (docs/protocol.md): str -> str on the wire.
+_WIRE_TYPES: Dict[str, Callable[[str], Any]] = {
+    "dead_letter": str, "durable": lambda v: v in ("1", "true", "True"), "fsync": str,
+    "max_deliver": int, "ttl": float, "on_expire": str, "ack_deadline": float,
+    "dedup_window": float, "segment_bytes": int,
+}
+
+
+def queue_options_to_wire(options: Dict[str, Any]) -> Dict[str, str]:
+    """QueueOptions keyword arguments -> DECLARE's options map."""
+    wire = {}
+    for key, value in options.items():
+        if key not in _WIRE_TYPES:
+            raise errors.LimitExceeded(f"unknown queue option {key!r}")
+        if value is not None:
+            wire[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return wire
+
+
+def queue_options_from_wire(wire: Optional[Dict[str, str]]) -> Dict[str, Any]:
+    """DECLARE's options map -> QueueOptions keyword arguments (typed errors)."""
+    options: Dict[str, Any] = {}
+    for key, text in (wire or {}).items():
+        convert = _WIRE_TYPES.get(key)
+        if convert is None:
+            raise errors.LimitExceeded(f"unknown queue option {key!r}")
+        try:
+            options[key] = convert(text)
+        except ValueError:
+            raise errors.LimitExceeded(f"queue option {key}={text!r} is malformed") from None
+    return options

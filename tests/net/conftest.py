@@ -44,8 +44,9 @@ class BrokerProcess:
         return self
 
     def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
         self.proc.wait(10)
+        self.proc.stdout.close()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

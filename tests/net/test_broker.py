@@ -128,7 +128,10 @@ def handle(msg):
         raise ValueError("out of stock")
     return msg.payload.upper()
 with connect(url, heartbeat=0.2) as c:
-    c.serve("inventory", handle)
+    c.serve("inventory", handle, threaded=True)        # it sleeps: not on the I/O thread
+    c.serve("nested", lambda m: c.request("inventory", m.payload).payload)   # inline
+    c.serve("nested.threaded", lambda m: c.request("inventory", m.payload).payload,
+            threaded=True)
     c.flush(); c.stats()
     print("ready", flush=True)
     sys.stdin.readline()
@@ -148,6 +151,10 @@ def test_request_reply_between_processes(broker, client, procs):
     with pytest.raises(errors.Timeout):
         client.request("inventory", b"slow", timeout=0.2)
     assert client.request("inventory", b"fast", timeout=5).payload == b"FAST"
+    # an inline handler may not wait on its own client; a threaded one may
+    with pytest.raises(errors.ServiceError, match="threaded=True"):
+        client.request("nested", b"x", timeout=5)
+    assert client.request("nested.threaded", b"abc", timeout=5).payload == b"ABC"
     r.stdin.close()
 
 
