@@ -136,6 +136,7 @@ def machine_info(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "platform": platform.platform(),
         "ringcast": __version__,
         "ringcast_core": "compiled" if USE_EXTENSIONS else "pure-python",
+        "ringcast_path": os.path.dirname(os.path.abspath(__file__)),
     }
     for dist in ("pyzmq", "blinker"):
         info[dist] = _dist_version(dist)
