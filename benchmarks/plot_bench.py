@@ -1,0 +1,118 @@
+"""Throughput vs payload size and vs number of subscribers, as a PNG.
+
+Two steps, so that plotting needs matplotlib but not ringcast, and the bench
+needs ringcast but not matplotlib::
+
+    python benchmarks/plot_bench.py collect bench-plot/      # runs `ringcast bench` per point
+    python benchmarks/plot_bench.py plot bench-plot/ docs/bench-throughput.png
+
+``collect`` runs ``python -m ringcast bench`` once per point and keeps each
+``--json`` file: ``embedded-pubsub`` and ``pubsub`` at every payload size,
+``embedded-fanout`` and ``fanout`` at every subscriber count. Message counts
+shrink as payloads grow (about 64 MB of payload per system, at least 5,000
+messages), so the unlimited-HWM pyzmq baselines cannot queue gigabytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List
+
+SIZES = [16, 256, 1024, 4096, 16384]
+SUBSCRIBERS = [1, 2, 4, 8]
+
+
+def _count(size: int, embedded: bool) -> int:
+    cap = 2_000_000 if embedded else 200_000
+    return max(5_000, min(cap, (64 << 20) // size))
+
+
+def collect(out: str) -> int:
+    os.makedirs(out, exist_ok=True)
+    runs = []
+    for size in SIZES:
+        for sc in ("embedded-pubsub", "pubsub"):
+            runs.append((sc, size, 1))
+    for subs in SUBSCRIBERS:
+        for sc in ("embedded-fanout", "fanout"):
+            runs.append((sc, 16, subs))
+    for sc, size, subs in runs:
+        path = os.path.join(out, f"{sc}-size{size}-subs{subs}.json")
+        cmd = [sys.executable, "-m", "ringcast", "bench", sc, "--size", str(size),
+               "--subscribers", str(subs), "--count",
+               str(_count(size, sc.startswith("embedded"))), "--json", path]
+        print(" ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return 0
+
+
+def _load(directory: str) -> List[Dict[str, Any]]:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            rows.extend(json.load(f)["results"])
+    return rows
+
+
+def plot(directory: str, png: str) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _load(directory)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    panels = [
+        (axes[0][0], "embedded-pubsub", "size", "msgs_per_s", "in-process, 1 subscriber"),
+        (axes[0][1], "pubsub", "size", "msgs_per_s", "through a broker, 1 subscriber"),
+        (axes[1][0], "embedded-fanout", "subscribers", "deliveries_per_s",
+         "in-process fan-out, 16-byte payloads"),
+        (axes[1][1], "fanout", "subscribers", "deliveries_per_s",
+         "fan-out through a broker, 16-byte payloads"),
+    ]
+    for ax, scenario, xkey, ykey, title in panels:
+        picked = [r for r in rows if r["scenario"] == scenario]
+        for system in dict.fromkeys(r["system"] for r in picked):
+            pts = sorted((r[xkey], r[ykey]) for r in picked if r["system"] == system)
+            style = "o-" if system == "ringcast" else "s--"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=system,
+                    linewidth=2.2 if system == "ringcast" else 1.2)
+        ax.set_yscale("log")
+        if xkey == "size":
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("payload bytes")
+        else:
+            ax.set_xlabel("subscribers")
+            ax.set_xticks(SUBSCRIBERS)
+        ax.set_ylabel("messages/s received" if ykey == "msgs_per_s" else "deliveries/s")
+        ax.set_title(f"{scenario}: {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    machine = {}
+    first = sorted(glob.glob(os.path.join(directory, "*.json")))
+    if first:
+        with open(first[0], encoding="utf-8") as f:
+            machine = json.load(f)["machine"]
+    fig.suptitle(f"ringcast bench — {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+                 f"Python {machine.get('python', '?')}, ringcast {machine.get('ringcast', '?')}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    print(f"wrote {png}")
+    return 0
+
+
+def main(argv: List[str]) -> int:
+    if len(argv) == 2 and argv[0] == "collect":
+        return collect(argv[1])
+    if len(argv) == 3 and argv[0] == "plot":
+        return plot(argv[1], argv[2])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
