@@ -112,6 +112,7 @@ def _sub(args: argparse.Namespace) -> int:
 
     with connect(args.url, timeout=args.timeout) as client:
         sub = client.subscribe(args.pattern)
+        client.flush(args.timeout)   # in place at the broker before we say so
         print(f"subscribed to {args.pattern}", file=sys.stderr, flush=True)
         n = 0
         try:
