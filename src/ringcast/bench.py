@@ -501,7 +501,8 @@ def _child_main(conn: Any, target: Callable[..., Any], args: Tuple[Any, ...]) ->
     except BaseException as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     else:
-        conn.send(("result", result))
+        if not ctl.sent_result:
+            conn.send(("result", result))
     finally:
         conn.close()
 
@@ -509,6 +510,7 @@ def _child_main(conn: Any, target: Callable[..., Any], args: Tuple[Any, ...]) ->
 class _ChildControl:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.sent_result = False
 
     def ready(self, info: Any = None) -> None:
         """Tell the parent this process is set up (connected, subscribed...)."""
@@ -542,8 +544,10 @@ class _ChildControl:
             samples.append((round(time.monotonic() - t0, 2), rss_bytes()))
 
     def send_result(self, result: Any) -> None:
-        """Report a result now (for a child that will not return normally)."""
+        """Report the result now, e.g. before lingering until stop (a sender
+        that closed its socket at once would discard what is still queued)."""
         self._conn.send(("result", result))
+        self.sent_result = True
 
     def should_stop(self) -> bool:
         """True once the parent asked this process to stop (non-blocking)."""
@@ -740,7 +744,7 @@ def _zmq_socket(kind: int, hwm: Optional[int] = 0) -> Any:
 
 
 def _zmq_pub_child(ctl: "_ChildControl", endpoint: str, bind: bool, nsubs: int,
-                   multipart: bool, opts: Options, hwm: Optional[int] = 0) -> Dict[str, Any]:
+                   multipart: bool, opts: Options, hwm: Optional[int] = 0) -> Any:
     """XPUB (a PUB that sees subscriptions): waits for every subscriber's unique
     ``ready.<i>`` subscription, so no message goes out before all are there."""
     import zmq
@@ -771,8 +775,12 @@ def _zmq_pub_child(ctl: "_ChildControl", endpoint: str, bind: bool, nsubs: int,
         send = s.send
         sent, t0 = _send_stream(opts, lambda: send(payload))
         s.send(b"")
-    s.close()
-    return {"sent": sent, "t0": t0}
+    # keep the socket open until the receivers are done: closing it now would
+    # discard whatever is still queued once LINGER runs out
+    ctl.send_result({"sent": sent, "t0": t0})
+    ctl.wait_stop()
+    s.close(0)
+    return None
 
 
 def _zmq_sub_child(ctl: "_ChildControl", endpoint: str, index: int,
@@ -985,7 +993,7 @@ def _rc_producer_child(ctl: "_ChildControl", url: str, nconsumers: int, opts: Op
 
 
 def _zmq_push_child(ctl: "_ChildControl", endpoint: str, nconsumers: int, opts: Options
-                    ) -> Dict[str, Any]:
+                    ) -> Any:
     import zmq
 
     s = _zmq_socket(zmq.PUSH)
@@ -999,8 +1007,10 @@ def _zmq_push_child(ctl: "_ChildControl", endpoint: str, nconsumers: int, opts: 
     sent, t0 = _send_stream(opts, lambda: send(payload))
     for _ in range(nconsumers):
         send(b"")     # round-robin: one end marker per connected consumer
-    s.close()
-    return {"sent": sent, "t0": t0}
+    ctl.send_result({"sent": sent, "t0": t0})
+    ctl.wait_stop()   # as in _zmq_pub_child: do not discard what is still queued
+    s.close(0)
+    return None
 
 
 def _zmq_pull_child(ctl: "_ChildControl", endpoint: str) -> Dict[str, Any]:
