@@ -47,6 +47,10 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:7450"
 FRAME_TARGET = 64 << 10
 #: publish credit (bytes of ordered frames in flight) per client
 DEFAULT_WINDOW = 4 << 20
+#: largest buffer (ring slots) a client may ask for, per subscription or queue
+DEFAULT_MAX_CAPACITY = 1 << 20
+#: subscriptions + consumers + responders one session may hold
+DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
 # commands that may start an ordered (credit-counted, strictly sequential) frame
@@ -89,13 +93,16 @@ class Broker:
 
     def __init__(self, bind: Union[str, Sequence[str]] = (DEFAULT_ENDPOINT,), *,
                  router: Optional[Router] = None, data_dir: Optional[str] = None,
-                 fsync: str = "interval", heartbeat: float = 1.0,
+                 fsync: str = "interval", max_capacity: int = DEFAULT_MAX_CAPACITY,
+                 max_handles: int = DEFAULT_MAX_HANDLES, heartbeat: float = 1.0,
                  max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
                  max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
                  context: Optional[zmq.Context] = None) -> None:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
         # data_dir/fsync: where durable queues live (ignored when a router is given)
         self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
+        self.max_capacity = max_capacity
+        self.max_handles = max_handles
         self.heartbeat = heartbeat
         self.max_frame = max_frame
         self.max_message = max_message
@@ -365,10 +372,23 @@ class Broker:
     def _error(self, s: _Session, ref: int, exc: errors.RingcastError) -> None:
         s.out.record(C.ERR, ref, exc.code or errors.RingcastError.code, str(exc))
 
+    def _admit(self, s: _Session, hid: Optional[int], capacity: int) -> None:
+        """Refuse what would let one client take the broker's memory."""
+        if capacity > self.max_capacity:
+            raise errors.LimitExceeded(
+                f"capacity {capacity} is over this broker's limit of {self.max_capacity}")
+        if hid is not None and hid not in s.subs and hid not in s.consumers \
+                and hid not in s.services \
+                and len(s.subs) + len(s.consumers) + len(s.services) >= self.max_handles:
+            raise errors.LimitExceeded(
+                f"a session may hold at most {self.max_handles} subscriptions, "
+                f"consumers and responders")
+
     # -- command handlers (return False to leave the record for a retry) -------------------
     def _on_sub(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, pattern, capacity, overflow, window = rec
         try:
+            self._admit(s, hid, capacity)
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             sub = self.router.subscribe(pattern, capacity=max(1, capacity),
@@ -430,6 +450,7 @@ class Broker:
     def _on_declare(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, ref, name, capacity, overflow, bind, options = rec
         try:
+            self._admit(s, None, capacity)
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
@@ -453,6 +474,7 @@ class Broker:
     def _on_consume(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, queue, prefetch = rec
         try:
+            self._admit(s, hid, 0)
             consumer = self.router.consume(queue, prefetch=max(1, prefetch))
         except errors.RingcastError as exc:
             self._error(s, hid, exc)
@@ -484,6 +506,7 @@ class Broker:
     def _on_serve(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, name, concurrency = rec
         try:
+            self._admit(s, hid, 0)
             responder = self.router.serve(name, capacity=1024)
         except errors.RingcastError as exc:
             self._error(s, hid, exc)

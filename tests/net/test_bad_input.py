@@ -1,0 +1,189 @@
+"""The bad-input matrix over the wire (docs/reliability.md): each bad input
+gets its documented answer, the broker keeps serving a good client, and
+repeating the abuse does not grow the broker's memory.
+
+Frames are built here from docs/protocol.md, not with ringcast's codec, so
+the tests check the document as much as the code."""
+
+import struct
+import time
+
+import pytest
+import zmq
+
+from ringcast import errors
+
+from .conftest import wait_for
+
+HELLO, PUB, SUB, DECLARE, ACK, NACK = 0x01, 0x02, 0x03, 0x06, 0x09, 0x0A
+WELCOME, ERR = 0x81, 0x83
+
+
+def uv(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def st(text):
+    raw = text.encode("utf-8", "surrogatepass")
+    return uv(len(raw)) + raw
+
+
+def rec(cmd, body):
+    return struct.pack("<BI", cmd, len(body)) + body
+
+
+def hello(version=1):
+    return rec(HELLO, uv(version) + uv(1000) + st("abuser"))
+
+
+# name -> (frames sent after connecting, expected ERR code, session ends)
+MATRIX = {
+    "garbage without a session": ([b"\x00\x01garbage"], errors.LimitExceeded.code, True),
+    "wrong version": ([hello(99)], errors.VersionMismatch.code, True),
+    "truncated record": ([hello(), rec(PUB, st("a.b") + uv(0) + b"payload")[:-3]],
+                         errors.ProtocolError.code, True),
+    "unknown command": ([hello(), rec(0x7F, b"")], errors.UnknownCommand.code, True),
+    "bad varint": ([hello(), rec(SUB, b"\xff" * 11)], errors.ProtocolError.code, True),
+    "trailing bytes": ([hello(), rec(ACK, uv(1) + uv(2) + b"extra")],
+                       errors.ProtocolError.code, True),
+    "invalid subject": ([hello(), rec(PUB, st("a..b") + uv(0) + b"x")],
+                        errors.InvalidSubject.code, True),
+    "bad UTF-8 subject": ([hello(), rec(PUB, uv(2) + b"\xff\xfe" + uv(0) + b"x")],
+                          errors.ProtocolError.code, True),
+    "oversize message": ([hello(), rec(PUB, st("a.b") + uv(0) + b"x" * (2 << 20))],
+                         errors.LimitExceeded.code, True),
+    "ack of an unknown delivery": ([hello(), rec(ACK, uv(5) + uv(77))],
+                                   errors.AckError.code, False),
+    "nack of an unknown delivery": ([hello(), rec(NACK, uv(5) + uv(77) + uv(1))],
+                                    errors.AckError.code, False),
+    "huge subscription buffer": ([hello(), rec(SUB, uv(1) + st("a.>") + uv(1 << 30) + uv(0)
+                                                + uv(10))], errors.LimitExceeded.code, False),
+    "huge queue": ([hello(), rec(DECLARE, uv(1) + st("q") + uv(1 << 30) + uv(0) + uv(0)
+                                 + uv(0))], errors.LimitExceeded.code, False),
+    "unknown queue option": ([hello(), rec(DECLARE, uv(1) + st("q") + uv(8) + uv(0) + uv(0)
+                                           + uv(1) + st("colour") + st("blue"))],
+                             errors.LimitExceeded.code, False),
+    "unknown overflow policy": ([hello(), rec(SUB, uv(1) + st("a") + uv(8) + uv(9) + uv(1))],
+                                errors.LimitExceeded.code, False),
+}
+
+
+def answers(sock, timeout=2.0, until=ERR):
+    """The records the broker sends back, until one with command ``until``
+    arrives or ``timeout`` passes, as (cmd, body) pairs."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(20):
+            frame = sock.recv()
+            pos = 0
+            while pos < len(frame):
+                cmd, n = struct.unpack_from("<BI", frame, pos)
+                out.append((cmd, frame[pos + 5:pos + 5 + n]))
+                pos += 5 + n
+            if any(cmd == until for cmd, _ in out):
+                return out
+    return out
+
+
+def err_code(body):
+    ref, pos = body[0], 1  # refs here are small: one varint byte
+    return ref, body[pos]
+
+
+def round_trip(client, subject):
+    sub = client.subscribe(subject)
+    client.flush()
+    client.publish(subject, b"still here")
+    client.flush()
+    assert sub.recv(timeout=5).payload == b"still here"
+    sub.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp"])
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_bad_input_gets_its_answer_and_spares_the_others(case, broker, client, zsocket):
+    frames, code, ends_session = MATRIX[case]
+    bad = zsocket(zmq.DEALER)
+    bad.connect(broker.url)
+    for frame in frames:
+        bad.send(frame)
+    got = answers(bad)
+    errs = [err_code(body) for cmd, body in got if cmd == ERR]
+    assert errs, f"no ERR for {case}: {got}"
+    assert errs[0][1] == code, f"{case}: expected code {code}, got {errs[0]}"
+    if ends_session:  # the abuser's session is gone; the good client's is not
+        assert wait_for(lambda: client.stats()["clients"] == 1)
+    round_trip(client, "good.client")
+
+
+@pytest.mark.parametrize("transport", ["tcp"])
+def test_repeated_abuse_does_not_grow_the_broker(broker, client, zsocket):
+    def abuse(rounds):
+        for _ in range(rounds):
+            bad = zsocket(zmq.DEALER)
+            bad.connect(broker.url)
+            for frames, _, _ in MATRIX.values():
+                for frame in frames:
+                    bad.send(frame)
+            bad.close(linger=0)
+
+    abuse(5)  # warm up allocator pools and caches
+    assert wait_for(lambda: client.stats()["clients"] == 1, timeout=20)
+    before = client.stats()["memory_rss"]
+    abuse(40)
+    assert wait_for(lambda: client.stats()["clients"] == 1, timeout=30)
+    after = client.stats()["memory_rss"]
+    assert after - before < 16 << 20, f"broker grew by {(after - before) >> 20} MiB"
+    round_trip(client, "good.client")
+
+
+def test_flood_of_subscriptions_is_capped_per_session():
+    """Past the per-session cap a subscription gets LimitExceeded; the ones
+    before it, and the broker, carry on."""
+    from ringcast.broker import Broker
+    from ringcast.client import connect
+
+    broker = Broker("tcp://127.0.0.1:0", max_handles=50)
+    broker.start()
+    try:
+        with connect(broker.endpoints[0], timeout=5) as c:
+            subs = [c.subscribe(f"flood.{i}", capacity=16) for i in range(60)]
+            c.flush()
+            assert len(c.stats()["subscriptions"]) == 50
+            for s in subs[50:]:
+                with pytest.raises(errors.LimitExceeded, match="at most 50"):
+                    s.recv(timeout=5)
+            c.publish("flood.3", b"x")
+            assert subs[3].recv(timeout=5).payload == b"x"
+            for s in subs:
+                s.close()
+            c.flush()
+            assert wait_for(lambda: len(c.stats()["subscriptions"]) == 0)
+            round_trip(c, "good.client")
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("transport", ["tcp"])
+def test_many_connections_come_and_go(broker, client, zsocket):
+    socks = []
+    for _ in range(200):
+        d = zsocket(zmq.DEALER)
+        d.connect(broker.url)
+        d.send(hello())
+        socks.append(d)
+    welcomed = sum(1 for d in socks
+                   if any(cmd == WELCOME for cmd, _ in answers(d, 2.0, until=WELCOME)))
+    assert welcomed == 200
+    assert client.stats()["clients"] == 201
+    for d in socks:
+        d.close(linger=0)
+    # silent peers are declared dead after 3 heartbeats and forgotten
+    assert wait_for(lambda: client.stats()["clients"] == 1, timeout=30)
+    round_trip(client, "good.client")
