@@ -496,12 +496,18 @@ class Broker:
     def _on_ack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         msg = self._settle(s, rec[1], rec[2])
         if msg is not None:
-            msg.ack()
+            try:
+                msg.ack()
+            except errors.AckError as exc:  # taken back: the ack deadline passed
+                self._error(s, 0, exc)
 
     def _on_nack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         msg = self._settle(s, rec[1], rec[2])
         if msg is not None:
-            msg.nack(requeue=bool(rec[3]))
+            try:
+                msg.nack(requeue=bool(rec[3]))
+            except errors.AckError as exc:
+                self._error(s, 0, exc)
 
     def _on_serve(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, name, concurrency = rec

@@ -150,3 +150,36 @@ def test_twenty_broker_kills_under_load_lose_no_confirmed_message(tmp_path, proc
     assert not missing, f"{len(missing)} confirmed messages lost"
     assert not [i for i, n in stored.items() if n > 1], "a retried send landed twice"
     assert len(confirmed) >= 20 * 20
+
+
+def test_missed_ack_deadline_over_the_wire():
+    """A remote consumer that sits on a message past the queue's ack deadline
+    loses it to another consumer; its late ack is refused, not counted as a
+    success, and its session carries on."""
+    from ringcast.broker import Broker
+    from ringcast.client import connect
+
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.2)
+    broker.start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as slow, \
+                connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as fast:
+            slow.declare_queue("jobs", ack_deadline=0.2)
+            held = slow.consume("jobs", prefetch=1)
+            slow.send("jobs", b"job-1")
+            slow.flush()
+            first = held.recv(timeout=5)
+            taker = fast.consume("jobs", prefetch=1)
+            again = taker.recv(timeout=5)  # after the deadline the broker redelivers it
+            assert (again.payload, again.redelivered, again.delivery_count) == (b"job-1", True, 2)
+            again.ack()
+            first.ack()  # too late: refused at the broker
+            assert wait_for(lambda: slow.stats()["queues"]["jobs"]["late_acks"] == 1)
+            q = slow.stats()["queues"]["jobs"]
+            assert q["ack_timeouts"] == 1 and q["acked"] == 1  # one success, not two
+            assert slow.stats()["clients"] == 2  # the late acker's session carries on
+            slow.send("jobs", b"job-2")
+            slow.flush()
+            assert held.recv(timeout=5).payload == b"job-2"  # and it still consumes
+    finally:
+        broker.stop()
