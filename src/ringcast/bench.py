@@ -1179,11 +1179,11 @@ def _rc_pipelined_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[s
     async def main() -> Dict[str, Any]:
         conn = await connect(url)
         try:
-            for _ in range(20):
-                await conn.request(SERVICE, payload, timeout=10)
             ctl.ready()
             if ctl.wait_go() == "stop":
                 return {}
+            for _ in range(20):  # warm-up, once the responder is surely registered
+                await conn.request(SERVICE, payload, timeout=10)
             clock = time.perf_counter
             lat: List[float] = []
             t0 = clock()
