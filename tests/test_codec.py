@@ -85,11 +85,31 @@ def test_write_ring_moves_messages_with_their_sequence_numbers():
     w = C.Writer()
     assert w.write_ring(ring, 9, 3, 1 << 20) == 3
     assert len(ring) == 1
-    (ev,) = C.Reader(w.take()).events()
-    cmd, handle, msgs = ev
-    assert (cmd, handle) == (C.MSG, 9)
-    assert [(m.seq, m.payload, m.headers) for m in msgs] == [
-        (3, b"2", None), (4, b"3", {"i": "3"}), (5, b"4", None)]
+    frame = w.take()
+    (ev,) = C.Reader(frame).events()
+    cmd, handle, run = ev
+    assert (cmd, handle, run.count, run.first_seq, run.last_seq) == (C.MSG, 9, 3, 3, 5)
+    msgs = run.take(2) + run.take(5)
+    assert run.count == 0 and run.take() == []
+    assert [(m.seq, m.subject, m.payload, m.headers) for m in msgs] == [
+        (3, "t.x", b"2", None), (4, "t.x", b"3", {"i": "3"}), (5, "t.x", b"4", None)]
+    (ev,) = C.Reader(frame).events()
+    assert ev[2].take_payloads() == [b"2", b"3", b"4"]
+
+
+def test_deliveries_are_grouped_per_handle_run():
+    ring_a, ring_b = Ring(8), Ring(8)
+    for i in range(3):
+        ring_a.put("a", b"a%d" % i)
+        ring_b.put("b", b"b%d" % i)
+    w = C.Writer()
+    w.write_ring(ring_a, 1, 2, 1 << 20)
+    w.write_ring(ring_b, 2, 3, 1 << 20)
+    w.write_ring(ring_a, 1, 1, 1 << 20)
+    evs = C.Reader(w.take()).events()
+    assert [(e[1], e[2].count) for e in evs] == [(1, 2), (2, 3), (1, 1)]
+    assert [m.payload for e in evs for m in e[2].take()] == [
+        b"a0", b"a1", b"b0", b"b1", b"b2", b"a2"]
 
 
 def test_events_group_deliveries_and_attach_owners():

@@ -699,13 +699,31 @@ cdef class Reader:
         """
         cdef list out = []
         cdef list batch = None
+        cdef Deliveries run = None
         cdef int cmd, batch_cmd = -1
-        cdef uint64_t handle, batch_handle = 0, flags, timeout_ms = 0
+        cdef uint64_t handle, batch_handle = 0, flags, timeout_ms = 0, seq
         cdef Message m
         cdef PyObject *o
         while self.pos < self.n:
             cmd = self._open()
-            if cmd == MSG or cmd == QMSG or cmd == RQST:
+            if cmd == MSG:
+                # pub/sub deliveries stay encoded until the application takes them
+                batch = None
+                handle = self._uv()
+                seq = self._uv()
+                if run is None or batch_handle != handle:
+                    run = Deliveries.__new__(Deliveries)
+                    run.r = Reader(<object>self.view.obj, self.max_message, self.max_subject,
+                                   self.subjects)
+                    run.r.pos = self.pos
+                    run.first_seq = seq
+                    batch_handle = handle
+                    out.append((MSG, handle, run))
+                run.count += 1
+                run.last_seq = seq
+                self.pos = self.e
+            elif cmd == QMSG or cmd == RQST:
+                run = None
                 m = Message.__new__(Message)
                 handle = self._uv()
                 if cmd == MSG:
@@ -732,7 +750,7 @@ cdef class Reader:
                     batch = None
                     out.append((RQST, handle, m, timeout_ms))
                     continue
-                if batch is None or batch_cmd != cmd or batch_handle != handle:
+                if batch is None or batch_handle != handle:
                     batch = []
                     batch_cmd = cmd
                     batch_handle = handle
@@ -740,8 +758,61 @@ cdef class Reader:
                 batch.append(m)
             else:
                 batch = None
+                run = None
                 out.append(self._fields(cmd))
                 self.pos = self.e
+        return out
+
+
+@cython.final
+cdef class Deliveries:
+    """A run of MSG records for one subscription in one received frame,
+    decoded only when the application takes them: the client's I/O thread
+    just finds the run's bounds, and ``take_payloads`` builds no Message."""
+    cdef Reader r
+    #: records not taken yet
+    cdef readonly Py_ssize_t count
+    cdef readonly uint64_t first_seq
+    cdef readonly uint64_t last_seq
+
+    cdef inline int _next(self) except -1:
+        self.r._open()
+        self.r._uv()   # handle
+        return 0
+
+    def take(self, Py_ssize_t max_count=1 << 30):
+        """Up to ``max_count`` Messages, oldest first."""
+        cdef Reader r = self.r
+        cdef Py_ssize_t n = min(max_count, self.count), i
+        cdef list out = [None] * n
+        cdef Message m
+        for i in range(n):
+            self._next()
+            m = Message.__new__(Message)
+            m.seq = r._uv()
+            m.delivery_count = 1
+            m.subject = r._subject()
+            m.headers = r._headers()
+            m.payload = r._payload()
+            r.pos = r.e
+            self.count -= 1
+            out[i] = m
+        return out
+
+    def take_payloads(self, Py_ssize_t max_count=1 << 30):
+        """Up to ``max_count`` payloads, oldest first, without Message objects."""
+        cdef Reader r = self.r
+        cdef Py_ssize_t n = min(max_count, self.count), i
+        cdef size_t ln
+        cdef list out = [None] * n
+        for i in range(n):
+            self._next()
+            r._uv()                       # seq
+            r._span(r.max_subject, &ln)   # subject
+            r._headers()
+            out[i] = r._payload()
+            r.pos = r.e
+            self.count -= 1
         return out
 
 

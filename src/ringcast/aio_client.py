@@ -414,7 +414,7 @@ class _AsyncReceiver:
 
     @property
     def pending(self) -> int:
-        return len(self._h.inbox)
+        return int(self._h.pending)
 
     def close(self) -> None:
         self._conn._handlers.pop(self._h.id, None)
@@ -424,6 +424,10 @@ class _AsyncReceiver:
 
 class Subscription(_AsyncReceiver):
     _h: RemoteSubscription
+
+    def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
+        """Up to ``max_count`` payloads, without waiting or Message objects."""
+        return self._h.take(max_count, payloads=True)
 
     @property
     def dropped(self) -> int:

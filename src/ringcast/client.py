@@ -267,12 +267,13 @@ class Client:
                 f"{what} inside an inline handler would wait on itself; "
                 "serve(..., threaded=True) runs handlers on their own thread")
 
-    def _take(self, h: _Handle, max_count: int, timeout: Optional[float]) -> List[Message]:
+    def _take(self, h: _Handle, max_count: int, timeout: Optional[float],
+              payloads: bool = False) -> List[Any]:
         self._no_wait_on_io("recv")
         deadline = _deadline(timeout)
         with self._cond:
             while True:
-                msgs = h.take(max_count)
+                msgs = h.take(max_count, payloads)
                 if msgs:
                     return msgs
                 if self.proto.closed:
@@ -459,7 +460,7 @@ class _Receiver:
 
     @property
     def pending(self) -> int:
-        return len(self._h.inbox)
+        return int(self._h.pending)
 
     def close(self) -> None:
         self._client._callbacks.pop(self._h.id, None)
@@ -489,9 +490,14 @@ class Subscription(_Receiver):
     def dropped(self) -> int:
         return self._h.dropped
 
-    def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
-        """Up to ``max_count`` payloads, without waiting."""
-        return [m.payload for m in self.recv_many(max_count, 0)]
+    def recv_payloads(self, max_count: int = 1 << 30,
+                      timeout: Optional[float] = 0.0) -> List[Any]:
+        """Up to ``max_count`` payloads without building Message objects (the
+        batch fast path); waits up to ``timeout`` for the first (0: not at all)."""
+        if timeout == 0:
+            with self._client._lock:
+                return self._h.take(max_count, payloads=True)  # type: ignore[no-any-return]
+        return self._client._take(self._h, max_count, timeout, payloads=True)
 
 
 class Consumer(_Receiver):

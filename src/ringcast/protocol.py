@@ -47,7 +47,7 @@ class _Handle:
         self.proto = proto
         self.id = hid
         self.record = record
-        self.inbox: Deque[Message] = collections.deque()
+        self.inbox: Deque[Any] = collections.deque()   # Messages, or encoded runs
         self.closed = False
         self.error: Optional[errors.RingcastError] = None
         self.wake: Callable[[], None] = _noop
@@ -56,8 +56,13 @@ class _Handle:
         """A new session starts: nothing from the old one is valid any more."""
         self.inbox.clear()
 
-    def take(self, max_count: int) -> List[Message]:
-        """Up to ``max_count`` messages from the inbox (caller holds the lock)."""
+    @property
+    def pending(self) -> int:
+        return len(self.inbox)
+
+    def take(self, max_count: int, payloads: bool = False) -> List[Any]:
+        """Up to ``max_count`` messages (or their payloads) from the inbox
+        (caller holds the lock)."""
         inbox = self.inbox
         if max_count >= len(inbox):
             out = list(inbox)
@@ -66,6 +71,8 @@ class _Handle:
             out = [inbox.popleft() for _ in range(max_count)]
         if out:
             self._taken(len(out))
+            if payloads:
+                return [m.payload for m in out]
         elif self.closed or self.error is not None:
             self._raise_closed()
         return out
@@ -93,16 +100,44 @@ class RemoteSubscription(_Handle):
         self.consumed = 0     # taken since the last CREDIT
         self.last_seq = 0
         self.dropped = 0      # sequence gaps seen: messages the broker dropped by policy
+        self.count = 0        # messages in the inbox (it holds encoded runs)
 
     def reset(self) -> None:
         # messages already received stay readable; only the flow state restarts
         self.consumed = 0
         self.last_seq = 0
 
-    def deliver(self, msgs: List[Message]) -> None:
-        self.dropped += msgs[-1].seq - self.last_seq - len(msgs)
-        self.last_seq = msgs[-1].seq
-        self.inbox.extend(msgs)
+    def deliver(self, run: Any) -> None:
+        """Queue a run of encoded deliveries (``_codec.Deliveries``)."""
+        self.dropped += run.last_seq - self.last_seq - run.count
+        self.last_seq = run.last_seq
+        self.inbox.append(run)
+        self.count += run.count
+
+    @property
+    def pending(self) -> int:
+        return self.count
+
+    def take(self, max_count: int, payloads: bool = False) -> List[Any]:
+        out: List[Any] = []
+        inbox = self.inbox
+        while inbox and len(out) < max_count:
+            run = inbox[0]
+            try:
+                got = (run.take_payloads if payloads else run.take)(max_count - len(out))
+            except errors.RingcastError:
+                inbox.popleft()   # a corrupt run is dropped whole, and reported
+                self.count -= run.count
+                raise
+            out += got
+            if not run.count:
+                inbox.popleft()
+        if out:
+            self.count -= len(out)
+            self._taken(len(out))
+        elif self.closed or self.error is not None:
+            self._raise_closed()
+        return out
 
     def _taken(self, n: int) -> None:
         self.consumed += n

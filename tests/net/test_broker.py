@@ -307,3 +307,20 @@ def test_block_policy_pushes_back_on_the_publisher(broker, client):
         assert sub.dropped == 0
         stats = json.loads(json.dumps(client.stats()))
         assert stats["counters"]["publisher_waits"] >= 1
+
+
+def test_recv_payloads_takes_encoded_deliveries_without_messages(broker, client):
+    with connect(broker.url, heartbeat=HEARTBEAT) as reader:
+        sub = reader.subscribe("p.>", capacity=4096)
+        barrier(reader)
+        for i in range(3000):
+            client.publish("p.x" if i % 3 else "p.y", b"%d" % i)
+        client.flush()
+        assert wait_for(lambda: sub.pending == 3000)
+        first = sub.recv_many(10, timeout=5)                 # Messages, then payloads
+        rest = []
+        while len(rest) < 2990:
+            rest += sub.recv_payloads(1000, timeout=5)
+        assert [m.payload for m in first] + rest == [b"%d" % i for i in range(3000)]
+        assert [m.seq for m in first] == list(range(1, 11))
+        assert sub.pending == 0 and sub.recv_payloads(10) == []
