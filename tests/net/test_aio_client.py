@@ -76,3 +76,34 @@ async def test_cancelled_request_leaves_the_connection_usable(broker, conn):
     await asyncio.sleep(0.4)
     assert (await conn.request("slow", b"4", timeout=5)).payload == b"late:4"
     assert conn.proto.requests == {}
+
+
+async def test_reconnects_after_a_broker_restart(endpoint):
+    from .conftest import BrokerProcess
+
+    b = BrokerProcess(endpoint).start()
+    b2 = None
+    try:
+        conn = await aio.connect(b.url, heartbeat=HEARTBEAT)
+        sub = conn.subscribe("alerts.>")
+        conn.serve("ping", lambda m: b"pong")
+        await conn.flush()
+        b.kill()
+        b2 = BrokerProcess(b.url).start()
+        for _ in range(500):
+            if conn.sessions == 2 and conn.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert conn.sessions == 2
+        await conn.flush()   # the re-declared subscription and service are in place
+        other = await aio.connect(b.url, heartbeat=HEARTBEAT)
+        await other.publish("alerts.fire", b"!")
+        await other.flush()
+        assert (await sub.recv(timeout=5)).payload == b"!"
+        assert (await other.request("ping", b"", timeout=5)).payload == b"pong"
+        await other.close()
+        await conn.close()
+    finally:
+        b.stop()
+        if b2 is not None:
+            b2.stop()
