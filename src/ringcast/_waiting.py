@@ -11,9 +11,10 @@ import asyncio
 import collections
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, TypeVar
 
 from . import errors
+from ._impl import Message
 
 T = TypeVar("T")
 
@@ -161,3 +162,44 @@ class _Dispatcher:
                 self._lock.release()
             if not self._ready:
                 return
+
+
+class Source:
+    """What one receives from: a subscription, a queue consumer, a responder.
+
+    Subclasses provide ``_signal``, ``_poll()`` (take the next message or
+    None; raise Closed when closed and empty), ``_arm()`` (see
+    ``_Signal.wait``) and ``close()``; receiving, iteration and the context
+    manager are the same for all of them (and ``ringcast.aio`` awaits the
+    same three hooks).
+    """
+
+    _signal: _Signal
+
+    def _poll(self) -> Optional[Message]:
+        raise NotImplementedError
+
+    def _arm(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """Next message; waits up to ``timeout`` seconds (None: forever),
+        then raises Timeout."""
+        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
+
+    def __iter__(self) -> Iterator[Message]:
+        """Messages as they come, until the source is closed."""
+        while True:
+            try:
+                yield self.recv()
+            except errors.Closed:
+                return
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

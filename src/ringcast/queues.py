@@ -19,11 +19,11 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import errors
 from ._impl import Headers, Message, Ring, check_message
-from ._waiting import _deadline, _Signal
+from ._waiting import Source, _deadline, _Signal
 from .storage import QueueLog
 
 if TYPE_CHECKING:
@@ -414,7 +414,7 @@ class Queue:
             self.log.close()
 
 
-class Consumer:
+class Consumer(Source):
     """One competing consumer of a queue. ``prefetch`` caps unacked messages
     (0: no cap). Closing it returns every unacked message to the queue,
     flagged redelivered."""
@@ -449,10 +449,6 @@ class Consumer:
     def _arm(self) -> bool:
         return self.closed or self.queue._arm()
 
-    def recv(self, timeout: Optional[float] = None) -> Message:
-        """Next message of the queue; ack or nack it when done."""
-        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
-
     def recv_nowait(self) -> Message:
         msg = self._poll()
         if msg is None:
@@ -464,13 +460,6 @@ class Consumer:
         if self.prefetch and len(self._unacked) >= self.prefetch:
             return []
         return self._take(max_count)
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            try:
-                yield self.recv()
-            except errors.Closed:
-                return
 
     def ack(self, msg: Message) -> None:
         self.queue.ack(self, msg)
@@ -490,12 +479,6 @@ class Consumer:
             return
         self.closed = True
         self.queue._release(self)
-
-    def __enter__(self) -> "Consumer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def saved_definitions(data_dir: str) -> List[Dict[str, Any]]:

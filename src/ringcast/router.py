@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import errors
 from ._impl import (
@@ -33,7 +33,7 @@ from ._impl import (
     check_subject,
     policy_code,
 )
-from ._waiting import _deadline, _Dispatcher, _Signal
+from ._waiting import Source, _deadline, _Dispatcher, _Signal
 from .queues import Consumer, Queue, QueueOptions, saved_definitions
 from .services import PendingRequest, Responder, _Service
 from .storage import FSYNC_POLICIES
@@ -43,7 +43,7 @@ log = logging.getLogger("ringcast.router")
 _DEFAULT_CAPACITY = 8192
 
 
-class Subscription:
+class Subscription(Source):
     """Messages on subjects matching one pattern, buffered in a native ring.
 
     Iterate it, call ``recv``/``recv_many``/``recv_payloads``, or give
@@ -63,10 +63,6 @@ class Subscription:
             self.ring.arm_ready(self._schedule)
 
     # -- receiving -------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Message:
-        """Next message; waits up to ``timeout`` seconds (None: forever)."""
-        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
-
     def recv_nowait(self) -> Message:
         """Next message, or ``WouldBlock`` when none is waiting."""
         msg = self._poll()
@@ -86,13 +82,6 @@ class Subscription:
     def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
         """Up to ``max_count`` payloads without Message objects: the batch fast path."""
         return self.ring.pop_payloads(max_count)
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            try:
-                yield self.recv()
-            except errors.Closed:
-                return
 
     def _poll(self) -> Optional[Message]:
         msg = self.ring.pop()
@@ -162,12 +151,6 @@ class Subscription:
             "dropped": self.dropped,
             "last_seq": self.ring.last_seq,
         }
-
-    def __enter__(self) -> "Subscription":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} pending={self.pending} dropped={self.dropped}>"

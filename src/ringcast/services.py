@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
 
 from . import errors
 from ._impl import Handler, Headers, Message, Ring
-from ._waiting import _deadline, _Signal
+from ._waiting import Source, _Signal
 
 if TYPE_CHECKING:
     from .router import Router
@@ -67,7 +67,7 @@ class PendingRequest:
         return self._settle(errors.Timeout(f"request to {self.service.name!r} timed out"))
 
 
-class Responder:
+class Responder(Source):
     """One responder of a service: requests arrive in its own ring (block
     policy); ``handler`` answers them, or iterate and ``msg.respond(...)``."""
 
@@ -108,19 +108,8 @@ class Responder:
     def _arm(self) -> bool:
         return bool(self.ring.arm_ready(self._signal.notify)) or self.ring.closed
 
-    def recv(self, timeout: Optional[float] = None) -> Message:
-        """Next request; answer it with ``msg.respond(payload)``."""
-        return self._signal.wait(self._poll, self._arm, _deadline(timeout))
-
     def recv_nowait(self) -> Optional[Message]:
         return self._poll()
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            try:
-                yield self.recv()
-            except errors.Closed:
-                return
 
     def _schedule(self) -> None:
         self._router._dispatcher.schedule(self._run_handler)
@@ -163,12 +152,6 @@ class Responder:
             while service.backlog:
                 service.backlog.popleft()[2].fail(
                     errors.NoResponders(f"no responders left for {service.name!r}"))
-
-    def __enter__(self) -> "Responder":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def answer(msg: Message, handler: Handler) -> None:
