@@ -156,6 +156,17 @@ cdef bint _drop(_Node node, Ring ring, bint tail):
     return False
 
 
+cdef int _wake_ready(list rings) except -1:
+    """Fire the armed ready callbacks of rings that hold messages, after every
+    push of a publish is done (callbacks may publish or unsubscribe)."""
+    cdef Ring r
+    for i in range(len(rings)):
+        r = <Ring>rings[i]
+        if r.on_ready is not None and r.wpos != r.rpos:
+            r.fire_ready()
+    return 0
+
+
 cdef class CoreRouter:
     """Patterns -> rings. ``publish`` pushes into every matching ring."""
 
@@ -269,10 +280,7 @@ cdef class CoreRouter:
         self.published += 1
         self.delivered += stored
         if wake:
-            for i in range(n):
-                r = <Ring>rings[i]
-                if r.on_ready is not None and r.wpos != r.rpos:
-                    r.fire_ready()
+            _wake_ready(rings)
         return stored
 
     cdef Py_ssize_t _publish_many(self, object subject, list items, object headers) except -1:
@@ -305,10 +313,7 @@ cdef class CoreRouter:
         self.published += n
         self.delivered += stored
         if n:
-            for j in range(nr):
-                r = <Ring>rings[j]
-                if r.on_ready is not None and r.wpos != r.rpos:
-                    r.fire_ready()
+            _wake_ready(rings)
         return n
 
     def publish(self, subject, payload, headers=None, timeout=None):
