@@ -242,31 +242,39 @@ class Broker:
                     except zmq.Again:
                         pass
             now = time.monotonic()
-            for _ in range(512):
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if len(parts) == 2:
-                    self._on_frame(parts[0], parts[1], now)
-            while self._calls:
-                fn, args = self._calls.popleft()
-                fn(*args)
-            if self._retry:
-                retry, self._retry = self._retry, set()
-                for ident in retry:
-                    s = self._sessions.get(ident)
-                    if s is not None:
-                        self._resume(s)
-            self._flush_ready()
-            if self._deadlines:
-                self._expire(now)
-            if now >= next_timer:
-                self._heartbeats(now)
-                next_timer = now + tick
-            for s in list(self._sessions.values()):
-                if len(s.out) or s.frames or s.credit_due:
-                    self._flush_out(s)
+            try:
+                self._step(sock, now)
+                if now >= next_timer:
+                    self._heartbeats(now)
+                    next_timer = now + tick
+            except Exception:  # a bug must not take every client's broker down
+                self.counters["internal_errors"] += 1
+                log.exception("internal error in the broker loop")
+
+    def _step(self, sock: zmq.Socket, now: float) -> None:
+        """One pass: read what arrived, apply it, move deliveries, send."""
+        for _ in range(512):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(parts) == 2:
+                self._on_frame(parts[0], parts[1], now)
+        while self._calls:
+            fn, args = self._calls.popleft()
+            fn(*args)
+        if self._retry:
+            retry, self._retry = self._retry, set()
+            for ident in retry:
+                s = self._sessions.get(ident)
+                if s is not None:
+                    self._resume(s)
+        self._flush_ready()
+        if self._deadlines:
+            self._expire(now)
+        for s in list(self._sessions.values()):
+            if len(s.out) or s.frames or s.credit_due:
+                self._flush_out(s)
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:

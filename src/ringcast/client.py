@@ -189,21 +189,7 @@ class Client:
                             except zmq.Again:
                                 break
                 if sock in events:
-                    now = time.monotonic()
-                    for _ in range(256):
-                        try:
-                            frame = sock.recv(zmq.NOBLOCK, copy=True)
-                        except zmq.Again:
-                            break
-                        err = proto.frame_received(frame, now)
-                        if err is not None:
-                            log.warning("session ended by the broker: %s", err)
-                            sock = self._reconnect(sock, poller, errors.ConnectionLost(str(err)))
-                            break
-                    if self._notify:
-                        with self._cond:
-                            self._notify = False
-                            self._cond.notify_all()
+                    sock = self._receive(sock, poller)
             for frame in proto.bye():
                 sock.send(frame)
         except zmq.ZMQError as exc:
@@ -214,6 +200,31 @@ class Client:
             with self._cond:
                 self.proto.closed = True
                 self._cond.notify_all()
+
+    def _receive(self, sock: zmq.Socket, poller: zmq.Poller) -> zmq.Socket:
+        """Apply what arrived; returns the socket to use from now on."""
+        now = time.monotonic()
+        try:
+            for _ in range(256):
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                err = self.proto.frame_received(frame, now)
+                if err is not None:
+                    log.warning("session ended by the broker: %s", err)
+                    return self._reconnect(sock, poller, errors.ConnectionLost(str(err)))
+        except zmq.ZMQError:
+            raise
+        except Exception as exc:  # never let the I/O thread die: start a clean session
+            log.exception("error applying a frame from the broker")
+            return self._reconnect(sock, poller, errors.ConnectionLost(f"client error: {exc}"))
+        finally:
+            if self._notify:
+                with self._cond:
+                    self._notify = False
+                    self._cond.notify_all()
+        return sock
 
     def _reconnect(self, sock: zmq.Socket, poller: zmq.Poller,
                    exc: errors.RingcastError) -> zmq.Socket:
