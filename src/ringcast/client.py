@@ -81,6 +81,8 @@ class Client:
         self._wake_tx.connect(addr)
         self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
         self._workers: List[threading.Thread] = []    # one per threaded callback/handler
+        self._direct = threading.local()               # each thread's _DirectRequester
+        self._requesters: List["_DirectRequester"] = []
         self._io.start()
         if timeout:
             self.wait_ready(timeout)
@@ -126,6 +128,8 @@ class Client:
         for worker in self._workers:
             if worker is not threading.current_thread():
                 worker.join(5)
+        for direct in self._requesters:
+            direct.close()
         self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
 
@@ -369,25 +373,19 @@ class Client:
     # -- request/reply ---------------------------------------------------------------------------
     def request(self, service: str, payload: Any, headers: Headers = None, *,
                 timeout: float = 5.0) -> Message:
-        """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``)."""
-        self._no_wait_on_io("request")
-        done = threading.Event()
-        box: List[Any] = []
+        """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``).
 
-        def settle(result: Any) -> None:
-            box.append(result)
-            done.set()
-
-        rid = self.proto.request(service, payload, headers, timeout, settle)
-        self.proto.flush()   # a blocking request is latency-bound: no linger
-        if not done.wait(timeout):
-            self.proto.forget_request(rid)
-            if not box:
-                raise errors.Timeout(f"request to {service!r} timed out after {timeout}s")
-        result = box[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
+        Each calling thread sends and reads its requests on a socket and
+        session of its own (``_DirectRequester``): the reply reaches the
+        waiting thread with no hand-off through the I/O thread."""
+        self._no_wait_on_io("request")   # it would stall this client's deliveries
+        direct = getattr(self._direct, "requester", None)
+        if direct is None:
+            if self._closing:
+                raise errors.Closed("client is closed")
+            direct = self._direct.requester = _DirectRequester(self)
+            self._requesters.append(direct)
+        return direct.request(service, payload, headers, timeout)
 
     def serve(self, name: str, handler: Optional[Handler] = None, *, concurrency: int = 16,
               threaded: bool = False) -> "Responder":
@@ -422,6 +420,83 @@ class Client:
         if isinstance(box[0], BaseException):
             raise box[0]
         return box[0]  # type: ignore[no-any-return]
+
+
+class _DirectRequester:
+    """One thread's request path: its own DEALER socket and protocol session,
+    driven by that thread while it waits, so a sync request costs no thread
+    hand-off. The session idles between requests with a long heartbeat; if
+    the broker forgot it meanwhile (restart, idle timeout) the broker answers
+    "no session" without applying the request, and it is sent again once."""
+
+    HEARTBEAT = 60.0
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._name = f"{client.proto.name}/req-{threading.get_ident()}"
+        self._sock: Optional[zmq.Socket] = None
+        self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
+
+    def _open(self) -> zmq.Socket:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
+        self._sock = self._client._socket()
+        self.proto.connection_made(time.monotonic())
+        return self._sock
+
+    def request(self, service: str, payload: Any, headers: Headers,
+                timeout: float) -> Message:
+        deadline = time.monotonic() + timeout
+        for _ in range(2):
+            sock = self._sock or self._open()
+            box: List[Any] = []
+            rid = self.proto.request(service, payload, headers, timeout, box.append)
+            lost = self._drive(sock, box, deadline)
+            if lost is None:
+                break
+            self._open()   # the broker did not know this session: nothing was applied
+        if not box:
+            self.proto.forget_request(rid)
+            raise errors.Timeout(f"request to {service!r} timed out after {timeout}s")
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _drive(self, sock: zmq.Socket, box: List[Any],
+               deadline: float) -> Optional[errors.RingcastError]:
+        """Send and read until the reply is in ``box`` or the deadline; returns
+        the error when the broker says it has no session for us."""
+        proto = self.proto
+        while not box:
+            now = time.monotonic()
+            for frame in proto.data_to_send(now, eager=True):
+                sock.send(frame)
+            left = deadline - now
+            if left <= 0:
+                return None
+            if not sock.poll(max(1, int(left * 1000))):
+                continue
+            while not box:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                err = proto.frame_received(frame, time.monotonic())
+                if err is not None:
+                    if box:   # the request was refused with the session: retry it
+                        box.clear()
+                    return err
+        return None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            if self.proto.ready:
+                for frame in self.proto.bye():
+                    self._sock.send(frame, zmq.NOBLOCK)
+            self._sock.close(linger=100)
+            self._sock = None
 
 
 def _answer(msg: Message, handler: Handler) -> None:
