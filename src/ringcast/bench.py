@@ -219,8 +219,7 @@ class Tally:
     elapsed: float = 0.0
 
 
-def drive(step: Callable[[int], int], opts: Options, progress: Progress, label: str,
-          fanout: int = 1) -> Tally:
+def drive(step: Callable[[int], int], opts: Options, progress: Progress, label: str) -> Tally:
     """Call ``step(n)`` (publish ``n`` messages, take what arrived, return how
     many deliveries were taken) until ``opts.count`` messages were sent or
     ``opts.duration`` seconds passed. One untimed warm-up step first."""
@@ -345,7 +344,7 @@ def _ringcast_pubsub(name: str, opts: Options, progress: Progress, nsubs: int) -
                 got += len(take(n))
             return got
 
-        tally = drive(step, opts, progress, f"{name} ringcast", nsubs)
+        tally = drive(step, opts, progress, f"{name} ringcast")
     return _row(name, "ringcast", opts, nsubs, tally)
 
 
@@ -370,7 +369,7 @@ def _blinker_pubsub(name: str, opts: Options, progress: Progress, nsubs: int) ->
         got.clear()
         return k
 
-    tally = drive(step, opts, progress, f"{name} blinker", nsubs)
+    tally = drive(step, opts, progress, f"{name} blinker")
     return _row(name, "blinker", opts, nsubs, tally)
 
 
