@@ -191,15 +191,21 @@ class Progress:
         self._last = 0.0
         self._width = 0
 
-    def update(self, label: str, elapsed: float, done: int, rate: float,
-               force: bool = False) -> None:
+    def update(self, label: str, elapsed: float, done: Optional[int] = None,
+               rate: Optional[float] = None, force: bool = False) -> None:
+        """Redraw the line; without ``done``/``rate`` (other processes are doing
+        the counting) it shows the elapsed time only."""
         if not self.enabled:
             return
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
         self._last = now
-        line = f"{label}: {elapsed:6.1f} s  {done:>12,d} msgs  {rate / 1e6:8.3f} M/s"
+        line = f"{label}: {elapsed:6.1f} s"
+        if done is not None and rate is not None:
+            line += f"  {done:>12,d} msgs  {rate / 1e6:8.3f} M/s"
+        else:
+            line += "  running in other processes..."
         pad = max(0, self._width - len(line))
         self._width = len(line)
         self.stream.write("\r" + line + " " * pad)
@@ -875,14 +881,16 @@ def _collect(procs: Sequence[Proc], progress: Progress, label: str, timeout: flo
             elapsed = time.monotonic() - t0
             if elapsed > timeout:
                 raise TimeoutError(f"{label}: {p.name} gave no result within {timeout:.0f} s")
-            progress.update(label, elapsed, 0, 0.0)
+            progress.update(label, elapsed)
         out.append(p.result(0))
     progress.clear()
     return out
 
 
 def _budget(opts: Options) -> float:
-    return (opts.duration if opts.count is None else opts.count / 20_000) + 60.0
+    """Seconds to wait for a scenario's results before giving up: generous
+    (a count is budgeted at 500 messages/s, slower than any sync round trip)."""
+    return (opts.duration if opts.count is None else opts.count / 500) + 60.0
 
 
 def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
