@@ -344,7 +344,9 @@ def main():
     raw = by["pyzmq PUB->SUB direct, 1 frame/msg"]
     prox = by["zmq.proxy XSUB/XPUB, multipart"]
     rc = by["ringcast broker, publish() loop"]
+    fast = by["ringcast broker, publish() -> recv_payloads"]
     print(f"\nbroker publish() / raw PUB-SUB: {rc / raw:.2f}x (target 2.5x)")
+    print(f"  with recv_payloads:           {fast / raw:.2f}x")
     print(f"broker publish() / zmq.proxy:   {rc / prox:.2f}x (target 10x)")
     if soak:
         print("\nbroker RSS (MiB) / dropped, one sample per second, stalled subscriber:")
