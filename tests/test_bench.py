@@ -183,3 +183,15 @@ def test_broker_slow_consumer(tmp_path, capsys):
     assert "broker RSS MB" in out and "drops counted by the broker" in out
     counted = int(out.split("drops counted by the broker ")[1].split(",")[0])
     assert ours["lost"] == counted  # every loss is a counted drop of the stalled subscriber
+
+
+def test_a_failing_scenario_does_not_cost_the_others(tmp_path, monkeypatch, capsys):
+    def broken(name, opts, progress):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(bench.SCENARIOS, "broken",
+                        bench.Scenario("broken", broken, "always fails"))
+    rc, doc = _run(tmp_path, "broken", "embedded-pubsub", "--count", "500")
+    assert rc == 1
+    assert [r["scenario"] for r in doc["results"]][0] == "embedded-pubsub"
+    assert "scenario broken failed: RuntimeError: boom" in capsys.readouterr().err

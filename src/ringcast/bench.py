@@ -1409,11 +1409,22 @@ def _selftest_child(ctl: "_ChildControl", fail: Optional[str]) -> str:
 
 
 def run_scenarios(names: Sequence[str], opts: Options, progress: Optional[Progress] = None,
-                  ) -> List[Result]:
+                  failed: Optional[List[str]] = None) -> List[Result]:
+    """Run scenarios in order. One that raises is reported on stderr and named
+    in ``failed`` (when given; otherwise the error propagates), and the rest
+    still run, so one broken scenario does not cost the whole table."""
     progress = progress if progress is not None else Progress()
     results: List[Result] = []
     for name in names:
-        results.extend(SCENARIOS[name].run(opts, progress))
+        try:
+            results.extend(SCENARIOS[name].run(opts, progress))
+        except Exception as exc:
+            progress.clear()
+            if failed is None:
+                raise
+            failed.append(name)
+            print(f"ringcast bench: scenario {name} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
     return results
 
 
@@ -1538,7 +1549,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
                    count=args.count, batch=args.batch, publish=args.publish, recv=args.recv,
                    inflight=args.inflight)
     progress = Progress(enabled=False if args.no_progress else None)
-    results = run_scenarios(names, opts, progress)
+    failed: List[str] = []
+    results = run_scenarios(names, opts, progress, failed)
     print(render_table(results))
     if args.json:
         doc = to_json(results, machine_info(sys.argv[1:] if argv is None else argv))
@@ -1551,7 +1563,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     for r in lost:
         print(f"ringcast bench: {r.scenario}: ringcast lost {r.lost} deliveries",
               file=sys.stderr)
-    return 1 if lost else 0
+    return 1 if lost or failed else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
