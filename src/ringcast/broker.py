@@ -53,6 +53,8 @@ DEFAULT_MAX_CAPACITY = 1 << 20
 DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
+#: most messages a subscriber may have in flight, whatever credit it asks for
+MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
 _ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE, C.REQ))
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
@@ -158,7 +160,9 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # the transport refuses oversize frames before allocating them
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
-        sock.setsockopt(zmq.SNDHWM, 100000)
+        # frames queued to one client; past it sends fail and the session's own
+        # backlog (MAX_BACKLOG) fills, then a client that does not read is dropped
+        sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 100000)
         for ep in self.bind:
             sock.bind(ep)
@@ -406,7 +410,7 @@ class Broker:
             return
         self._close_handle(s, hid)
         s.subs[hid] = sub
-        s.sub_credit[hid] = window
+        s.sub_credit[hid] = min(window, MAX_CREDIT)
         self._arm_sub(s, hid)
 
     def _arm_sub(self, s: _Session, hid: int) -> None:
@@ -432,7 +436,7 @@ class Broker:
         _, hid, n = rec
         if hid in s.sub_credit:
             was = s.sub_credit[hid]
-            s.sub_credit[hid] = was + n
+            s.sub_credit[hid] = min(was + n, MAX_CREDIT)
             if was <= 0:
                 self._ready.append((s, hid))
 
