@@ -68,7 +68,11 @@ class Connection:
         self._open()
         self._tick()
         if timeout:
-            await self.wait_ready(timeout)
+            try:
+                await self.wait_ready(timeout)
+            except BaseException:
+                await self.close()   # no broker: leave no timer or socket behind
+                raise
         return self
 
     async def wait_ready(self, timeout: float = 5.0) -> None:

@@ -85,7 +85,11 @@ class Client:
         self._requesters: List["_DirectRequester"] = []
         self._io.start()
         if timeout:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.close()   # no broker: leave no thread or socket behind
+                raise
 
     # -- lifecycle ----------------------------------------------------------------------
     def wait_ready(self, timeout: Optional[float] = 5.0) -> None:

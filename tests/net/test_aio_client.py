@@ -107,3 +107,8 @@ async def test_reconnects_after_a_broker_restart(endpoint):
         b.stop()
         if b2 is not None:
             b2.stop()
+
+
+async def test_connect_without_a_broker_fails_cleanly(endpoint):
+    with pytest.raises(errors.ConnectionLost):
+        await aio.connect(endpoint.replace(":0", ":1"), timeout=0.3)

@@ -328,3 +328,12 @@ def test_recv_payloads_takes_encoded_deliveries_without_messages(broker, client)
         assert [m.payload for m in first] + rest == [b"%d" % i for i in range(3000)]
         assert [m.seq for m in first] == list(range(1, 11))
         assert sub.pending == 0 and sub.recv_payloads(10) == []
+
+
+def test_connect_without_a_broker_fails_cleanly(endpoint):
+    import threading
+
+    before = threading.active_count()
+    with pytest.raises(errors.ConnectionLost):
+        connect(endpoint.replace(":0", ":1"), timeout=0.3)
+    assert wait_for(lambda: threading.active_count() == before, timeout=5)
