@@ -1,4 +1,4 @@
-"""The ``ringcast`` command line: ``broker``, ``pub``, ``sub``, ``req``, ``demo``.
+"""The ``ringcast`` command line: ``broker``, ``pub``, ``sub``, ``req``, ``stats``, ``demo``.
 
 Each subcommand is one ``register(...)`` call with a function that adds its
 arguments and a function that runs it, so a new subcommand (``ringcast
@@ -147,6 +147,20 @@ def _req(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    _url_arg(p)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import connect
+
+    with connect(args.url, timeout=args.timeout) as client:
+        print(json.dumps(client.stats(args.timeout), indent=2, sort_keys=True))
+    return 0
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -161,6 +175,7 @@ register("broker", "run a broker", _broker_args, _broker)
 register("pub", "publish a message", _pub_args, _pub)
 register("sub", "print messages on a subject pattern", _sub_args, _sub)
 register("req", "send a request and print the reply", _req_args, _req)
+register("stats", "print a broker's statistics (JSON)", _stats_args, _stats)
 register("demo", "run the embedded orders demo", _demo_args, _demo)
 
 

@@ -42,6 +42,17 @@ def test_sub_pub_and_req_commands(broker, client, procs):
     assert req.returncode == 1 and "NoResponders" in err
 
 
+def test_stats_command_prints_the_broker_statistics(broker, client):
+    import json
+
+    client.publish("s.x", b"1")
+    client.flush()
+    st = ringcast_cmd("stats", "--url", broker.url)
+    out, _ = st.communicate(timeout=20)
+    stats = json.loads(out)
+    assert st.returncode == 0 and stats["subjects"] == {"s.x": 1} and stats["clients"] == 2
+
+
 def test_broker_stops_cleanly_on_sigint(endpoint):
     b = ringcast_cmd("broker", "--bind", endpoint)
     line = b.stdout.readline()
