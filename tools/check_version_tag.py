@@ -9,11 +9,9 @@ so a tag can never publish a package whose metadata says another version.
 
 from __future__ import annotations
 
-import re
 import sys
-from pathlib import Path
 
-VERSION_FILE = Path(__file__).resolve().parent.parent / "src" / "ringcast" / "_version.py"
+from _project import source_version
 
 
 def main(argv: list[str]) -> int:
@@ -23,11 +21,7 @@ def main(argv: list[str]) -> int:
     tag = argv[1]
     if tag.startswith("refs/tags/"):
         tag = tag[len("refs/tags/") :]
-    match = re.search(r'^__version__\s*=\s*"([^"]+)"', VERSION_FILE.read_text(), re.MULTILINE)
-    if match is None:
-        print(f"check_version_tag: no __version__ in {VERSION_FILE}", file=sys.stderr)
-        return 1
-    version = match.group(1)
+    version = source_version()
     if tag != f"v{version}":
         print(f"check_version_tag: tag {tag!r} does not match version {version!r}", file=sys.stderr)
         return 1

@@ -15,34 +15,12 @@ Exit status 0 when all hold, 1 with a list of problems if not.
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PKG = ROOT / "src" / "ringcast"
-
-
-def setup_modules() -> list[str]:
-    """MODULES from setup.py, read without running setup.py."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "MODULES" for t in node.targets
-        ):
-            value = ast.literal_eval(node.value)
-            return [str(v) for v in value]
-    raise SystemExit("check_wheel: no MODULES list in setup.py")
-
-
-def source_version() -> str:
-    text = (PKG / "_version.py").read_text()
-    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    if match is None:
-        raise SystemExit("check_wheel: no __version__ in src/ringcast/_version.py")
-    return match.group(1)
+from _project import setup_modules, source_version
 
 
 def check(wheel: Path) -> list[str]:
