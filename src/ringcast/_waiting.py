@@ -188,6 +188,9 @@ class Source:
     def recv(self, timeout: Optional[float] = None) -> Message:
         """Next message; waits up to ``timeout`` seconds (None: forever),
         then raises Timeout."""
+        msg = self._poll()  # fast path: no deadline, no waiting machinery
+        if msg is not None:
+            return msg
         return self._signal.wait(self._poll, self._arm, _deadline(timeout))
 
     def __iter__(self) -> Iterator[Message]:

@@ -227,10 +227,14 @@ class Queue:
         with self._lock:
             if self._inflight:
                 self.reap()
+            ready = self._ready
             while len(out) < limit:
-                msg = self._next()
-                if msg is None:
-                    break
+                if ready and not self._returned:  # the common case, inline
+                    msg = ready.popleft()
+                else:
+                    msg = self._next()
+                    if msg is None:
+                        break
                 if (timed_ttl or (msg.headers and TTL_HEADER in msg.headers)) \
                         and self._expired(msg):
                     self.counters["expired"] += 1
@@ -337,27 +341,14 @@ class Queue:
 
     # -- settlement (called by Consumer) -------------------------------------------------
     def _owed(self, consumer: "Consumer", msg: Message) -> None:
+        """Forget an owed delivery (call with the lock held) or raise AckError."""
         if consumer._unacked.pop(msg._tag, None) is None:
             self.counters["late_acks"] += 1
             raise errors.AckError(
                 f"delivery {msg._tag} on {self.name!r} is unknown, already settled, or was "
                 f"taken back (consumer closed or ack deadline passed)")
-        self._inflight.pop(msg._tag, None)
-
-    def ack(self, consumer: "Consumer", msg: Message) -> None:
-        with self._lock:
-            self._owed(consumer, msg)
-            self.counters["acked"] += 1
-        self._settle(msg)
-
-    def nack(self, consumer: "Consumer", msg: Message, requeue: bool) -> None:
-        with self._lock:
-            self._owed(consumer, msg)
-            if requeue:
-                self._requeue([msg])
-                return
-            self.counters["rejected"] += 1
-        self._dead_letter(msg, "rejected")
+        if self._inflight:
+            self._inflight.pop(msg._tag, None)
 
     def _release(self, consumer: "Consumer") -> None:
         with self._lock:
@@ -462,10 +453,22 @@ class Consumer(Source):
         return self._take(max_count)
 
     def ack(self, msg: Message) -> None:
-        self.queue.ack(self, msg)
+        q = self.queue
+        with q._lock:
+            q._owed(self, msg)
+            q.counters["acked"] += 1
+        if q.log is not None and msg._id:
+            q.log.settle(msg._id)
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
-        self.queue.nack(self, msg, requeue)
+        q = self.queue
+        with q._lock:
+            q._owed(self, msg)
+            if requeue:
+                q._requeue([msg])
+                return
+            q.counters["rejected"] += 1
+        q._dead_letter(msg, "rejected")
 
     def respond(self, msg: Message, payload: Any, headers: Headers) -> None:
         raise errors.RingcastError("queue messages are acked, not responded to")
