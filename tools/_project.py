@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "src" / "ringcast"
@@ -32,3 +34,22 @@ def setup_modules() -> list[str]:
         ):
             return [str(v) for v in ast.literal_eval(node.value)]
     raise SystemExit("no MODULES list in setup.py")
+
+
+def run_file_check(
+    tool: str, check: Callable[[Path], list[str]], argv: list[str], usage: str
+) -> int:
+    """main() of a script that checks one file (an sdist, a wheel): prints each
+    problem and a closing OK/FAIL line; exit status 0, 1, or 2 for bad usage."""
+    if len(argv) != 2:
+        print(usage, file=sys.stderr)
+        return 2
+    path = Path(argv[1])
+    problems = check(path)
+    for p in problems:
+        print(f"{tool}: {p}", file=sys.stderr)
+    if problems:
+        print(f"{tool}: FAIL {path.name}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{tool}: OK {path.name}")
+    return 0

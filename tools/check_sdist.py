@@ -23,7 +23,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _project import PKG, ROOT, run_file_check
+
 EXTERN_RE = re.compile(r'cdef\s+extern\s+from\s+"([^"<>*]+)"')
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 FORBIDDEN_SUFFIXES = (".so", ".pyd", ".o", ".obj", ".pyc", ".pyo", ".html")
@@ -31,9 +32,8 @@ FORBIDDEN_SUFFIXES = (".so", ".pyd", ".o", ".obj", ".pyc", ".pyo", ".html")
 
 def required_files() -> set[str]:
     need: set[str] = set()
-    pkg = ROOT / "src" / "ringcast"
     for pattern in ("*.pyx", "*.pxd", "*.pyi", "*.py", "py.typed"):
-        need.update(p.relative_to(ROOT).as_posix() for p in pkg.glob(pattern))
+        need.update(p.relative_to(ROOT).as_posix() for p in PKG.glob(pattern))
     for base in ("csrc", "tests", "examples"):
         for p in (ROOT / base).rglob("*"):
             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in FORBIDDEN_SUFFIXES:
@@ -96,18 +96,7 @@ def check(sdist: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    sdist = Path(argv[1])
-    problems = check(sdist)
-    for p in problems:
-        print(f"check_sdist: {p}", file=sys.stderr)
-    if problems:
-        print(f"check_sdist: FAIL {sdist.name}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"check_sdist: OK {sdist.name}")
-    return 0
+    return run_file_check("check_sdist", check, argv, __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from _project import setup_modules, source_version
+from _project import run_file_check, setup_modules, source_version
 
 
 def check(wheel: Path) -> list[str]:
@@ -59,18 +59,7 @@ def check(wheel: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    wheel = Path(argv[1])
-    problems = check(wheel)
-    for p in problems:
-        print(f"check_wheel: {p}", file=sys.stderr)
-    if problems:
-        print(f"check_wheel: FAIL {wheel.name}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"check_wheel: OK {wheel.name}")
-    return 0
+    return run_file_check("check_wheel", check, argv, __doc__ or "")
 
 
 if __name__ == "__main__":
