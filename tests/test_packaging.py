@@ -121,6 +121,9 @@ def test_typing_example_runs():
         "queue": 1,
         "reply": b"stock:widget",
         "aio": b"tick",
+        "remote": b"order-9",
+        "remote_reply": b"stock:lamp",
+        "aio_remote": b"tick",
     }
 
 
