@@ -110,13 +110,14 @@ class Connection:
         self._open()
         self._wake_everyone()
 
-    async def close(self) -> None:
-        """Flush what is buffered, say goodbye, release the socket."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is buffered (waiting up to ``timeout`` for the broker to
+        confirm), say goodbye, release the socket."""
         if self.closed:
             return
         if self.proto.ready:
             try:
-                await self.flush()
+                await self.flush(timeout)
             except errors.RingcastError:
                 log.warning("closing with messages the broker has not confirmed")
         self.closed = True

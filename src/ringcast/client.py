@@ -113,13 +113,14 @@ class Client:
         """Handshakes completed so far (more than 1 after a reconnection)."""
         return self.proto.sessions
 
-    def close(self) -> None:
-        """Flush, say goodbye and stop. Waiters get ``Closed``."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush (waiting up to ``timeout`` for the broker to confirm), say
+        goodbye and stop. Waiters get ``Closed``."""
         if self._closing:
             return
-        if self.proto.ready:
+        if self.proto.ready and threading.current_thread() is not self._io:
             try:
-                self.flush()
+                self.flush(timeout)
             except errors.RingcastError:
                 log.warning("closing with messages the broker has not confirmed")
         self._closing = True
