@@ -193,6 +193,15 @@ class Source:
             return msg
         return self._signal.wait(self._poll, self._arm, _deadline(timeout))
 
+    def on_ready(self, callback: Callable[[], None]) -> bool:
+        """Arm a one-shot ``callback()`` for when the next message is there.
+
+        Returns False (not armed) when one is there already. This is how an
+        event loop (the broker's) learns there is work without a call per
+        message.
+        """
+        return self._signal.on_ready(callback, self._arm)
+
     def __iter__(self) -> Iterator[Message]:
         """Messages as they come, until the source is closed."""
         while True:

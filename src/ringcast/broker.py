@@ -661,7 +661,7 @@ class Broker:
         while len(asked) < s.concurrency[hid]:
             msg = responder.recv_nowait()
             if msg is None:
-                if not responder.ring.arm_ready(lambda: self._mark(s, hid)):
+                if not self._arm(s, hid, responder.on_ready):
                     continue
                 return
             pending = msg._owner

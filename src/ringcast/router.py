@@ -112,14 +112,6 @@ class Subscription(Source):
         if not self.ring.closed and not self.ring.arm_ready(self._schedule):
             self._schedule()
 
-    def on_ready(self, callback: Callable[[], None]) -> bool:
-        """Arm a one-shot ``callback()`` for when the next message is stored.
-
-        Returns False (not armed) when messages are already waiting. This is
-        how an event loop learns there is work without a call per message.
-        """
-        return self._signal.on_ready(callback, self._arm)
-
     # -- state ---------------------------------------------------------------
     @property
     def dropped(self) -> int:
