@@ -130,7 +130,7 @@ BROKER = [("pubsub", 1, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"]),
 def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
     pytest.importorskip("zmq")
     rc, doc = _run(tmp_path, scenario, "--count", "2000", "--batch", "500",
-                   "--subscribers", str(subs))
+                   "--subscribers", str(subs), "--no-external")
     assert rc == 0
     rows = doc["results"]
     assert [r["system"] for r in rows] == ["ringcast", *baselines]
@@ -149,7 +149,7 @@ def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
 ])
 def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines):
     pytest.importorskip("zmq")
-    rc, doc = _run(tmp_path, scenario, "--count", "300", "--inflight", "8")
+    rc, doc = _run(tmp_path, scenario, "--count", "300", "--inflight", "8", "--no-external")
     assert rc == 0
     rows = doc["results"]
     assert [r["system"] for r in rows] == ["ringcast", *baselines]
@@ -195,3 +195,81 @@ def test_a_failing_scenario_does_not_cost_the_others(tmp_path, monkeypatch, caps
     assert rc == 1
     assert [r["scenario"] for r in doc["results"]][0] == "embedded-pubsub"
     assert "scenario broken failed: RuntimeError: boom" in capsys.readouterr().err
+
+
+# -- optional external baselines: redis-server + redis-py, nats-server + nats-py --------------
+# They run only where both the server and the client library are installed (CI's
+# fresh machine has neither: these tests skip there, naming what is missing).
+EXTERNAL = [(bench.NATS, "nats-py"), (bench.REDIS, "redis-py pub/sub")]
+
+
+@pytest.mark.timeout(60)
+def test_external_pubsub_baselines(tmp_path, capsys):
+    pytest.importorskip("zmq")
+    present = [(ext, system) for ext, system in EXTERNAL if not bench._external_missing(ext)]
+    if not present:
+        pytest.skip("; ".join(f"{ext.label}: {bench._external_missing(ext)}"
+                              for ext, _ in EXTERNAL))
+    rc, doc = _run(tmp_path, "pubsub", "--count", "2000", "--batch", "500",
+                   "--subscribers", "2")
+    assert rc == 0
+    rows = {r["system"]: r for r in doc["results"]}
+    err = capsys.readouterr().err
+    for ext, system in EXTERNAL:
+        if (ext, system) in present:
+            row = rows[system]
+            assert row["scenario"] == "pubsub" and row["subscribers"] == 2
+            assert row["msgs_per_s"] > 0 and row["lost"] == 0, row
+            assert row["deliveries_per_s"] == pytest.approx(row["msgs_per_s"] * 2)
+            assert doc["machine"][ext.server]  # the server's version is recorded
+        else:
+            assert system not in rows
+            assert f"pubsub: skipping {ext.label}: " in err
+
+
+@pytest.mark.timeout(60)
+def test_nats_request_reply_latency():
+    missing = bench._external_missing(bench.NATS)
+    if missing:
+        pytest.skip(f"{bench.NATS.label}: {missing}")
+    (row,) = bench._nats_reqrep_rows("reqrep", bench.Options(count=200),
+                                     bench.Progress(enabled=False))
+    assert row.system == "nats-py request/reply"
+    assert 0 < row.p50_us <= row.p99_us and row.msgs_per_s > 0 and row.lost == 0
+
+
+def test_missing_server_is_skipped_with_a_message_and_no_row(tmp_path, monkeypatch, capsys):
+    """No server binary on PATH (nor in the sbin directories): one clear line each,
+    saying what to install, and no row; no server or child process is started."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(bench, "_SBIN_DIRS", ())
+    opts = bench.Options(count=100)
+    assert bench._external_rows("pubsub", opts, bench.Progress(enabled=False), 1) == []
+    assert bench._nats_reqrep_rows("reqrep", opts, bench.Progress(enabled=False)) == []
+    err = capsys.readouterr().err
+    assert ("pubsub: skipping redis-server + redis-py: redis-server is not on PATH "
+            "(apt-get install redis-server)") in err
+    assert ("pubsub: skipping nats-server + nats-py: nats-server is not on PATH "
+            "(apt-get install nats-server)") in err
+    assert "reqrep: skipping nats-server + nats-py: nats-server is not on PATH" in err
+    with pytest.raises(FileNotFoundError):
+        with bench.external_server(bench.REDIS):
+            pass  # pragma: no cover
+
+
+def test_missing_client_library_is_skipped(monkeypatch, capsys):
+    real = bench._importable
+    monkeypatch.setattr(bench, "_importable",
+                        lambda module: module not in ("redis", "nats") and real(module))
+    rows = bench._external_rows("fanout", bench.Options(count=100),
+                                bench.Progress(enabled=False), 2)
+    assert rows == []
+    err = capsys.readouterr().err
+    assert "the redis module is not installed (pip install redis)" in err
+    assert "the nats module is not installed (pip install nats-py)" in err
+
+
+def test_no_external_flag(tmp_path, capsys):
+    opts = bench.Options(count=100, external=False)
+    assert bench._external_rows("pubsub", opts, bench.Progress(enabled=False), 1) == []
+    assert "skipping redis-server + redis-py: --no-external" in capsys.readouterr().err

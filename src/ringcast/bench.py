@@ -138,11 +138,28 @@ def machine_info(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "ringcast_core": "compiled" if USE_EXTENSIONS else "pure-python",
         "ringcast_path": os.path.dirname(os.path.abspath(__file__)),
     }
-    for dist in ("pyzmq", "blinker"):
+    for dist in ("pyzmq", "blinker", "redis", "nats-py"):
         info[dist] = _dist_version(dist)
+    for ext in (REDIS, NATS):
+        info[ext.server] = _server_version(ext.server)
     if argv is not None:
         info["argv"] = list(argv)
     return info
+
+
+def _server_version(server: str) -> Optional[str]:
+    """``redis-server --version`` / ``nats-server --version``, None when absent."""
+    import subprocess
+
+    path = _server_path(server)
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, timeout=5,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode("utf-8", "replace").strip() or None
 
 
 def _dist_version(name: str) -> Optional[str]:
@@ -173,6 +190,7 @@ class Options:
     publish: str = "call"              # "call": publish() per message; "many": publish_many
     inflight: int = 100                # requests outstanding in reqrep-pipelined
     recv: str = "messages"             # "messages": recv_many; "payloads": recv_payloads
+    external: bool = True              # redis / nats baselines, where installed
 
     def payload(self) -> bytes:
         return b"x" * self.size
@@ -941,24 +959,402 @@ def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
         with processes(*specs) as procs:
             res = _collect(procs, progress, f"{name} zmq.proxy", _budget(opts))
     rows.append(_stream_row(name, "zmq.proxy XSUB/XPUB", opts, nsubs, res[-1], res[:-1]))
-    _external_note(name)
+    rows.extend(_external_rows(name, opts, progress, nsubs))
     return rows
 
 
-def _external_note(name: str) -> None:
-    """Issue 5's optional external baselines: say plainly why they are absent."""
+# -- optional external systems: redis-server + redis-py, nats-server + nats-py -------------------
+# Each is measured only when both its server binary and its client library are
+# on this machine; otherwise the scenario prints one line saying which is
+# missing and how to get it, and has no row for it. The bench starts the
+# server itself on 127.0.0.1 and a free port, in a temporary directory (no
+# persistence), and stops it when the system's run ends, also on errors. Like
+# the pyzmq baselines, the servers get unbounded per-subscriber buffers
+# (redis: client-output-buffer-limit pubsub 0 0 0; nats: max_pending 1 GiB,
+# and the nats-py subscription pending limits 0), so they lose nothing that a
+# default limit would have dropped, and their rates are comparable.
+
+#: where Debian puts nats-server (/usr/sbin), which is not on every user's PATH
+_SBIN_DIRS: Tuple[str, ...] = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+SERVER_START_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class External:
+    """An external baseline: its server binary and Python client."""
+
+    label: str      # how skip lines name it
+    server: str     # executable
+    module: str     # client module to import
+    apt: str        # Debian package with the server
+    pip: str        # PyPI distribution with the client
+
+
+REDIS = External("redis-server + redis-py", "redis-server", "redis", "redis-server", "redis")
+NATS = External("nats-server + nats-py", "nats-server", "nats", "nats-server", "nats-py")
+
+
+def _server_path(server: str) -> Optional[str]:
     import shutil
 
-    for server, client, label in (("nats-server", "nats", "nats-server + nats-py"),
-                                  ("redis-server", "redis", "redis-server + redis-py")):
-        if shutil.which(server) is None or not _importable(client):
-            _skip(name, label, f"{server} or the {client} package is not installed")
-        else:
-            _skip(name, label, "installed, but not wired into the bench yet")
+    found = shutil.which(server)
+    if found is None and _SBIN_DIRS:
+        found = shutil.which(server, path=os.pathsep.join(_SBIN_DIRS))
+    return found
+
+
+def _external_missing(ext: External) -> Optional[str]:
+    """None when ``ext`` can run here; else what is missing and how to install it."""
+    missing = []
+    if _server_path(ext.server) is None:
+        missing.append(f"{ext.server} is not on PATH (apt-get install {ext.apt})")
+    if not _importable(ext.module):
+        missing.append(f"the {ext.module} module is not installed (pip install {ext.pip})")
+    return "; ".join(missing) or None
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def external_server(ext: External, timeout: float = SERVER_START_TIMEOUT
+                    ) -> Iterator[int]:
+    """Start ``ext``'s server on 127.0.0.1 and a free port in a temporary
+    directory; yield the port once it accepts connections; stop it (SIGTERM,
+    then SIGKILL) on the way out, also on errors. A port taken by someone else
+    between choosing and binding it costs a retry, up to 3 tries."""
+    import subprocess
+    import tempfile
+
+    binary = _server_path(ext.server)
+    if binary is None:
+        raise FileNotFoundError(f"{ext.server} is not on PATH")
+    with tempfile.TemporaryDirectory(prefix="ringcast-bench-") as tmp:
+        log_path = os.path.join(tmp, "server.log")
+        for attempt in range(3):
+            port = _free_port()
+            if ext is REDIS:
+                argv = [binary, "--port", str(port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", tmp,
+                        "--client-output-buffer-limit", "pubsub 0 0 0"]
+            else:
+                conf = os.path.join(tmp, "nats.conf")
+                with open(conf, "w", encoding="ascii") as f:
+                    f.write("max_pending: 1073741824\n")
+                argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-c", conf]
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(argv, cwd=tmp, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + timeout
+                up = False
+                while proc.poll() is None and time.monotonic() < deadline:
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                        s.settimeout(0.5)
+                        if s.connect_ex(("127.0.0.1", port)) == 0:
+                            up = True
+                            break
+                    time.sleep(0.05)
+                if up:
+                    yield port
+                    return
+                if proc.poll() is None:
+                    raise TimeoutError(f"{ext.server} did not listen on port {port} "
+                                       f"within {timeout:.0f} s")
+                if attempt == 2:
+                    with open(log_path, "rb") as log:
+                        tail = log.read()[-400:].decode("utf-8", "replace").strip()
+                    raise RuntimeError(f"{ext.server} exited with {proc.returncode}: {tail}")
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(5)
+
+
+def _redis_sub_child(ctl: "_ChildControl", port: int) -> Dict[str, Any]:
+    """A redis-py subscriber to SUBJECT and END; ready once both are confirmed."""
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    p = r.pubsub()
+    try:
+        p.subscribe(SUBJECT, END)
+        confirmed = 0
+        deadline = time.monotonic() + 30
+        while confirmed < 2:
+            m = p.get_message(timeout=1.0)
+            if m is not None and m["type"] == "subscribe":
+                confirmed += 1
+            elif time.monotonic() > deadline:
+                raise TimeoutError("redis did not confirm the subscriptions")
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        end = END.encode()
+        get = p.get_message
+        n, t_last, wait = 0, time.monotonic(), FIRST_WAIT
+        while True:
+            m = get(timeout=wait)
+            if m is None:
+                break
+            if m["type"] != "message":
+                continue
+            t_last, wait = time.monotonic(), IDLE
+            if m["channel"] == end:
+                break
+            n += 1
+        return {"received": n, "t_last": t_last}
+    finally:
+        p.close()
+        r.close()
+
+
+def _redis_pub_child(ctl: "_ChildControl", port: int, opts: Options) -> Dict[str, Any]:
+    """PUBLISH through a non-transactional pipeline of ``opts.batch`` commands
+    per round trip (one synchronous PUBLISH per message would measure round
+    trips, not pub/sub throughput)."""
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        r.ping()
+        ctl.ready()
+        if ctl.wait_go() == "stop":
+            return {}
+        payload = opts.payload()
+        pipe = r.pipeline(transaction=False)
+        publish, execute = pipe.publish, pipe.execute
+
+        def batch(n: int) -> None:
+            for _ in range(n):
+                publish(SUBJECT, payload)
+            execute()
+
+        sent, t0 = _send_stream(opts, lambda: batch(1), batch)
+        r.publish(END, b"")
+        return {"sent": sent, "t0": t0}
+    finally:
+        r.close()
+
+
+def _run_async_child(ctl: "_ChildControl", body: Callable[..., Any], *args: Any) -> Any:
+    """Run ``body(ctl, go, *args)`` in a fresh event loop; ``await go()`` waits for
+    the bench's go/stop in a thread, so the connection keeps being served."""
+    import asyncio
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+
+        async def go() -> Any:
+            return await loop.run_in_executor(None, ctl.wait_go)
+
+        return await body(ctl, go, *args)
+
+    return asyncio.run(main())
+
+
+async def _nats_connect(port: int) -> Any:
+    import nats
+
+    async def quiet(exc: Exception) -> None:  # slow-consumer etc.: counted as lost
+        pass
+
+    return await nats.connect(f"nats://127.0.0.1:{port}", error_cb=quiet,
+                              allow_reconnect=False, connect_timeout=10)
+
+
+async def _nats_sub_body(ctl: "_ChildControl", go: Callable[..., Any], port: int
+                         ) -> Dict[str, Any]:
+    import asyncio
+
+    nc = await _nats_connect(port)
+    try:
+        count = [0]
+        t_end = [0.0]
+        done = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            if msg.subject == END:
+                t_end[0] = time.monotonic()
+                done.set()
+            else:
+                count[0] += 1
+
+        # one wildcard subscription: data and end marker share one ordered queue;
+        # pending limits 0 = unbounded (like pyzmq's HWM 0)
+        await nc.subscribe("bench.>", cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+        await nc.flush(10)
+        ctl.ready()
+        if await go() == "stop":
+            return {}
+        seen, t_last = 0, time.monotonic()
+        while not done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.1)
+            now = time.monotonic()
+            if count[0] != seen:
+                seen, t_last = count[0], now
+            elif now - t_last > (IDLE if seen else FIRST_WAIT):
+                break
+        if done.is_set():
+            t_last = t_end[0]
+        return {"received": count[0], "t_last": t_last}
+    finally:
+        await nc.close()
+
+
+def _nats_sub_child(ctl: "_ChildControl", port: int) -> Dict[str, Any]:
+    return _run_async_child(ctl, _nats_sub_body, port)  # type: ignore[no-any-return]
+
+
+async def _nats_pub_body(ctl: "_ChildControl", go: Callable[..., Any], port: int,
+                         opts: Options) -> Dict[str, Any]:
+    nc = await _nats_connect(port)
+    try:
+        ctl.ready()
+        if await go() == "stop":
+            return {}
+        payload = opts.payload()
+        publish = nc.publish
+        t0 = time.monotonic()
+        sent = 0
+        while True:
+            n = opts.batch
+            if opts.count is not None:
+                n = min(n, opts.count - sent)
+                if n <= 0:
+                    break
+            for _ in range(n):
+                await publish(SUBJECT, payload)
+            sent += n
+            if opts.count is None and time.monotonic() - t0 >= opts.duration:
+                break
+        await publish(END, b"")
+        await nc.flush(60)   # PING/PONG: the server has taken everything
+        return {"sent": sent, "t0": t0}
+    finally:
+        await nc.close()
+
+
+def _nats_pub_child(ctl: "_ChildControl", port: int, opts: Options) -> Dict[str, Any]:
+    return _run_async_child(ctl, _nats_pub_body, port, opts)  # type: ignore[no-any-return]
+
+
+async def _nats_responder_body(ctl: "_ChildControl", go: Callable[..., Any], port: int
+                               ) -> None:
+    import asyncio
+
+    nc = await _nats_connect(port)
+    try:
+        async def echo(msg: Any) -> None:
+            await msg.respond(msg.data)
+
+        await nc.subscribe(SERVICE, cb=echo)
+        await nc.flush(10)
+        ctl.ready()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ctl.wait_stop)
+    finally:
+        await nc.close()
+
+
+def _nats_responder_child(ctl: "_ChildControl", port: int) -> None:
+    _run_async_child(ctl, _nats_responder_body, port)
+
+
+async def _nats_requester_body(ctl: "_ChildControl", go: Callable[..., Any], port: int,
+                               opts: Options) -> Dict[str, Any]:
+    nc = await _nats_connect(port)
+    try:
+        ctl.ready()
+        if await go() == "stop":
+            return {}
+        payload = opts.payload()
+        request = nc.request
+        for _ in range(50):   # warm-up, as _latency_loop
+            await request(SERVICE, payload, timeout=10)
+        clock = time.perf_counter
+        lat: List[float] = []
+        t0 = clock()
+        while True:
+            t = clock()
+            await request(SERVICE, payload, timeout=10)
+            now = clock()
+            lat.append(now - t)
+            if opts.count is not None:
+                if len(lat) >= opts.count:
+                    break
+            elif now - t0 >= opts.duration:
+                break
+        p50, p99 = percentiles_us(lat)
+        return {"n": len(lat), "elapsed": clock() - t0, "p50": p50, "p99": p99}
+    finally:
+        await nc.close()
+
+
+def _nats_requester_child(ctl: "_ChildControl", port: int, opts: Options) -> Dict[str, Any]:
+    return _run_async_child(ctl, _nats_requester_body, port, opts)  # type: ignore[no-any-return]
+
+
+def _external_stream_row(name: str, ext: External, system: str, opts: Options, nsubs: int,
+                         progress: Progress, sub_child: Callable[..., Any],
+                         pub_child: Callable[..., Any]) -> Result:
+    with external_server(ext) as port:
+        specs: List[Spec] = [(f"sub{i}", sub_child, (port,)) for i in range(nsubs)]
+        specs.append(("pub", pub_child, (port, opts)))
+        with processes(*specs) as procs:
+            res = _collect(procs, progress, f"{name} {system}", _budget(opts))
+    return _stream_row(name, system, opts, nsubs, res[-1], res[:-1])
+
+
+def _external_rows(name: str, opts: Options, progress: Progress, nsubs: int) -> List[Result]:
+    """The redis and nats pub/sub rows that this machine can measure; a skip
+    line for each of the others (and for one that fails: the ringcast rows of
+    the scenario are kept)."""
+    rows = []
+    for ext, system, sub_child, pub_child in (
+            (NATS, "nats-py", _nats_sub_child, _nats_pub_child),
+            (REDIS, "redis-py pub/sub", _redis_sub_child, _redis_pub_child)):
+        missing = _external_missing(ext) if opts.external else "--no-external"
+        if missing:
+            _skip(name, ext.label, missing)
+            continue
+        try:
+            rows.append(_external_stream_row(name, ext, system, opts, nsubs, progress,
+                                             sub_child, pub_child))
+        except Exception as exc:
+            progress.clear()
+            _skip(name, ext.label, f"failed: {type(exc).__name__}: {exc}")
+    return rows
+
+
+def _nats_reqrep_rows(name: str, opts: Options, progress: Progress) -> List[Result]:
+    missing = _external_missing(NATS) if opts.external else "--no-external"
+    if missing:
+        _skip(name, NATS.label, missing)
+        return []
+    try:
+        with external_server(NATS) as port:
+            with processes(("responder", _nats_responder_child, (port,)),
+                           ("requester", _nats_requester_child, (port, opts))) as (_, req):
+                (res,) = _collect([req], progress, f"{name} nats-py", _budget(opts))
+    except Exception as exc:
+        progress.clear()
+        _skip(name, NATS.label, f"failed: {type(exc).__name__}: {exc}")
+        return []
+    return [_latency_row(name, "nats-py request/reply", opts, res)]
 
 
 @scenario("pubsub", "1 publisher -> N subscribers through the broker, each its own process; "
-          "baselines pyzmq PUB/SUB direct and a zmq.proxy XSUB/XPUB broker", group="broker")
+          "baselines pyzmq PUB/SUB direct, a zmq.proxy XSUB/XPUB broker, and nats-server "
+          "+ nats-py and redis-server + redis-py where installed", group="broker")
 def net_pubsub(name: str, opts: Options, progress: Progress) -> List[Result]:
     return _net_pubsub(name, opts, progress, 1)
 
@@ -1158,7 +1554,8 @@ def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> 
 
 
 @scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99); "
-          "baselines pyzmq REQ/REP direct and REQ -> ROUTER/DEALER proxy -> REP",
+          "baselines pyzmq REQ/REP direct, REQ -> ROUTER/DEALER proxy -> REP, and "
+          "nats-server + nats-py request() where installed",
           group="broker")
 def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
     if not _importable("zmq"):
@@ -1182,6 +1579,7 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
                        ("req", _zmq_req_child, (front, opts))) as (_, req):
             (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
     rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
+    rows.extend(_nats_reqrep_rows(name, opts, progress))
     return rows
 
 
@@ -1508,6 +1906,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or recv_payloads()")
     p.add_argument("--inflight", type=int, default=100,
                    help="requests in flight for reqrep-pipelined (default 100)")
+    p.add_argument("--no-external", action="store_true",
+                   help="leave out the redis-server / nats-server baselines even where "
+                        "they are installed")
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--no-progress", action="store_true",
@@ -1557,7 +1958,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         return 2
     opts = Options(size=args.size, subscribers=args.subscribers, duration=args.duration,
                    count=args.count, batch=args.batch, publish=args.publish, recv=args.recv,
-                   inflight=args.inflight)
+                   inflight=args.inflight, external=not args.no_external)
     progress = Progress(enabled=False if args.no_progress else None)
     failed: List[str] = []
     results = run_scenarios(names, opts, progress, failed)
