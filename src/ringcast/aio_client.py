@@ -35,6 +35,8 @@ from .protocol import (
 )
 
 log = logging.getLogger("ringcast.aio")
+#: how often, with requests in flight, overdue ones are looked for (seconds)
+REQUEST_SWEEP = 0.01
 
 
 class Connection:
@@ -171,9 +173,13 @@ class Connection:
     def _tick(self) -> None:
         if self.closed:
             return
-        lost, wait = self.proto.timer(time.monotonic())
+        now = time.monotonic()
+        lost, wait = self.proto.timer(now)
         if lost:
             self._reconnect(errors.ConnectionLost("the broker stopped answering heartbeats"))
+        if self.proto.requests:
+            self.proto.expire_requests(now)
+            wait = min(wait, REQUEST_SWEEP)
         self._pump()
         self._timer = self._loop.call_later(wait, self._tick)
 
@@ -343,15 +349,14 @@ class Connection:
             if not fut.done():
                 fut.set_result(result)
 
+        # No timer per request: the broker answers Timeout at the deadline, and
+        # the protocol's sweep (each tick) fails requests it never answers.
         rid = self.proto.request(service, payload, headers, timeout, settle)
-        timer = self._loop.call_later(timeout, settle, errors.Timeout(
-            f"request to {service!r} timed out after {timeout}s"))
         try:
             result = await fut
         finally:
-            timer.cancel()
-            if not fut.done() or isinstance(fut.result(), errors.Timeout):
-                self.proto.forget_request(rid)   # cancelled or timed out: drop a late reply
+            if not fut.done():
+                self.proto.forget_request(rid)   # cancelled: a late reply is dropped
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[no-any-return]

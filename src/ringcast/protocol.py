@@ -33,6 +33,9 @@ Settle = Callable[[Any], None]
 
 #: ordered frames are cut at this size; larger batches gain nothing measurable
 FRAME_TARGET = 64 << 10
+#: how long past a request's deadline the client waits for the broker's own
+#: Timeout answer before failing the request itself
+REQUEST_GRACE = 0.05
 #: publishes buffered beyond the broker's credit before ``publish`` must wait
 QUEUED_LIMIT = 1 << 20
 
@@ -235,7 +238,9 @@ class ClientProtocol:
         self.sessions = 0            # completed handshakes
         self.handles: Dict[int, _Handle] = {}
         self.owners: Dict[int, _Settler] = {}
-        self.requests: Dict[int, Tuple[str, Settle]] = {}
+        # rid -> (service, settle, deadline): the broker answers Timeout at the
+        # deadline itself; expire_requests is the safety net if it cannot
+        self.requests: Dict[int, Tuple[str, Settle, float]] = {}
         self.waiters: Dict[int, Settle] = {}              # OK/ERR/STATSREP by ref
         self.ids = itertools.count(1)
         self.subjects: Dict[str, str] = {}
@@ -286,7 +291,7 @@ class ClientProtocol:
             self.ready = False
             requests, self.requests = self.requests, {}
             waiters, self.waiters = self.waiters, {}
-        for _, settle in requests.values():
+        for _, settle, _ in requests.values():
             settle(exc)
         for settle in waiters.values():
             settle(exc)
@@ -433,9 +438,19 @@ class ClientProtocol:
         check_subject(service)
         with self.lock:
             rid = next(self.ids)
-            self.requests[rid] = (service, settle)
+            self.requests[rid] = (service, settle, time.monotonic() + timeout + REQUEST_GRACE)
             self._ordered(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
             return rid
+
+    def expire_requests(self, now: float) -> None:
+        """Fail requests whose deadline passed with no answer from the broker
+        (it normally sends Timeout itself; this covers a broker that cannot).
+        One sweep per timer tick instead of a timer per request."""
+        with self.lock:
+            overdue = [rid for rid, (_, _, deadline) in self.requests.items() if deadline <= now]
+            expired = [self.requests.pop(rid) for rid in overdue]
+        for service, settle, _ in expired:
+            settle(errors.Timeout(f"request to {service!r} got no answer before its deadline"))
 
     def forget_request(self, rid: int) -> None:
         """The caller gave up (timeout, cancellation): a late reply is dropped."""
