@@ -52,7 +52,8 @@ class PendingRequest:
     def ack(self, msg: Message) -> None:
         raise errors.RingcastError("requests are responded to, not acked")
 
-    nack = ack  # type: ignore[assignment]
+    def nack(self, msg: Message, requeue: bool = True) -> None:
+        raise errors.RingcastError("requests are responded to, not nacked")
 
     def respond(self, msg: Message, payload: Any, headers: Headers) -> None:
         reply = Message(self.service.name, payload, headers)
