@@ -1019,6 +1019,16 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the server process before exec (Linux): SIGTERM it when the bench dies,
+    even killed with SIGKILL, when no ``finally`` runs."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def external_server(ext: External, timeout: float = SERVER_START_TIMEOUT
                     ) -> Iterator[int]:
@@ -1046,8 +1056,10 @@ def external_server(ext: External, timeout: float = SERVER_START_TIMEOUT
                     f.write("max_pending: 1073741824\n")
                 argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-c", conf]
             with open(log_path, "wb") as log:
-                proc = subprocess.Popen(argv, cwd=tmp, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    argv, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             try:
                 deadline = time.monotonic() + timeout
                 up = False
