@@ -454,31 +454,25 @@ def embedded_queue(name: str, opts: Options, progress: Progress) -> List[Result]
     rows.append(_row(name, "ringcast", opts, nsubs, tally, fanout=False))
 
     q: "queue_mod.Queue[Any]" = queue_mod.Queue()
-    put, get = q.put, q.get_nowait
+    d: "collections.deque[Any]" = collections.deque()
+    for system, put, get in (("queue.Queue", q.put, q.get_nowait),
+                             ("collections.deque", d.append, d.popleft)):
+        rows.append(_row(name, system, opts, nsubs,
+                         drive(_fifo_step(put, get, payload), opts, progress,
+                               f"{name} {system}"), fanout=False))
+    return rows
 
-    def q_step(n: int) -> int:
+
+def _fifo_step(put: Callable[[Any], Any], get: Callable[[], Any],
+               payload: bytes) -> Callable[[int], int]:
+    """A baseline round: n puts, then n gets, on a stdlib FIFO."""
+    def step(n: int) -> int:
         for _ in range(n):
             put(payload)
         for _ in range(n):
             get()
         return n
-
-    rows.append(_row(name, "queue.Queue", opts, nsubs,
-                     drive(q_step, opts, progress, f"{name} queue.Queue"), fanout=False))
-
-    d: "collections.deque[Any]" = collections.deque()
-    append, popleft = d.append, d.popleft
-
-    def d_step(n: int) -> int:
-        for _ in range(n):
-            append(payload)
-        for _ in range(n):
-            popleft()
-        return n
-
-    rows.append(_row(name, "collections.deque", opts, nsubs,
-                     drive(d_step, opts, progress, f"{name} deque"), fanout=False))
-    return rows
+    return step
 
 
 def _importable(module: str) -> bool:
