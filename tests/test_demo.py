@@ -1,4 +1,4 @@
-"""The embedded demo (`ringcast demo`, the README's in-process example) must really move messages."""
+"""The embedded demo (`ringcast demo`) must really move messages."""
 
 import ringcast.demo
 

@@ -2,7 +2,6 @@
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -173,10 +172,10 @@ def test_no_confirmed_message_is_lost_over_repeated_kill_9(tmp_path):
             seen.append(int(line))
             if len(seen) >= want:
                 break
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()  # SIGKILL (TerminateProcess on Windows): no chance to clean up
         rest, _ = proc.communicate(timeout=10)
         seen.extend(int(x) for x in rest.split())
-        assert proc.returncode == -signal.SIGKILL
+        assert proc.returncode != 0
         confirmed.extend(seen)
         next_id = (max(seen) + 1000) if seen else next_id + 1000
     with open_router(tmp_path) as r:

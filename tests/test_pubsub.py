@@ -184,7 +184,7 @@ def test_concurrent_publishers_lose_nothing(router):
     by_thread = {}
     for msg in sub.recv_many(threads * per_thread + 1):
         by_thread.setdefault(msg.subject, []).append(int(msg.payload))
-    assert {k: v for k, v in by_thread.items()} == {
+    assert by_thread == {
         f"t.{n}": list(range(per_thread)) for n in range(threads)
     }
     assert sub.dropped == 0

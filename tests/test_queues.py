@@ -128,6 +128,7 @@ def test_prefetch_limits_unacked_messages(router):
     for i in range(4):
         router.send("p", b"%d" % i)
     a, b = c.recv(timeout=1), c.recv(timeout=1)
+    assert (a.payload, b.payload) == (b"0", b"1")
     with pytest.raises(errors.WouldBlock):
         c.recv(timeout=0)
     assert c.recv_many(10) == []

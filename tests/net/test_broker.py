@@ -1,7 +1,6 @@
 """A real broker process and real client processes, over tcp and ipc."""
 
 import json
-import signal
 import struct
 
 import pytest
@@ -81,7 +80,7 @@ def test_killed_consumer_gets_its_unacked_messages_redelivered(broker, client, p
     procs.append(victim)
     held = [int(victim.stdout.readline().split()[0]) for _ in range(8)]
     assert held == list(range(8))
-    victim.send_signal(signal.SIGKILL)
+    victim.kill()  # SIGKILL
     victim.wait(10)
     # a second consumer process gets every message exactly once; the held ones flagged
     worker = run_script(CONSUMER, broker.url, "ack")

@@ -4,9 +4,9 @@ handled twice only where it is flagged redelivered."""
 
 import collections
 import random
-import signal
 
 import pytest
+import zmq
 
 from .conftest import barrier, run_script, wait_for
 
@@ -53,7 +53,7 @@ def test_twenty_consumer_kills_lose_nothing(broker, client, procs):
         victim = run_script(WORKER, broker.url)
         procs.append(victim)
         assert take(victim, rng.randrange(20, 120)), "worker died on its own"
-        victim.send_signal(signal.SIGKILL)  # mid-stream: with unacked messages in hand
+        victim.kill()  # SIGKILL, mid-stream: with unacked messages in hand
         victim.wait(10)
         for line in victim.stdout.readlines():  # what it printed before dying counts
             note(line)
@@ -62,7 +62,7 @@ def test_twenty_consumer_kills_lose_nothing(broker, client, procs):
     procs.append(survivor)
     assert wait_for(lambda: (lambda q: q["depth"] == 0 and q["unacked"] == 0)(
         client.stats()["queues"]["work"]), timeout=60)
-    survivor.send_signal(signal.SIGKILL)
+    survivor.kill()
     survivor.wait(10)
     for line in survivor.stdout.readlines():
         note(line)
@@ -109,6 +109,8 @@ def test_twenty_broker_kills_under_load_lose_no_confirmed_message(tmp_path, proc
     message is in the queue afterwards, exactly once."""
     from .conftest import BrokerProcess
 
+    if not zmq.has("ipc"):
+        pytest.skip("this libzmq has no ipc:// transport (restarts reuse one endpoint)")
     rng = random.Random(7)
     endpoint = f"ipc://{tmp_path}/broker.sock"
     data = str(tmp_path / "data")
