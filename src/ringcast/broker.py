@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -755,13 +756,23 @@ class Broker:
 
 
 def _rss() -> int:
-    """Resident set size of this process in bytes (0 where unknown)."""
+    """Resident set size of this process in bytes (0 where unknown).
+
+    Exact on Linux (/proc) and wherever psutil is installed; otherwise the
+    peak RSS from getrusage (KiB on Linux, bytes on macOS)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
-        try:
-            import resource
-            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-        except Exception:
-            return 0
+        pass
+    try:
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows without psutil
+        return 0
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024
