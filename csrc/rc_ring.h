@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define RC_RING_MAX_CAPACITY ((uint64_t)1 << 30)
+#define RC_RING_MAX_CAPACITY ((uint64_t)1 << 26) /* 64 Mi slots, 2 GiB: anything larger is a mistake */
 
 enum rc_overflow {
     RC_BLOCK = 0,       /* refuse the push; the caller waits or reports WouldBlock */

@@ -699,3 +699,12 @@ def test_bare_core_publish_is_try_publish(impl, core):
     assert core.publish_many("a", [b"2", b"3"], timeout=5) == 0
     assert core.try_publish_many("a", [b"2", b"3"]) == 0
     assert core.blocked_ring is full
+
+
+def test_non_iterable_payloads_and_subjectless_messages_are_wrong_types(impl, core):
+    with pytest.raises(WrongType):
+        core.publish_many("a.b", 5)
+    with pytest.raises(WrongType):
+        core.try_publish_many("a.b", None)
+    with pytest.raises(TypeError):
+        impl.Message(None, b"x")

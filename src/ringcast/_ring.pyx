@@ -37,7 +37,7 @@ cdef class Message:
     more than one means the subscription dropped messages by policy.
     """
 
-    def __init__(self, str subject, payload, headers=None, uint64_t seq=0,
+    def __init__(self, str subject not None, payload, headers=None, uint64_t seq=0,
                  bint redelivered=False, unsigned int delivery_count=1,
                  uint64_t timestamp_ns=0):
         self.subject = subject
@@ -103,7 +103,7 @@ cdef class Ring:
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
             raise LimitExceeded(f"unknown overflow policy code {policy!r}")
-        if not isinstance(capacity, int) or capacity < 1 or capacity > RC_RING_MAX_CAPACITY:
+        if type(capacity) is not int or capacity < 1 or capacity > RC_RING_MAX_CAPACITY:
             raise LimitExceeded(
                 f"ring capacity must be an int in 1..{RC_RING_MAX_CAPACITY}, got {capacity!r}"
             )

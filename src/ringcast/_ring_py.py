@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .errors import LimitExceeded, RingcastError
 
 RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST = 0, 1, 2
-MAX_CAPACITY = 1 << 30
+MAX_CAPACITY = 1 << 26
 _POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
 _POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
 
@@ -93,7 +93,7 @@ class Ring:
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
             raise LimitExceeded(f"unknown overflow policy code {policy!r}")
-        if not isinstance(capacity, int) or capacity < 1 or capacity > MAX_CAPACITY:
+        if type(capacity) is not int or capacity < 1 or capacity > MAX_CAPACITY:
             raise LimitExceeded(
                 f"ring capacity must be an int in 1..{MAX_CAPACITY}, got {capacity!r}")
         self.capacity = 1 << (capacity - 1).bit_length()

@@ -91,6 +91,14 @@ def check_message(payload, headers=None):
     _check_headers(headers)
 
 
+cdef list _as_list(object payloads):
+    try:
+        return list(payloads)
+    except TypeError:
+        raise WrongType(f"payloads must be an iterable of bytes-like objects, "
+                        f"not {type(payloads).__name__}") from None
+
+
 cdef class _Node:
     def __cinit__(self):
         self.children = {}
@@ -341,7 +349,7 @@ cdef class CoreRouter:
         taken; when a ``block`` buffer fills up, the rest go to
         ``_on_blocked_many`` (the bare core stops there; Router waits).
         """
-        cdef list items = payloads if type(payloads) is list else list(payloads)
+        cdef list items = payloads if type(payloads) is list else _as_list(payloads)
         cdef Py_ssize_t n = self._publish_many(subject, items, headers)
         if n == len(items):
             return n
@@ -349,8 +357,8 @@ cdef class CoreRouter:
 
     def try_publish_many(self, subject, payloads, headers=None):
         """As ``publish_many`` but never waits for room."""
-        return self._publish_many(subject, payloads if type(payloads) is list else list(payloads),
-                                  headers)
+        return self._publish_many(subject, payloads if type(payloads) is list
+                                  else _as_list(payloads), headers)
 
     def _on_blocked(self, subject, payload, headers, timeout):
         return -1

@@ -81,6 +81,14 @@ def _check_ring(ring: Any) -> None:
         raise WrongType(f"ring must be a Ring, not {type(ring).__name__}")
 
 
+def _as_list(payloads: Any) -> List[Any]:
+    try:
+        return list(payloads)
+    except TypeError:
+        raise WrongType(f"payloads must be an iterable of bytes-like objects, "
+                        f"not {type(payloads).__name__}") from None
+
+
 def check_message(payload: Any, headers: Any = None) -> None:
     _check_payload(payload)
     _check_headers(headers)
@@ -149,7 +157,7 @@ class CoreRouter:
 
     def publish_many(self, subject: str, payloads: Any, headers: Any = None,
                      timeout: Optional[float] = None) -> int:
-        items = list(payloads)
+        items = _as_list(payloads)
         n = self.try_publish_many(subject, items, headers)
         return n if n == len(items) else self._on_blocked_many(subject, items, headers,
                                                                timeout, n)
@@ -179,7 +187,7 @@ class CoreRouter:
         return stored
 
     def try_publish_many(self, subject: str, payloads: Any, headers: Any = None) -> int:
-        items = list(payloads)
+        items = _as_list(payloads)
         _check_headers(headers)
         for p in items:
             _check_payload(p)
