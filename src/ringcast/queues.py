@@ -232,9 +232,10 @@ class Queue:
                 if ready and not self._returned:  # the common case, inline
                     msg = ready.popleft()
                 else:
-                    msg = self._next()
-                    if msg is None:
+                    found = self._next()
+                    if found is None:
                         break
+                    msg = found
                 if (timed_ttl or (msg.headers and TTL_HEADER in msg.headers)) \
                         and self._expired(msg):
                     self.counters["expired"] += 1
