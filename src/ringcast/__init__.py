@@ -9,6 +9,8 @@ Embedded use::
     print(sub.recv(timeout=1).payload)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors
 from ._impl import MAX_SUBJECT_LEN, Message
 from ._version import __version__
@@ -49,11 +51,18 @@ __all__ = [
 ]
 
 # The broker and its clients load ZeroMQ and the wire codec only when used,
-# so embedded use (and the pure-Python core) does not depend on them.
+# so embedded use (and the pure-Python core) does not depend on them; type
+# checkers see them through the TYPE_CHECKING imports.
 _LAZY = {"Broker": "broker", "Client": "client", "connect": "client"}
+__all__ += list(_LAZY)
+
+if TYPE_CHECKING:
+    from .broker import Broker as Broker
+    from .client import Client as Client
+    from .client import connect as connect
 
 
-def __getattr__(name: str):  # PEP 562
+def __getattr__(name: str) -> Any:  # PEP 562
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ringcast' has no attribute {name!r}")

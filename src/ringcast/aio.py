@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Union,
+)
 
 from . import errors
 from . import router as _sync
@@ -267,7 +277,11 @@ def _set(fut: "asyncio.Future[Any]", result: Any) -> None:
 # -- the asyncio client of a remote broker (aio_client.py) ---------------------------
 # ``conn = await ringcast.aio.connect(url)``; loaded on first use so embedded
 # asyncio programs do not import ZeroMQ.
-__all__ += ["connect", "Connection"]  # noqa: F822 (provided by __getattr__)
+__all__ += ["connect", "Connection"]
+
+if TYPE_CHECKING:
+    from .aio_client import Connection as Connection
+    from .aio_client import connect as connect
 
 
 def __getattr__(name: str) -> Any:  # PEP 562

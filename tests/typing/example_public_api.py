@@ -18,13 +18,11 @@ import ringcast
 import ringcast.aio
 from ringcast import errors
 
-# The clients and the broker are imported from their modules: the lazy
-# package-level names (ringcast.connect, ringcast.Client, ringcast.Broker,
-# ringcast.aio.connect) still reach mypy as Any (NOTES-packaging.md).
-from ringcast.aio_client import Connection
-from ringcast.aio_client import connect as aio_connect
-from ringcast.broker import Broker
-from ringcast.client import Client, connect
+# The package-level names of the broker and clients (loaded lazily at run
+# time, seen by mypy through TYPE_CHECKING imports).
+from ringcast import Broker, Client, connect
+from ringcast.aio import Connection
+from ringcast.aio import connect as aio_connect
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
