@@ -96,7 +96,14 @@ class Connection:
         sock.connect(self.url)
         self._sock = sock
         self._fd = cast(int, sock.getsockopt(zmq.FD))
-        self._loop.add_reader(self._fd, self._pump)
+        try:
+            self._loop.add_reader(self._fd, self._pump)
+        except NotImplementedError:  # Windows' default ProactorEventLoop
+            sock.close(linger=0)
+            raise errors.RingcastError(
+                "ringcast.aio needs an event loop with add_reader; on Windows run "
+                "asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy()) "
+                "first") from None
         self.proto.connection_made(time.monotonic())
 
     def _close_socket(self) -> None:

@@ -66,8 +66,9 @@ def _broker(args: argparse.Namespace) -> int:
         stop.set()
         broker.stop(timeout=0)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):  # SIGBREAK: Ctrl-Break on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     broker.start()
     print("ringcast broker listening on " + " ".join(broker.endpoints), flush=True)
     while not stop.wait(0.5):

@@ -1,6 +1,7 @@
 """Fixtures for broker tests: a real broker process per test, over tcp or ipc,
 and helpers to run client scripts as real processes."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 
 import pytest
 import zmq
@@ -19,6 +21,11 @@ import ringcast
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ringcast.__file__)))
 ENV = dict(os.environ, PYTHONPATH=_PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 HEARTBEAT = 0.2
+
+if sys.platform == "win32":  # ringcast.aio needs add_reader (see aio_client._open)
+    with warnings.catch_warnings():  # event loop policies are deprecated in 3.14
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
 
 
 class BrokerProcess:
