@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Coroutine, Dict, List, Optional, TypeVar
 
 import ringcast
 import ringcast.aio
-from ringcast import errors
 
-# The package-level names of the broker and clients (loaded lazily at run
-# time, seen by mypy through TYPE_CHECKING imports).
-from ringcast import Broker, Client, connect
+# Broker, Client, connect and the ringcast.aio names are loaded lazily at run
+# time and seen by mypy through TYPE_CHECKING imports.
+from ringcast import Broker, Client, connect, errors
 from ringcast.aio import Connection
 from ringcast.aio import connect as aio_connect
 
@@ -29,6 +28,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9 and 3.10
     from typing_extensions import assert_type
 
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on a selector event loop on Windows (what ringcast.aio
+    needs there; the default Proactor loop cannot watch a ZeroMQ socket)."""
+    if sys.platform == "win32":
+        loop = asyncio.SelectorEventLoop()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+    else:
+        return asyncio.run(coro)
 
 def pubsub(router: ringcast.Router) -> List[bytes]:
     sub = router.subscribe("orders.*", capacity=64, overflow="drop_oldest")
@@ -109,7 +123,7 @@ def remote_clients() -> Dict[str, Any]:
                 "remote": bytes(msg.payload),
                 "remote_reply": bytes(reply.payload),
             }
-        result["aio_remote"] = asyncio.run(aio_remote(url))
+        result["aio_remote"] = run(aio_remote(url))
     return result
 
 
@@ -133,7 +147,7 @@ def main() -> Dict[str, Any]:
             "queue": work_queue(router),
             "reply": request_reply(router),
         }
-    result["aio"] = asyncio.run(asyncio_api())
+    result["aio"] = run(asyncio_api())
     result.update(remote_clients())
     return result
 
