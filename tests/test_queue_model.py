@@ -96,3 +96,23 @@ class DurableQueueMachine(RuleBasedStateMachine):
 DurableQueueMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
                                                  deadline=None)
 test_durable_queue_against_model = DurableQueueMachine.TestCase
+
+
+def test_regression_close_returns_messages_in_queue_order_not_delivery_order():
+    """Found by the machine above: 0 delivered, 1 delivered, 0 nacked and
+    delivered again, consumer closed: 0 must come back before 1."""
+    state = DurableQueueMachine()
+    try:
+        state.send(n=1)
+        state.receive()
+        state.send(n=1)
+        state.receive()
+        held = state.held.pop(0)
+        held.nack(requeue=True)
+        state.waiting.appendleft(0)
+        state.receive()
+        state.close_consumer()
+        state.receive()  # asserts the model's order: 0 first
+        state.depth_matches()
+    finally:
+        state.teardown()

@@ -353,7 +353,9 @@ class Queue:
 
     def _release(self, consumer: "Consumer") -> None:
         with self._lock:
-            owed = [consumer._unacked[t] for t in sorted(consumer._unacked)]
+            # back at the head in their original queue order (log id for durable
+            # messages, intake sequence otherwise), not in the order they were handed out
+            owed = sorted(consumer._unacked.values(), key=lambda m: (m._id or m.seq, m._tag))
             consumer._unacked.clear()
             for m in owed:
                 self._inflight.pop(m._tag, None)
