@@ -71,7 +71,7 @@ class DurableQueueMachine(RuleBasedStateMachine):
     @rule()
     def close_consumer(self):
         self.consumer.close()
-        for ident in sorted(self.held, reverse=True):  # returned in delivery order, at the head
+        for ident in sorted(self.held, reverse=True):  # returned in queue order, at the head
             self.waiting.appendleft(ident)
         self.held.clear()
         self.consumer = self.router.consume("q")
