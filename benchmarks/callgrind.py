@@ -26,11 +26,10 @@ import subprocess
 import sys
 from typing import Callable, Dict, List, Tuple
 
+from rounds import PAYLOAD, SUBJECT, N, blinker_round, drain, fifo_round
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
-N = 10_000
-SUBJECT = "orders.eu.placed"
-PAYLOAD = b"x" * 16
 ROUNDS = 3
 
 Case = Callable[[], Tuple[Callable[[], int], int]]  # setup -> (round, deliveries per msg)
@@ -44,33 +43,8 @@ def case(group: str) -> Callable[[Case], Case]:
     return register
 
 
-def _drain(recv_many: Callable[[], list]) -> int:
-    got = 0
-    while True:
-        k = len(recv_many())
-        if not k:
-            return got
-        got += k
-
-
 def _blinker(receivers: int) -> Tuple[Callable[[], int], int]:
-    from blinker import Signal
-
-    sig = Signal()
-    got: list = []
-    for _ in range(receivers):
-        def on_message(sender, payload, _keep=got.append):
-            _keep(payload)
-        sig.connect(on_message, weak=False)
-    send = sig.send
-
-    def round_() -> int:
-        got.clear()
-        for _ in range(N):
-            send(SUBJECT, payload=PAYLOAD)
-        return len(got)
-
-    return round_, receivers
+    return blinker_round(receivers), receivers
 
 
 @case("pubsub-1")
@@ -99,7 +73,7 @@ def _ringcast(subs: int, batched: bool, payloads: bool):
                 publish(SUBJECT, PAYLOAD)
         if payloads:
             return sum(len(s.recv_payloads(N)) for s in rs)
-        return sum(_drain(s.recv_many) for s in rs)
+        return sum(drain(s.recv_many) for s in rs)
 
     return round_, subs
 
@@ -177,29 +151,13 @@ def match_uncached_100k():
 @case("queue")
 def queue_stdlib():
     q: queue_mod.Queue = queue_mod.Queue()
-
-    def round_() -> int:
-        for _ in range(N):
-            q.put(PAYLOAD)
-        for _ in range(N):
-            q.get()
-        return N
-
-    return round_, 1
+    return fifo_round(q.put, q.get), 1
 
 
 @case("queue")
 def queue_deque():
     d: collections.deque = collections.deque()
-
-    def round_() -> int:
-        for _ in range(N):
-            d.append(PAYLOAD)
-        for _ in range(N):
-            d.popleft()
-        return N
-
-    return round_, 1
+    return fifo_round(d.append, d.popleft), 1
 
 
 @case("queue")

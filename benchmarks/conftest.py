@@ -37,14 +37,8 @@ if _built(_SRC):
     sys.path.insert(0, _SRC)
 sys.path.insert(0, _HERE)
 
+from rounds import PAYLOAD, RING, SUBJECT, N  # noqa: E402,F401  (re-exported to the tests)
 from summary import render  # noqa: E402
-
-#: messages per round: big enough that per-round overhead vanishes, small
-#: enough to fit in one ring (capacity RING) without any wait or drop
-N = 10_000
-RING = 16_384
-SUBJECT = "orders.eu.placed"
-PAYLOAD = b"x" * 16  # the field notes' 16-byte payload
 
 
 @pytest.fixture

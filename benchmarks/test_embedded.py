@@ -19,36 +19,15 @@ import collections
 import queue as queue_mod
 
 import pytest
-from blinker import Signal
 from conftest import RING, SUBJECT, N
+from rounds import blinker_round, drain, fifo_round
 
 from ringcast import Router
 
 
-def _blinker(receivers: int):
-    """A signal with ``receivers`` receivers that each keep the payload."""
-    sig = Signal()
-    got: list = []
-    for _ in range(receivers):
-        def on_message(sender, payload, _keep=got.append):
-            _keep(payload)
-
-        sig.connect(on_message, weak=False)
-    return sig, got
-
-
 def _blinker_round(benchmark, record, payload, receivers: int) -> None:
     record(baseline=True, receivers=receivers)
-    sig, got = _blinker(receivers)
-    send = sig.send
-
-    def round_() -> int:
-        got.clear()
-        for _ in range(N):
-            send(SUBJECT, payload=payload)
-        return len(got)
-
-    assert benchmark(round_) == N * receivers
+    assert benchmark(blinker_round(receivers, payload)) == N * receivers
 
 
 @pytest.fixture
@@ -60,16 +39,6 @@ def router():
 
 def _subs(router: Router, n: int):
     return [router.subscribe(SUBJECT, capacity=RING) for _ in range(n)]
-
-
-def _drain(recv_many) -> int:
-    """Take every waiting message with recv_many's default chunk size."""
-    got = 0
-    while True:
-        k = len(recv_many())
-        if not k:
-            return got
-        got += k
 
 
 def _check_clean(router: Router, subs) -> None:
@@ -92,7 +61,7 @@ def test_percall_ringcast_recv_many(benchmark, record, payload, router):
     def round_() -> int:
         for _ in range(N):
             publish(SUBJECT, payload)
-        return _drain(recv_many)
+        return drain(recv_many)
 
     assert benchmark(round_) == N
     _check_clean(router, [sub])
@@ -155,7 +124,7 @@ def test_batched_ringcast_recv_many(benchmark, record, items, router):
 
     def round_() -> int:
         publish_many(SUBJECT, items)
-        return _drain(recv_many)
+        return drain(recv_many)
 
     assert benchmark(round_) == N
     _check_clean(router, [sub])
@@ -177,7 +146,7 @@ def test_fanout_percall_recv_many(benchmark, record, payload, router):
     def round_() -> int:
         for _ in range(N):
             publish(SUBJECT, payload)
-        return sum(_drain(recv) for recv in recvs)
+        return sum(drain(recv) for recv in recvs)
 
     assert benchmark(round_) == 4 * N
     _check_clean(router, subs)
@@ -223,7 +192,7 @@ def test_fanout_batched_recv_many(benchmark, record, items, router):
 
     def round_() -> int:
         publish_many(SUBJECT, items)
-        return sum(_drain(recv) for recv in recvs)
+        return sum(drain(recv) for recv in recvs)
 
     assert benchmark(round_) == 4 * N
     _check_clean(router, subs)
@@ -234,32 +203,14 @@ def test_fanout_batched_recv_many(benchmark, record, items, router):
 def test_queue_stdlib_put_get(benchmark, record, payload):
     record(baseline=True)
     q: queue_mod.Queue = queue_mod.Queue()
-    put, get = q.put, q.get
-
-    def round_() -> int:
-        for _ in range(N):
-            put(payload)
-        for _ in range(N):
-            get()
-        return N
-
-    assert benchmark(round_) == N
+    assert benchmark(fifo_round(q.put, q.get, payload)) == N
 
 
 @pytest.mark.benchmark(group="queue")
 def test_queue_deque_append_popleft(benchmark, record, payload):
     record(reference="no locking, no acks: a floor, not a queue")
     d: collections.deque = collections.deque()
-    append, popleft = d.append, d.popleft
-
-    def round_() -> int:
-        for _ in range(N):
-            append(payload)
-        for _ in range(N):
-            popleft()
-        return N
-
-    assert benchmark(round_) == N
+    assert benchmark(fifo_round(d.append, d.popleft, payload)) == N
 
 
 @pytest.mark.benchmark(group="queue")

@@ -7,6 +7,7 @@ import collections
 
 import pytest
 from conftest import RING, SUBJECT, N
+from rounds import fifo_round
 
 from ringcast._impl import Ring
 
@@ -15,16 +16,7 @@ from ringcast._impl import Ring
 def test_deque_append_popleft(benchmark, record, payload):
     record(baseline=True)
     d: collections.deque = collections.deque()
-    append, popleft = d.append, d.popleft
-
-    def round_() -> int:
-        for _ in range(N):
-            append(payload)
-        for _ in range(N):
-            popleft()
-        return N
-
-    assert benchmark(round_) == N
+    assert benchmark(fifo_round(d.append, d.popleft, payload)) == N
 
 
 @pytest.mark.benchmark(group="ring-single")
