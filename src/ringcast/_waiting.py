@@ -164,7 +164,32 @@ class _Dispatcher:
                 return
 
 
-class Source:
+class Receiving:
+    """Iteration and the context manager over ``recv()`` and ``close()``:
+    shared by the embedded sources below and the remote client's inboxes."""
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Message]:
+        """Messages as they come, until the source is closed."""
+        while True:
+            try:
+                yield self.recv()
+            except errors.Closed:
+                return
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Source(Receiving):
     """What one receives from: a subscription, a queue consumer, a responder.
 
     Subclasses provide ``_signal``, ``_poll()`` (take the next message or
@@ -180,9 +205,6 @@ class Source:
         raise NotImplementedError
 
     def _arm(self) -> bool:
-        raise NotImplementedError
-
-    def close(self) -> None:
         raise NotImplementedError
 
     def recv(self, timeout: Optional[float] = None) -> Message:
@@ -202,16 +224,3 @@ class Source:
         """
         return self._signal.on_ready(callback, self._arm)
 
-    def __iter__(self) -> Iterator[Message]:
-        """Messages as they come, until the source is closed."""
-        while True:
-            try:
-                yield self.recv()
-            except errors.Closed:
-                return
-
-    def __enter__(self: T) -> T:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -14,12 +14,13 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 import zmq
 
 from . import errors
 from ._impl import Message
+from ._waiting import Receiving
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -517,7 +518,7 @@ def _answer(msg: Message, handler: Handler) -> None:
         msg.respond(result)
 
 
-class _Receiver:
+class _Receiver(Receiving):
     """What subscriptions, consumers and responders share: an inbox to wait on."""
 
     def __init__(self, client: Client, handle: Any) -> None:
@@ -542,13 +543,6 @@ class _Receiver:
                 return self._h.take(max_count)  # type: ignore[no-any-return]
         return self._client._take(self._h, max_count, timeout)
 
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            try:
-                yield self.recv()
-            except errors.Closed:
-                return
-
     @property
     def pending(self) -> int:
         return int(self._h.pending)
@@ -559,12 +553,6 @@ class _Receiver:
         self._client.proto.close_handle(self._h)
         with self._client._cond:
             self._client._cond.notify_all()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class Subscription(_Receiver):
