@@ -27,6 +27,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -887,8 +888,12 @@ def _zmq_proxy_child(ctl: "_ChildControl", front_kind: str, back_kind: str,
     os._exit(0)  # the proxy thread holds the sockets; nothing to clean up
 
 
-def _stream_row(name: str, system: str, opts: Options, nsubs: int,
-                pub: Dict[str, Any], subs: List[Dict[str, Any]], fanout: bool = True) -> Result:
+def _stream_row(name: str, system: str, opts: Options, results: Sequence[Dict[str, Any]],
+                fanout: bool = True) -> Result:
+    """A row from a stream's ``results``: the receivers', then the sender's last
+    (the order the stream scenarios list their processes in)."""
+    *subs, pub = results
+    nsubs = len(subs)
     received = sum(s["received"] for s in subs)
     last = max(s["t_last"] for s in subs)
     elapsed = max(last - pub["t0"], 1e-9)
@@ -923,36 +928,56 @@ def _budget(opts: Options) -> float:
     return (opts.duration if opts.count is None else opts.count / 500) + 60.0
 
 
+def _pyzmq_missing(name: str) -> bool:
+    """The broker and every pyzmq/zmq.proxy baseline need pyzmq: without it a
+    broker scenario has one skip line and no rows."""
+    if _importable("zmq"):
+        return False
+    _skip(name, "all systems", "pyzmq is not installed")
+    return True
+
+
+@contextlib.contextmanager
+def _server(name: str, target: Callable[..., Any], *args: Any) -> Iterator[Any]:
+    """One server process (a ringcast broker, a zmq.proxy) for one system's run;
+    yields what it passed to ``ctl.ready()``: the address(es) clients use."""
+    with processes((name, target, args)) as (server,):
+        yield server.ready_info
+
+
+def _measure(label: str, opts: Options, progress: Progress, measured: Sequence[Spec],
+             peers: Sequence[Spec] = ()) -> List[Any]:
+    """Start ``peers`` (servers that report nothing, e.g. a responder) and then
+    the ``measured`` processes; say go to the measured ones and return their
+    results in order. Every process is stopped on the way out."""
+    with processes(*peers, *measured) as procs:
+        return _collect(procs[len(peers):], progress, label, _budget(opts))
+
+
 def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
                 ) -> List[Result]:
     nsubs = _subscribers(opts, default_subs)
-    if not _importable("zmq"):
-        _skip(name, "all systems", "pyzmq is not installed")
+    if _pyzmq_missing(name):
         return []
     rows = []
     # ringcast: broker, publisher and each subscriber in its own process
-    with processes(("broker", _broker_child, ())) as (broker,):
-        url = broker.ready_info
-        specs: List[Spec] = [(f"sub{i}", _rc_sub_child, (url,)) for i in range(nsubs)]
-        specs.append(("pub", _rc_pub_child, (url, opts)))
-        with processes(*specs) as procs:
-            res = _collect(procs, progress, f"{name} ringcast", _budget(opts))
-    rows.append(_stream_row(name, "ringcast", opts, nsubs, res[-1], res[:-1]))
+    with _server("broker", _broker_child) as url:
+        res = _measure(f"{name} ringcast", opts, progress,
+                       [*((f"sub{i}", _rc_sub_child, (url,)) for i in range(nsubs)),
+                        ("pub", _rc_pub_child, (url, opts))])
+    rows.append(_stream_row(name, "ringcast", opts, res))
     # pyzmq direct: PUB -> SUB, one frame per message, no broker
     ep = free_tcp_endpoint()
-    specs = [(f"sub{i}", _zmq_sub_child, (ep, i, False)) for i in range(nsubs)]
-    specs.append(("pub", _zmq_pub_child, (ep, True, nsubs, False, opts)))
-    with processes(*specs) as procs:
-        res = _collect(procs, progress, f"{name} pyzmq", _budget(opts))
-    rows.append(_stream_row(name, "pyzmq PUB/SUB", opts, nsubs, res[-1], res[:-1]))
+    res = _measure(f"{name} pyzmq", opts, progress,
+                   [*((f"sub{i}", _zmq_sub_child, (ep, i, False)) for i in range(nsubs)),
+                    ("pub", _zmq_pub_child, (ep, True, nsubs, False, opts))])
+    rows.append(_stream_row(name, "pyzmq PUB/SUB", opts, res))
     # zmq.proxy XSUB/XPUB broker, multipart [topic, payload]
-    with processes(("proxy", _zmq_proxy_child, ("XSUB", "XPUB"))) as (proxy,):
-        front, back = proxy.ready_info
-        specs = [(f"sub{i}", _zmq_sub_child, (back, i, True)) for i in range(nsubs)]
-        specs.append(("pub", _zmq_pub_child, (front, False, nsubs, True, opts)))
-        with processes(*specs) as procs:
-            res = _collect(procs, progress, f"{name} zmq.proxy", _budget(opts))
-    rows.append(_stream_row(name, "zmq.proxy XSUB/XPUB", opts, nsubs, res[-1], res[:-1]))
+    with _server("proxy", _zmq_proxy_child, "XSUB", "XPUB") as (front, back):
+        res = _measure(f"{name} zmq.proxy", opts, progress,
+                       [*((f"sub{i}", _zmq_sub_child, (back, i, True)) for i in range(nsubs)),
+                        ("pub", _zmq_pub_child, (front, False, nsubs, True, opts))])
+    rows.append(_stream_row(name, "zmq.proxy XSUB/XPUB", opts, res))
     rows.extend(_external_rows(name, opts, progress, nsubs))
     return rows
 
@@ -1313,49 +1338,51 @@ def _external_stream_row(name: str, ext: External, system: str, opts: Options, n
                          progress: Progress, sub_child: Callable[..., Any],
                          pub_child: Callable[..., Any]) -> Result:
     with external_server(ext) as port:
-        specs: List[Spec] = [(f"sub{i}", sub_child, (port,)) for i in range(nsubs)]
-        specs.append(("pub", pub_child, (port, opts)))
-        with processes(*specs) as procs:
-            res = _collect(procs, progress, f"{name} {system}", _budget(opts))
-    return _stream_row(name, system, opts, nsubs, res[-1], res[:-1])
+        res = _measure(f"{name} {system}", opts, progress,
+                       [*((f"sub{i}", sub_child, (port,)) for i in range(nsubs)),
+                        ("pub", pub_child, (port, opts))])
+    return _stream_row(name, system, opts, res)
+
+
+def _external_baseline(name: str, ext: External, opts: Options, progress: Progress,
+                       measure: Callable[[], Result]) -> List[Result]:
+    """``[measure()]`` where this machine has ``ext`` (and --no-external is not
+    given); otherwise, or when it fails, a skip line and no row: an external
+    baseline never costs the scenario its ringcast rows."""
+    missing = _external_missing(ext) if opts.external else "--no-external"
+    if missing:
+        _skip(name, ext.label, missing)
+        return []
+    try:
+        return [measure()]
+    except Exception as exc:
+        progress.clear()
+        _skip(name, ext.label, f"failed: {type(exc).__name__}: {exc}")
+        return []
 
 
 def _external_rows(name: str, opts: Options, progress: Progress, nsubs: int) -> List[Result]:
     """The redis and nats pub/sub rows that this machine can measure; a skip
-    line for each of the others (and for one that fails: the ringcast rows of
-    the scenario are kept)."""
+    line for each of the others."""
     rows = []
     for ext, system, sub_child, pub_child in (
             (NATS, "nats-py", _nats_sub_child, _nats_pub_child),
             (REDIS, "redis-py pub/sub", _redis_sub_child, _redis_pub_child)):
-        missing = _external_missing(ext) if opts.external else "--no-external"
-        if missing:
-            _skip(name, ext.label, missing)
-            continue
-        try:
-            rows.append(_external_stream_row(name, ext, system, opts, nsubs, progress,
-                                             sub_child, pub_child))
-        except Exception as exc:
-            progress.clear()
-            _skip(name, ext.label, f"failed: {type(exc).__name__}: {exc}")
+        rows.extend(_external_baseline(name, ext, opts, progress, functools.partial(
+            _external_stream_row, name, ext, system, opts, nsubs, progress,
+            sub_child, pub_child)))
     return rows
 
 
 def _nats_reqrep_rows(name: str, opts: Options, progress: Progress) -> List[Result]:
-    missing = _external_missing(NATS) if opts.external else "--no-external"
-    if missing:
-        _skip(name, NATS.label, missing)
-        return []
-    try:
+    def measure() -> Result:
         with external_server(NATS) as port:
-            with processes(("responder", _nats_responder_child, (port,)),
-                           ("requester", _nats_requester_child, (port, opts))) as (_, req):
-                (res,) = _collect([req], progress, f"{name} nats-py", _budget(opts))
-    except Exception as exc:
-        progress.clear()
-        _skip(name, NATS.label, f"failed: {type(exc).__name__}: {exc}")
-        return []
-    return [_latency_row(name, "nats-py request/reply", opts, res)]
+            (res,) = _measure(f"{name} nats-py", opts, progress,
+                              [("requester", _nats_requester_child, (port, opts))],
+                              peers=[("responder", _nats_responder_child, (port,))])
+        return _latency_row(name, "nats-py request/reply", opts, res)
+
+    return _external_baseline(name, NATS, opts, progress, measure)
 
 
 @scenario("pubsub", "1 publisher -> N subscribers through the broker, each its own process; "
@@ -1457,23 +1484,19 @@ def _zmq_pull_child(ctl: "_ChildControl", endpoint: str) -> Dict[str, Any]:
           "baseline pyzmq PUSH/PULL direct (no acks)", group="broker")
 def net_queue(name: str, opts: Options, progress: Progress) -> List[Result]:
     n = _subscribers(opts, 1)
-    if not _importable("zmq"):
-        _skip(name, "all systems", "pyzmq is not installed")
+    if _pyzmq_missing(name):
         return []
     rows = []
-    with processes(("broker", _broker_child, ())) as (broker,):
-        url = broker.ready_info
-        specs: List[Spec] = [(f"consumer{i}", _rc_consumer_child, (url,)) for i in range(n)]
-        specs.append(("producer", _rc_producer_child, (url, n, opts)))
-        with processes(*specs) as procs:
-            res = _collect(procs, progress, f"{name} ringcast", _budget(opts))
-    rows.append(_stream_row(name, "ringcast", opts, n, res[-1], res[:-1], fanout=False))
+    with _server("broker", _broker_child) as url:
+        res = _measure(f"{name} ringcast", opts, progress,
+                       [*((f"consumer{i}", _rc_consumer_child, (url,)) for i in range(n)),
+                        ("producer", _rc_producer_child, (url, n, opts))])
+    rows.append(_stream_row(name, "ringcast", opts, res, fanout=False))
     ep = free_tcp_endpoint()
-    specs = [(f"pull{i}", _zmq_pull_child, (ep,)) for i in range(n)]
-    specs.append(("push", _zmq_push_child, (ep, n, opts)))
-    with processes(*specs) as procs:
-        res = _collect(procs, progress, f"{name} pyzmq", _budget(opts))
-    rows.append(_stream_row(name, "pyzmq PUSH/PULL", opts, n, res[-1], res[:-1], fanout=False))
+    res = _measure(f"{name} pyzmq", opts, progress,
+                   [*((f"pull{i}", _zmq_pull_child, (ep,)) for i in range(n)),
+                    ("push", _zmq_push_child, (ep, n, opts))])
+    rows.append(_stream_row(name, "pyzmq PUSH/PULL", opts, res, fanout=False))
     return rows
 
 
@@ -1564,26 +1587,22 @@ def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> 
           "nats-server + nats-py request() where installed",
           group="broker")
 def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
-    if not _importable("zmq"):
-        _skip(name, "all systems", "pyzmq is not installed")
+    if _pyzmq_missing(name):
         return []
     rows = []
-    with processes(("broker", _broker_child, ())) as (broker,):
-        url = broker.ready_info
-        with processes(("responder", _rc_responder_child, (url,)),
-                       ("requester", _rc_requester_child, (url, opts))) as (_, req):
-            (res,) = _collect([req], progress, f"{name} ringcast", _budget(opts))
+    with _server("broker", _broker_child) as url:
+        (res,) = _measure(f"{name} ringcast", opts, progress,
+                          [("requester", _rc_requester_child, (url, opts))],
+                          peers=[("responder", _rc_responder_child, (url,))])
     rows.append(_latency_row(name, "ringcast", opts, res))
     ep = free_tcp_endpoint()
-    with processes(("rep", _zmq_rep_child, (ep, True)),
-                   ("req", _zmq_req_child, (ep, opts))) as (_, req):
-        (res,) = _collect([req], progress, f"{name} pyzmq", _budget(opts))
+    (res,) = _measure(f"{name} pyzmq", opts, progress, [("req", _zmq_req_child, (ep, opts))],
+                      peers=[("rep", _zmq_rep_child, (ep, True))])
     rows.append(_latency_row(name, "pyzmq REQ/REP", opts, res))
-    with processes(("proxy", _zmq_proxy_child, ("ROUTER", "DEALER"))) as (proxy,):
-        front, back = proxy.ready_info
-        with processes(("rep", _zmq_rep_child, (back, False)),
-                       ("req", _zmq_req_child, (front, opts))) as (_, req):
-            (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
+    with _server("proxy", _zmq_proxy_child, "ROUTER", "DEALER") as (front, back):
+        (res,) = _measure(f"{name} zmq.proxy", opts, progress,
+                          [("req", _zmq_req_child, (front, opts))],
+                          peers=[("rep", _zmq_rep_child, (back, False))])
     rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
     rows.extend(_nats_reqrep_rows(name, opts, progress))
     return rows
@@ -1704,26 +1723,23 @@ def _zmq_pipelined_child(ctl: "_ChildControl", endpoint: str, opts: Options) -> 
           "baselines pyzmq DEALER -> ROUTER direct and through a ROUTER/DEALER proxy",
           group="broker")
 def net_reqrep_pipelined(name: str, opts: Options, progress: Progress) -> List[Result]:
-    if not _importable("zmq"):
-        _skip(name, "all systems", "pyzmq is not installed")
+    if _pyzmq_missing(name):
         return []
     rows = []
-    with processes(("broker", _broker_child, ())) as (broker,):
-        url = broker.ready_info
-        with processes(("responder", _rc_responder_child, (url, min(opts.inflight, 1024))),
-                       ("requester", _rc_pipelined_child, (url, opts))) as (_, req):
-            (res,) = _collect([req], progress, f"{name} ringcast", _budget(opts))
+    with _server("broker", _broker_child) as url:
+        (res,) = _measure(
+            f"{name} ringcast", opts, progress, [("requester", _rc_pipelined_child, (url, opts))],
+            peers=[("responder", _rc_responder_child, (url, min(opts.inflight, 1024)))])
     rows.append(_latency_row(name, "ringcast", opts, res))
     ep = free_tcp_endpoint()
-    with processes(("server", _zmq_echo_child, (ep, True, "ROUTER")),
-                   ("client", _zmq_pipelined_child, (ep, opts))) as (_, req):
-        (res,) = _collect([req], progress, f"{name} pyzmq", _budget(opts))
+    (res,) = _measure(f"{name} pyzmq", opts, progress,
+                      [("client", _zmq_pipelined_child, (ep, opts))],
+                      peers=[("server", _zmq_echo_child, (ep, True, "ROUTER"))])
     rows.append(_latency_row(name, "pyzmq DEALER/ROUTER", opts, res))
-    with processes(("proxy", _zmq_proxy_child, ("ROUTER", "DEALER"))) as (proxy,):
-        front, back = proxy.ready_info
-        with processes(("worker", _zmq_echo_child, (back, False, "DEALER")),
-                       ("client", _zmq_pipelined_child, (front, opts))) as (_, req):
-            (res,) = _collect([req], progress, f"{name} zmq.proxy", _budget(opts))
+    with _server("proxy", _zmq_proxy_child, "ROUTER", "DEALER") as (front, back):
+        (res,) = _measure(f"{name} zmq.proxy", opts, progress,
+                          [("client", _zmq_pipelined_child, (front, opts))],
+                          peers=[("worker", _zmq_echo_child, (back, False, "DEALER"))])
     rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
     return rows
 
@@ -1771,40 +1787,46 @@ def _slow_row(name: str, system: str, opts: Options, pub: Dict[str, Any],
                   msgs_per_s=rate, deliveries_per_s=rate, lost=lost, note=note)
 
 
+def _stalled_run(server: Proc, label: str, opts: Options, progress: Progress,
+                 healthy: Spec, stalled: Spec, pub: Spec
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any],
+                            List[Tuple[float, int]]]:
+    """Run a healthy subscriber, a stalled one and a publisher against ``server``
+    (a broker or proxy sampling its RSS); the stalled one is read only once the
+    others are done. Returns the publisher's, healthy and stalled results and
+    the server's RSS samples."""
+    with processes(healthy, stalled, pub) as (healthy_p, stalled_p, pub_p):
+        server.go()   # the RSS clock starts with the publisher
+        healthy_res, pub_res = _collect([healthy_p, pub_p], progress, label, _budget(opts))
+        stalled_res = stalled_p.finish()
+    return pub_res, healthy_res, stalled_res, server.finish()
+
+
 @scenario("slow-consumer",
           "1 publisher -> 1 healthy + 1 stalled subscriber; broker RSS over time and drops "
           "(ringcast: drop_oldest for the stalled one; baseline zmq.proxy with pyzmq's "
           "default high-water marks)", default_subscribers=2, group="broker", drop_policy=True)
 def net_slow_consumer(name: str, opts: Options, progress: Progress) -> List[Result]:
-    if not _importable("zmq"):
-        _skip(name, "all systems", "pyzmq is not installed")
+    if _pyzmq_missing(name):
         return []
     rows = []
     with processes(("broker", _broker_child, (True,))) as (broker,):
         url = broker.ready_info
-        with processes(("healthy", _rc_sub_child, (url,)),
-                       ("stalled", _rc_stalled_child, (url,)),
-                       ("pub", _rc_pub_child, (url, opts, True))) as (healthy_p, stalled_p, pub_p):
-            broker.go()   # RSS clock starts with the publisher
-            healthy, pub = _collect([healthy_p, pub_p], progress, f"{name} ringcast",
-                                    _budget(opts))
-            stalled = stalled_p.finish()
-        samples = broker.finish()
+        pub, healthy, stalled, samples = _stalled_run(
+            broker, f"{name} ringcast", opts, progress,
+            ("healthy", _rc_sub_child, (url,)), ("stalled", _rc_stalled_child, (url,)),
+            ("pub", _rc_pub_child, (url, opts, True)))
     note = (f"{_rss_note(samples, 'broker')}; drops counted by the broker {pub['dropped']}, "
             f"seen by the stalled subscriber as sequence gaps {stalled['dropped']}")
     rows.append(_slow_row(name, "ringcast", opts, pub, healthy, stalled, note))
 
     with processes(("proxy", _zmq_proxy_child, ("XSUB", "XPUB", None, True))) as (proxy,):
         front, back = proxy.ready_info
-        with processes(("healthy", _zmq_sub_child, (back, 0, True, None)),
-                       ("stalled", _zmq_sub_child, (back, 1, True, None, True)),
-                       ("pub", _zmq_pub_child, (front, False, 2, True, opts, None))
-                       ) as (healthy_p, stalled_p, pub_p):
-            proxy.go()
-            healthy, pub = _collect([healthy_p, pub_p], progress, f"{name} zmq.proxy",
-                                    _budget(opts))
-            stalled = stalled_p.finish()
-        samples = proxy.finish()
+        pub, healthy, stalled, samples = _stalled_run(
+            proxy, f"{name} zmq.proxy", opts, progress,
+            ("healthy", _zmq_sub_child, (back, 0, True, None)),
+            ("stalled", _zmq_sub_child, (back, 1, True, None, True)),
+            ("pub", _zmq_pub_child, (front, False, 2, True, opts, None)))
     note = f"{_rss_note(samples, 'proxy')}; drops not counted anywhere (silent)"
     rows.append(_slow_row(name, "zmq.proxy XSUB/XPUB", opts, pub, healthy, stalled, note))
     return rows
