@@ -40,6 +40,7 @@ from . import errors
 from ._impl import Message
 from .queues import queue_options_from_wire
 from .router import Router
+from .services import PendingRequest, _Service
 
 log = logging.getLogger("ringcast.broker")
 
@@ -78,12 +79,107 @@ class _Session:
         self.sub_credit: Dict[int, int] = {}
         self.consumers: Dict[int, Any] = {}      # handle -> Consumer
         self.delivered: Dict[int, Dict[int, Message]] = {}   # handle -> tag -> msg (queues)
-        self.services: Dict[int, Any] = {}       # handle -> Responder
-        self.concurrency: Dict[int, int] = {}
-        self.asked: Dict[int, Dict[int, Message]] = {}       # handle -> tag -> request
+        self.services: Dict[int, _RemoteResponder] = {}
         self.tags = itertools.count(1)
         self.armed: Set[int] = set()   # handles with a ready-callback registered
         self.alive = True
+
+
+class _WireRequest(PendingRequest):
+    """A request from a remote client. Its answer is written straight into
+    the requester's session: no reply Message, no callback per request."""
+
+    __slots__ = ("broker", "session", "rid")
+
+    def __init__(self, broker: "Broker", service: _Service, deadline: float,
+                 session: _Session, rid: int) -> None:
+        PendingRequest.__init__(self, service, _no_callback, deadline)
+        self.broker = broker
+        self.session = session
+        self.rid = rid
+
+    def respond(self, msg: Optional[Message], payload: Any, headers: Any) -> None:
+        if self.settled:
+            self.service.late_replies += 1
+            return
+        self.settled = True
+        self.broker._call_soon(self.broker._answer, self.session,
+                               (C.REPLY, self.rid, headers, payload))
+
+    def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
+        if self.settled:
+            return False
+        self.settled = True
+        code = getattr(result, "code", 0) or errors.ServiceError.code
+        self.broker._call_soon(self.broker._answer, self.session,
+                               (C.REPLYERR, self.rid, code, str(result)))
+        return True
+
+
+def _no_callback(_: Any) -> None:
+    pass
+
+
+class _RemoteResponder:
+    """A remote client's responder, as the router's services see it: it takes
+    a request while the client has room (its concurrency) and writes it
+    straight into the client's next frame. Requests offered from threads
+    other than the broker loop are dispatched again on the loop."""
+
+    __slots__ = ("broker", "session", "hid", "service", "concurrency", "asked", "closed")
+
+    def __init__(self, broker: "Broker", session: _Session, hid: int, service: _Service,
+                 concurrency: int) -> None:
+        self.broker = broker
+        self.session = session
+        self.hid = hid
+        self.service = service
+        self.concurrency = concurrency
+        self.asked: Dict[int, PendingRequest] = {}   # tag -> request sent, unanswered
+        self.closed = False
+
+    def has_room(self) -> bool:
+        return not self.closed and len(self.asked) < self.concurrency
+
+    def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
+        if self.closed or len(self.asked) >= self.concurrency:
+            return False
+        broker = self.broker
+        if threading.get_ident() != broker._loop_ident:
+            broker._call_soon(self.service.dispatch, payload, headers, pending)
+            return True
+        if pending.deadline is None:
+            left = 60000
+        else:
+            left = int((pending.deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                pending.expire()
+                return True
+        s = self.session
+        tag = next(s.tags)
+        self.asked[tag] = pending
+        s.out.record(C.RQST, self.hid, tag, left, self.service.name, headers, payload)
+        broker._dirty.add(s)
+        return True
+
+    def answered(self, tag: int) -> Optional[PendingRequest]:
+        """The request behind a REP/REPERR; its slot goes to the backlog."""
+        pending = self.asked.pop(tag, None)
+        if pending is not None and self.service.backlog:
+            self.service.refill(self)
+        return pending
+
+    def close(self) -> None:
+        """Requests it holds fail (the responder is gone); the backlog goes to
+        the other responders."""
+        if self.closed:
+            return
+        self.closed = True
+        self.service.responders.remove(self)
+        asked, self.asked = self.asked, {}
+        for pending in asked.values():
+            pending.fail(errors.ServiceError("the responder disconnected"))
+        self.service.responder_gone()
 
 
 class Broker:
@@ -118,6 +214,8 @@ class Broker:
         self._calls: Deque[Any] = collections.deque()     # callbacks from other threads
         self._retry: Set[bytes] = set()                   # sessions with parked frames to retry
         self._deadlines: List[Tuple[float, int, Any]] = []  # heap of (deadline, n, PendingRequest)
+        self._live = 0           # remote requests not answered yet (to prune the heap)
+        self._dirty: Set[_Session] = set()                # sessions with output to send
         self._seq = itertools.count()
         self._subjects: Dict[str, str] = {}
         self._counts: Dict[str, int] = {}
@@ -248,10 +346,10 @@ class Broker:
                         pass
             now = time.monotonic()
             try:
-                self._step(sock, now)
                 if now >= next_timer:
                     self._heartbeats(now)
                     next_timer = now + tick
+                self._step(sock, now)
             except Exception:  # a bug must not take every client's broker down
                 self.counters["internal_errors"] += 1
                 log.exception("internal error in the broker loop")
@@ -277,9 +375,11 @@ class Broker:
         self._flush_ready()
         if self._deadlines:
             self._expire(now)
-        for s in list(self._sessions.values()):
-            if len(s.out) or s.frames or s.credit_due:
-                self._flush_out(s)
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for s in dirty:
+                if s.alive:
+                    self._flush_out(s)
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
@@ -288,6 +388,7 @@ class Broker:
             self._hello(ident, frame, now)
             return
         s.last_rx = now
+        self._dirty.add(s)
         try:
             reader = C.Reader(frame, self.max_message, self.max_subject, self._subjects)
             first = reader.peek()
@@ -332,6 +433,7 @@ class Broker:
         hb = min(max(hb_ms / 1000.0, 0.05), 60.0)
         s = _Session(ident, name, hb, now)
         self._sessions[ident] = s
+        self._dirty.add(s)
         self.counters["sessions"] += 1
         s.out.record(C.WELCOME, C.PROTOCOL_VERSION, int(hb * 1000), self.max_frame,
                      self.max_message, self.max_subject, self.window, f"ringcast-{os.getpid()}")
@@ -381,6 +483,7 @@ class Broker:
                 return
             s.parked.popleft()
             s.credit_due += size
+            self._dirty.add(s)
 
     def _error(self, s: _Session, ref: int, exc: errors.RingcastError) -> None:
         s.out.record(C.ERR, ref, exc.code or errors.RingcastError.code, str(exc))
@@ -455,10 +558,7 @@ class Broker:
             consumer.close()   # unacked messages go back, flagged redelivered
         responder = s.services.pop(hid, None)
         if responder is not None:
-            s.concurrency.pop(hid, None)
             responder.close()
-            for msg in s.asked.pop(hid, {}).values():
-                msg._owner.fail(errors.ServiceError("the responder disconnected"))
 
     def _on_declare(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, ref, name, capacity, overflow, bind, options = rec
@@ -526,59 +626,54 @@ class Broker:
         _, hid, name, concurrency = rec
         try:
             self._admit(s, hid, 0)
-            responder = self.router.serve(name, capacity=1024)
+            self._close_handle(s, hid)
+            responder = self.router.attach_responder(
+                name, lambda service: _RemoteResponder(self, s, hid, service, max(1, concurrency)))
         except errors.RingcastError as exc:
             self._error(s, hid, exc)
             return
-        self._close_handle(s, hid)
         s.services[hid] = responder
-        s.concurrency[hid] = max(1, concurrency)
-        s.asked[hid] = {}
-        self._ready.append((s, hid))
+        responder.service.refill(responder)
 
     def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        _, rid, service, timeout_ms, headers, payload = rec
-        timeout = timeout_ms / 1000.0
-
-        def done(result: Any) -> None:
-            self._call_soon(self._replied, s, rid, result)
-
+        _, rid, name, timeout_ms, headers, payload = rec
         try:
-            pending = self.router.request_cb(service, payload, done, headers, timeout=timeout)
+            service = self.router.service(name)
         except errors.RingcastError as exc:
             s.out.record(C.REPLYERR, rid, exc.code, str(exc))
             return
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        pending = _WireRequest(self, service, deadline, s, rid)
+        self._live += 1
+        service.submit(payload, headers, pending)
         if not pending.settled:
             heap = self._deadlines
-            if len(heap) > 50000:   # drop answered requests so the heap tracks live ones
+            if len(heap) > 1024 and len(heap) > 2 * self._live:
+                # answered requests leave the heap in bulk, so it tracks live ones
                 heap[:] = [e for e in heap if not e[2].settled]
                 heapq.heapify(heap)
-            heapq.heappush(heap, (time.monotonic() + timeout, next(self._seq), pending))
+            heapq.heappush(heap, (deadline, next(self._seq), pending))
 
-    def _replied(self, s: _Session, rid: int, result: Any) -> None:
-        if not s.alive:
-            return
-        if isinstance(result, BaseException):
-            code = getattr(result, "code", 0) or errors.ServiceError.code
-            s.out.record(C.REPLYERR, rid, code, str(result))
-        else:
-            s.out.record(C.REPLY, rid, result.headers, result.payload)
+    def _answer(self, s: _Session, rec: Tuple[Any, ...]) -> None:
+        """Write the answer to a remote request (on the loop thread)."""
+        self._live -= 1
+        if s.alive:
+            s.out.record(*rec)
+            self._dirty.add(s)
 
     def _on_rep(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, headers, payload = rec
-        msg = s.asked.get(hid, {}).pop(tag, None)
-        if msg is None:
-            return   # the responder answered after its handle was closed
-        msg.respond(payload, headers)
-        self._ready.append((s, hid))
+        responder = s.services.get(hid)
+        pending = None if responder is None else responder.answered(tag)
+        if pending is not None:   # else: answered after its handle was closed
+            pending.respond(None, payload, headers)
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, code, text = rec
-        msg = s.asked.get(hid, {}).pop(tag, None)
-        if msg is None:
-            return
-        msg._owner.fail(errors.error_from_code(code, text))
-        self._ready.append((s, hid))
+        responder = s.services.get(hid)
+        pending = None if responder is None else responder.answered(tag)
+        if pending is not None:
+            pending.fail(errors.error_from_code(code, text))
 
     def _on_stats(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         s.out.record(C.STATSREP, rec[1], json.dumps(self.stats(), default=str))
@@ -612,12 +707,11 @@ class Broker:
             if key in seen or not s.alive:
                 continue
             seen.add(key)
+            self._dirty.add(s)
             if hid in s.subs:
                 self._flush_sub(s, hid)
             elif hid in s.consumers:
                 self._flush_consumer(s, hid)
-            elif hid in s.services:
-                self._flush_service(s, hid)
 
     def _flush_sub(self, s: _Session, hid: int) -> None:
         sub = s.subs[hid]
@@ -655,27 +749,6 @@ class Broker:
         if len(msgs) < room and not self._arm(s, hid, consumer.queue.on_ready):
             self._ready.append((s, hid))
 
-    def _flush_service(self, s: _Session, hid: int) -> None:
-        responder = s.services[hid]
-        asked = s.asked[hid]
-        now = time.monotonic()
-        while len(asked) < s.concurrency[hid]:
-            msg = responder.recv_nowait()
-            if msg is None:
-                if not self._arm(s, hid, responder.on_ready):
-                    continue
-                return
-            pending = msg._owner
-            if pending.settled:
-                continue   # expired while queued
-            left = 60000 if pending.deadline is None else int((pending.deadline - now) * 1000)
-            if left <= 0:
-                pending.expire()
-                continue
-            tag = next(s.tags)
-            asked[tag] = msg
-            s.out.record(C.RQST, hid, tag, left, msg.subject, msg.headers, msg.payload)
-
     def _flush_out(self, s: _Session) -> None:
         if s.credit_due:
             s.out.record(C.PCREDIT, s.credit_due)
@@ -710,8 +783,11 @@ class Broker:
         for s in list(self._sessions.values()):
             if now - s.last_rx > 3 * s.heartbeat:
                 self._drop(s, "heartbeats missed", notify=False)
-            elif now - s.last_tx >= s.heartbeat and not len(s.out):
+                continue
+            if now - s.last_tx >= s.heartbeat and not len(s.out):
                 s.out.record(C.HB)
+            if len(s.out) or s.frames or s.credit_due:
+                self._dirty.add(s)   # also retries frames a full pipe refused
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from . import errors
 from ._impl import (
@@ -35,12 +35,13 @@ from ._impl import (
 )
 from ._waiting import Source, _deadline, _Dispatcher, _Signal
 from .queues import Consumer, Queue, QueueOptions, saved_definitions
-from .services import PendingRequest, Responder, _Service
+from .services import PendingRequest, Responder, ServiceMember, _Service
 from .storage import FSYNC_POLICIES
 
 log = logging.getLogger("ringcast.router")
 
 _DEFAULT_CAPACITY = 8192
+R = TypeVar("R", bound=ServiceMember)
 
 
 class Subscription(Source):
@@ -218,6 +219,8 @@ class Router(CoreRouter):
 
     def _wait_space(self, ring: Optional[Ring], deadline: Optional[float]) -> None:
         assert ring is not None, "only called after a publish reported a full ring"
+        if self._dispatcher.owner == threading.get_ident():
+            self._check_not_self_drained(ring)
         if deadline is not None and deadline <= time.monotonic():
             raise errors.WouldBlock(f"a block-policy buffer is full ({ring!r})")
         try:
@@ -228,6 +231,19 @@ class Router(CoreRouter):
             raise errors.WouldBlock(
                 f"a block-policy buffer stayed full until the deadline ({ring!r})"
             ) from None
+
+    def _check_not_self_drained(self, ring: Ring) -> None:
+        """Called from inside a callback: if ``ring`` belongs to a callback
+        subscription, only this thread (which runs callbacks one at a time)
+        would ever drain it, so waiting for room would wait on itself."""
+        for sub in list(self._subs.values()):
+            if sub.ring is ring and sub._callback is not None:
+                raise errors.WouldBlock(
+                    f"publish from inside a callback into {sub.pattern!r}, a full "
+                    f"block-policy subscription ({ring!r}) whose callbacks run on this "
+                    f"very thread: waiting for room would wait on itself. Give that "
+                    f"subscription a drop_oldest/drop_newest policy or more capacity, or "
+                    f"publish from another thread")
 
     # -- queues --------------------------------------------------------------------
     def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),
@@ -263,6 +279,8 @@ class Router(CoreRouter):
                 if opts.timed:
                     self._start_reaper()
             added = [p for p in binds if p not in q.bind]
+            if added:
+                q.hook_intake()  # bound publishes are admitted (de-duplicated) as they land
             for pattern in added:
                 self.add(pattern, q.ring)
                 q.bind += (pattern,)
@@ -287,8 +305,9 @@ class Router(CoreRouter):
     def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
                   timeout: Optional[float] = None) -> int:
         """Put many messages on a queue in one call (one log write if durable);
-        returns how many were enqueued. ``msg-id`` de-duplication applies to
-        ``send`` only."""
+        returns how many were enqueued. A ``msg-id`` header applies to every
+        message of the batch: the queue keeps the first one not seen within the
+        dedup window (only ``send`` reports a duplicate by its return value)."""
         q = self._queues.get(queue) or self.declare_queue(queue)
         return q.put_many(payloads if isinstance(payloads, list) else list(payloads),
                           headers, timeout)
@@ -306,27 +325,37 @@ class Router(CoreRouter):
         """Answer requests to ``name``. ``handler(msg)`` returns the reply
         payload; without a handler, iterate the responder and ``msg.respond``.
         Several responders of one name share its requests round-robin."""
+        return self.attach_responder(
+            name, lambda service: Responder(self, service, handler, capacity))
+
+    def attach_responder(self, name: str, make: Callable[[_Service], R]) -> R:
+        """Add ``make(service)`` to the responders of ``name``: how the broker
+        puts its remote responders beside embedded ones."""
         self._check_open()
         check_subject(name)
         with self._lock:
             service = self._services.get(name)
             if service is None:
                 service = self._services[name] = _Service(name)
-            responder = Responder(self, service, handler, capacity)
+            responder = make(service)
             service.responders.append(responder)
         return responder
+
+    def service(self, name: str) -> _Service:
+        """The service ``name``; NoResponders when nobody serves it."""
+        service = self._services.get(name)
+        if service is None or not service.responders:
+            check_subject(name)
+            raise errors.NoResponders(f"no responders for {name!r}")
+        return service
 
     def request_cb(self, name: str, payload: Any, on_done: Callable[[Any], None],
                    headers: Headers = None, *, timeout: Optional[float] = None) -> PendingRequest:
         """Start a request without waiting. ``on_done`` gets the reply Message
         or an error, exactly once; the caller expires it at ``deadline``."""
-        service = self._services.get(name)
-        if service is None or not service.responders:
-            check_subject(name)
-            raise errors.NoResponders(f"no responders for {name!r}")
+        service = self.service(name)
         pending = PendingRequest(service, on_done, _deadline(timeout))
-        service.requests += 1
-        service.dispatch(payload, headers, pending)
+        service.submit(payload, headers, pending)
         return pending
 
     def request(self, name: str, payload: Any, headers: Headers = None, *,

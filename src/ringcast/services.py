@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Tuple
 
 from . import errors
 from ._impl import Handler, Headers, Message, Ring
@@ -23,6 +23,17 @@ log = logging.getLogger("ringcast.services")
 
 #: requests waiting for a responder with room, per service
 MAX_REQUEST_BACKLOG = 1 << 20
+
+
+class ServiceMember(Protocol):
+    """What a service needs of a responder: :class:`Responder` here, the
+    broker's remote responders there."""
+
+    def has_room(self) -> bool: ...
+
+    def _offer(self, payload: Any, headers: Headers, pending: "PendingRequest") -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class PendingRequest:
@@ -55,7 +66,7 @@ class PendingRequest:
     def nack(self, msg: Message, requeue: bool = True) -> None:
         raise errors.RingcastError("requests are responded to, not nacked")
 
-    def respond(self, msg: Message, payload: Any, headers: Headers) -> None:
+    def respond(self, msg: Optional[Message], payload: Any, headers: Headers) -> None:
         reply = Message(self.service.name, payload, headers)
         if not self._settle(reply):
             self.service.late_replies += 1
@@ -131,6 +142,9 @@ class Responder(Source):
     def pending(self) -> int:
         return len(self.ring)
 
+    def has_room(self) -> bool:
+        return bool(self.ring.free) and not self.ring.closed
+
     def close(self) -> None:
         """Stop serving; queued requests go to the other responders, or fail
         with NoResponders when there are none."""
@@ -146,13 +160,7 @@ class Responder(Source):
             pending = self._pending.popleft()
             if not pending.settled:
                 self._service.dispatch(msg.payload, msg.headers, pending)
-        service = self._service
-        for other in service.responders:
-            service.refill(other)
-        if not service.responders:
-            while service.backlog:
-                service.backlog.popleft()[2].fail(
-                    errors.NoResponders(f"no responders left for {service.name!r}"))
+        self._service.responder_gone()
 
 
 def answer(msg: Message, handler: Handler) -> None:
@@ -177,13 +185,18 @@ class _Service:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.responders: List[Responder] = []
+        self.responders: List[ServiceMember] = []
         self.backlog: Deque[Tuple[Any, Headers, PendingRequest]] = collections.deque()
         self._next = 0
         self.requests = 0
         self.late_replies = 0
         self.failed = 0
         self.expired = 0
+
+    def submit(self, payload: Any, headers: Headers, pending: PendingRequest) -> None:
+        """A new request (counted) for the next responder with room."""
+        self.requests += 1
+        self.dispatch(payload, headers, pending)
 
     def dispatch(self, payload: Any, headers: Headers, pending: PendingRequest) -> None:
         """Give a request to the next responder with room, or backlog it."""
@@ -202,18 +215,30 @@ class _Service:
             return
         self.backlog.append((payload, headers, pending))
 
-    def refill(self, responder: Responder) -> None:
+    def refill(self, responder: ServiceMember) -> None:
         """Move backlogged requests into ``responder`` while it has room."""
-        while self.backlog and responder.ring.free and not responder.ring.closed:
+        while self.backlog and responder.has_room():
             payload, headers, pending = self.backlog.popleft()
             if pending.settled:
                 self.expired += 1
             else:
                 responder._offer(payload, headers, pending)
 
-    def pick(self) -> List[Responder]:
+    def pick(self) -> List[ServiceMember]:
         """Responders in round-robin order starting after the last one used."""
         n = len(self.responders)
+        if n == 1:
+            return self.responders
         start = self._next % n if n else 0
         self._next = start + 1
         return self.responders[start:] + self.responders[:start]
+
+    def responder_gone(self) -> None:
+        """After a responder left (already removed from ``responders``): the
+        others take up the backlog, or it fails when nobody is left."""
+        for other in self.responders:
+            self.refill(other)
+        if not self.responders:
+            while self.backlog:
+                self.backlog.popleft()[2].fail(
+                    errors.NoResponders(f"no responders left for {self.name!r}"))

@@ -1,0 +1,139 @@
+"""Requests between embedded and remote parties of one broker: remote
+responders sit beside embedded ones in the router's services, and answers
+cross threads (embedded handlers, the broker loop, client I/O) safely."""
+
+import threading
+
+import pytest
+
+from ringcast import errors
+from ringcast.broker import Broker
+from ringcast.client import connect
+from ringcast.router import Router
+
+
+@pytest.fixture
+def shared():
+    """An embedded router served by a broker thread, and a remote client."""
+    router = Router()
+    broker = Broker("tcp://127.0.0.1:0", router=router).start()
+    client = connect(broker.endpoints[0], timeout=10)
+    yield router, broker, client
+    client.close()
+    broker.stop()
+    router.close()
+
+
+def _serving(router, name, timeout=10.0):
+    """Wait until ``name`` has a responder (a remote SERVE is asynchronous)."""
+    deadline = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        try:
+            return router.service(name)
+        except errors.NoResponders:
+            deadline.wait(0.01)
+    raise AssertionError(f"nobody serves {name!r}")
+
+
+def test_embedded_requester_reaches_a_remote_responder(shared):
+    router, _, client = shared
+    client.serve("remote.upper", lambda m: m.payload.upper())
+    client.flush()
+    _serving(router, "remote.upper")
+    # from threads other than the broker loop: the offer is re-dispatched on the loop
+    replies = {}
+
+    def ask(i):
+        replies[i] = router.request("remote.upper", b"sku-%d" % i, timeout=10).payload
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert replies == {i: b"SKU-%d" % i for i in range(8)}
+
+
+def test_remote_requester_reaches_an_embedded_responder(shared):
+    router, _, client = shared
+    router.serve("embedded.echo", lambda m: b"echo:" + m.payload)
+    got = [client.request("embedded.echo", b"%d" % i, timeout=10).payload for i in range(50)]
+    assert got == [b"echo:%d" % i for i in range(50)]
+
+
+def test_embedded_and_remote_responders_share_requests(shared):
+    router, _, client = shared
+    seen = []
+    router.serve("both", lambda m: (seen.append("embedded"), b"e")[1])
+    client.serve("both", lambda m: b"r")
+    client.flush()
+    assert wait_responders(router, "both", 2)
+    with connect(shared[1].endpoints[0], timeout=10) as other:
+        answers = [other.request("both", b"", timeout=10).payload for _ in range(40)]
+    assert answers.count(b"e") == 20 and answers.count(b"r") == 20   # round-robin
+    assert len(seen) == 20
+
+
+def wait_responders(router, name, n, timeout=10.0):
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if len(_serving(router, name).responders) >= n:
+            return True
+        pause.wait(0.01)
+    return False
+
+
+def test_backlog_beyond_concurrency_is_answered_in_order(shared):
+    """A remote responder with concurrency 1: requests wait in the service's
+    backlog and each reply frees the slot for the next."""
+    router, broker, client = shared
+    client.serve("one.at.a.time", lambda m: m.payload, concurrency=1)
+    client.flush()
+    _serving(router, "one.at.a.time")
+    import asyncio
+
+    from ringcast.aio_client import connect as aconnect
+
+    async def many():
+        async with await aconnect(broker.endpoints[0]) as conn:
+            return await asyncio.gather(
+                *(conn.request("one.at.a.time", b"%d" % i, timeout=10) for i in range(200)))
+
+    replies = asyncio.run(many())
+    assert [r.payload for r in replies] == [b"%d" % i for i in range(200)]
+    assert router.stats()["services"]["one.at.a.time"]["backlog"] == 0
+
+
+def test_responder_leaving_fails_its_requests_and_hands_on_the_backlog(shared):
+    router, broker, client = shared
+    release = threading.Event()
+    stuck = connect(broker.endpoints[0], timeout=10)
+    stuck.serve("svc", lambda m: (release.wait(10), m.payload)[1], threaded=True,
+                concurrency=1)
+    stuck.flush()
+    _serving(router, "svc")
+    results = []
+    done = threading.Event()
+
+    def settle(result):
+        results.append(result)
+        if len(results) == 3:
+            done.set()
+
+    for i in range(3):   # one in flight at the stuck responder, two in the backlog
+        router.request_cb("svc", b"%d" % i, settle, timeout=10)
+    survivor = connect(broker.endpoints[0], timeout=10)
+    try:
+        survivor.serve("svc", lambda m: b"survivor:" + m.payload)
+        survivor.flush()
+        assert wait_responders(router, "svc", 2)
+        stuck.close(timeout=0.1)     # leaves with a request in flight
+        release.set()
+        assert done.wait(10)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        answered = sorted(r.payload for r in results if not isinstance(r, BaseException))
+        # the in-flight request fails; the backlog is answered by the survivor
+        assert len(failed) == 1 and isinstance(failed[0], errors.ServiceError)
+        assert answered == [b"survivor:1", b"survivor:2"]
+    finally:
+        survivor.close()
