@@ -142,6 +142,37 @@ cdef class Ring:
     def free(self):
         return self.capacity - (self.wpos - self.rpos)
 
+    @property
+    def first_seq(self):
+        """Sequence number of the oldest unread message (the next one to be
+        given when the ring is empty)."""
+        if self.wpos == self.rpos:
+            return self.next_seq
+        return self.slots[self.rpos & self.mask].seq
+
+    def peek_after(self, uint64_t seq):
+        """The unread messages whose sequence number is above ``seq``, oldest
+        first, left in the ring (a durable queue logs them this way while the
+        ring stays the bounded buffer)."""
+        cdef uint64_t pos = self.wpos
+        cdef rc_slot *slot
+        cdef list out = []
+        cdef Message m
+        while pos != self.rpos and self.slots[(pos - 1) & self.mask].seq > seq:
+            pos -= 1
+        while pos != self.wpos:
+            slot = &self.slots[pos & self.mask]
+            m = Message.__new__(Message)
+            m.subject = <str>slot.subject
+            m.payload = <object>slot.payload
+            m.headers = <object>slot.headers if slot.headers != NULL else None
+            m.seq = slot.seq
+            m.timestamp_ns = slot.stamp
+            m.delivery_count = 1
+            out.append(m)
+            pos += 1
+        return out
+
     cdef int push(self, object subject, object payload, object headers) except -2:
         cdef rc_slot *slot
         cdef rc_slot old

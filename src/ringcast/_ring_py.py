@@ -116,6 +116,24 @@ class Ring:
     def __len__(self) -> int:
         return self._wpos - self._rpos
 
+    @property
+    def first_seq(self) -> int:
+        if self._wpos == self._rpos:
+            return self._next_seq
+        slot = self._slots[self._rpos % self.capacity]
+        assert slot is not None
+        return slot[0]
+
+    def peek_after(self, seq: int) -> List[Message]:
+        out: List[Message] = []
+        for pos in range(self._rpos, self._wpos):
+            slot = self._slots[pos % self.capacity]
+            assert slot is not None
+            if slot[0] > seq:
+                s, stamp, subject, payload, headers = slot
+                out.append(Message(subject, payload, headers, s, timestamp_ns=stamp))
+        return out
+
     def full(self) -> bool:
         return self._wpos - self._rpos >= self.capacity
 
