@@ -98,7 +98,17 @@ class Queue:
         # With an ack deadline: delivered and owed, oldest first: tag -> (consumer, msg, deadline).
         self._inflight: "collections.OrderedDict[int, Tuple[Consumer, Message, float]]" = \
             collections.OrderedDict()
+        # msg-id -> when it may be accepted again; ids whose send() checked
+        # them but whose message is still in the ring (not yet admitted)
         self._seen_ids: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self._claimed: Dict[str, int] = {}
+        # Highest ring seq admitted, and the verdicts on admitted messages still
+        # in the ring, oldest first: (ring seq, log id) for every one of a durable
+        # queue, (ring seq, 0) for a duplicate (dropped when taken off the ring).
+        self._journaled = 0
+        self._ids: Deque[Tuple[int, int]] = collections.deque()
+        self._hooked = False
+        self._dups_in_ring = 0  # (ring seq, 0) entries of _ids: not counted in depth
         self._tags = itertools.count(1)
         # Guards the Python-side bookkeeping above against concurrent consumers,
         # journal hooks and the reaper (single dict/deque ops are atomic under
@@ -117,7 +127,7 @@ class Queue:
                                 fsync=options.fsync or router.fsync,
                                 segment_bytes=options.segment_bytes)
             self._recover()
-            self.ring.set_hook(self._journal)
+            self.hook_intake()
             self.save_definition()
 
     # -- definition (durable queues) ------------------------------------------------
@@ -136,30 +146,42 @@ class Queue:
         os.replace(tmp, path)
 
     # -- intake -------------------------------------------------------------------
+    #
+    # Every path into a queue -- ``Router.send``/``send_many`` and publishes on
+    # bound subjects, embedded or from the broker -- pushes into the native
+    # intake ring, so ``capacity`` and ``overflow`` bound a durable queue
+    # exactly as an in-memory one. A message becomes the queue's own when it is
+    # *admitted*: de-duplicated by its ``msg-id`` header and, if durable,
+    # logged. A durable queue admits in its ring hook, before the publisher's
+    # call returns, and leaves the message in the ring; an in-memory queue
+    # admits when a consumer takes messages off the ring.
     def put(self, payload: Any, headers: Headers, timeout: Optional[float]) -> bool:
         """Enqueue one message (``Router.send``); False if a duplicate id."""
-        msg_id = headers.get(MSG_ID_HEADER) if headers else None
-        if msg_id is not None and self._duplicate(msg_id):
-            return False
         if self.log is not None:
             check_message(payload, headers)
-            self._log_and_ready([Message(self.name, payload, headers, 0, False, 1, time.time_ns())])
-            return True
-        if self.ring.put(self.name, payload, headers) < 0:
-            deadline = _deadline(timeout)
-            while self.ring.put(self.name, payload, headers) < 0:
-                self._router._wait_space(self.ring, deadline)
+        msg_id = headers.get(MSG_ID_HEADER) if headers else None
+        if msg_id is not None and not self._claim(msg_id):
+            return False
+        try:
+            rc = self.ring.put(self.name, payload, headers)
+            if rc < 0:
+                deadline = _deadline(timeout)
+                while rc < 0:
+                    self._router._wait_space(self.ring, deadline)
+                    rc = self.ring.put(self.name, payload, headers)
+        except BaseException:
+            if msg_id is not None:
+                self._unclaim(msg_id)  # not enqueued: a retry must land
+            raise
+        if rc == 0 and msg_id is not None:
+            self._unclaim(msg_id)  # dropped by drop_newest: a retry must land
         return True
 
     def put_many(self, payloads: List[Any], headers: Headers, timeout: Optional[float]) -> int:
         """Enqueue many payloads in one native call (one log write if durable)."""
         if self.log is not None:
-            now = time.time_ns()
             for p in payloads:
                 check_message(p, headers)
-            self._log_and_ready([Message(self.name, p, headers, 0, False, 1, now)
-                                 for p in payloads])
-            return len(payloads)
         done: int = self.ring.put_many(self.name, payloads, headers)
         deadline = _deadline(timeout)
         while done < len(payloads):
@@ -167,32 +189,149 @@ class Queue:
             done += self.ring.put_many(self.name, payloads[done:], headers)
         return done
 
-    def _duplicate(self, msg_id: str) -> bool:
-        now = time.monotonic()
+    # -- de-duplication (call the helpers below with the lock held) ---------------
+    def _forget_ids(self, now: float) -> None:
         seen = self._seen_ids
         while seen and next(iter(seen.values())) < now:
-            seen.popitem(last=False)
-        if msg_id in seen:
-            self.counters["duplicates"] += 1
+            msg_id, _ = seen.popitem(last=False)
+            self._claimed.pop(msg_id, None)
+
+    def _claim(self, msg_id: str) -> bool:
+        """``send``'s check: False (counted) for an id seen within the window;
+        else remember it, and that its message is on its way through the ring
+        (admitting it there must not count it as its own duplicate)."""
+        with self._lock:
+            now = time.monotonic()
+            self._forget_ids(now)
+            if msg_id in self._seen_ids:
+                self.counters["duplicates"] += 1
+                return False
+            self._seen_ids[msg_id] = now + self.options.dedup_window
+            self._claimed[msg_id] = self._claimed.get(msg_id, 0) + 1
             return True
-        seen[msg_id] = now + self.options.dedup_window
-        return False
+
+    def _unclaim(self, msg_id: str) -> None:
+        with self._lock:
+            left = self._claimed.get(msg_id, 0) - 1
+            if left < 0:
+                return
+            if left:
+                self._claimed[msg_id] = left
+            else:
+                del self._claimed[msg_id]
+                self._seen_ids.pop(msg_id, None)
+
+    def _admit(self, msgs: List[Message]) -> List[Message]:
+        """The messages of ``msgs`` that are not duplicates (in order)."""
+        if not any(m.headers for m in msgs):
+            return msgs
+        now = time.monotonic()
+        self._forget_ids(now)
+        seen, claimed = self._seen_ids, self._claimed
+        window = self.options.dedup_window
+        out = []
+        for m in msgs:
+            msg_id = m.headers.get(MSG_ID_HEADER) if m.headers else None
+            if msg_id is not None:
+                n = claimed.get(msg_id)
+                if n:  # the one a send() checked and let through
+                    if n > 1:
+                        claimed[msg_id] = n - 1
+                    else:
+                        del claimed[msg_id]
+                elif msg_id in seen:
+                    self.counters["duplicates"] += 1
+                    continue
+                else:
+                    seen[msg_id] = now + window
+            out.append(m)
+        return out
+
+    # -- admission at publish time (durable queues, queues with bindings) -------
+    def hook_intake(self) -> None:
+        """Admit (and, if durable, log) messages in the pushing thread, before
+        its publish or send returns: what a durable queue needs, and what makes
+        de-duplication of bound publishes as immediate as ``send``'s. Queues
+        without either admit when a consumer takes messages off the ring."""
+        if not self._hooked:
+            self._hooked = True
+            self.ring.set_hook(self._journal)
+            self._journal()  # whatever arrived before the hook was set
+            self._signal.notify()  # waiters armed on the ring's one-shot slot
 
     def _journal(self) -> None:
-        """Ring hook of a durable queue: log what a publish pushed, before the
-        publisher's call returns (so a return means durable per fsync)."""
-        msgs = self.ring.pop_many(1 << 20)
-        if msgs:
-            self._log_and_ready(msgs)
+        """The ring hook: admit what a publish or send pushed. The messages
+        stay in the ring, which stays the bounded buffer; ``_ids`` remembers
+        the verdict per ring sequence number until they are taken."""
+        with self._lock:
+            self._forget_marks(self.ring.first_seq)
+            new = self.ring.peek_after(self._journaled)
+            if not new:
+                return
+            self._journaled = new[-1].seq
+            kept = self._admit(new)
+            self._dups_in_ring += len(new) - len(kept)
+            if self.log is not None:
+                self._append(kept)
+                self._ids.extend([(m.seq, m._id) for m in new])  # log id, 0: duplicate
+            elif len(kept) != len(new):
+                keep = {id(m) for m in kept}
+                self._ids.extend([(m.seq, 0) for m in new if id(m) not in keep])
+        self._signal.notify()
 
-    def _log_and_ready(self, msgs: List[Message]) -> None:
+    def _forget_marks(self, first_seq: int) -> None:
+        """Drop the verdicts of messages below ``first_seq``: they left the
+        ring without being taken (``drop_oldest`` evicted them); a logged one
+        is settled, so it does not come back after a restart."""
+        ids = self._ids
+        while ids and ids[0][0] < first_seq:
+            log_id = ids.popleft()[1]
+            if not log_id:
+                self._dups_in_ring -= 1
+            elif self.log is not None:
+                self.log.settle(log_id)
+
+    def _append(self, msgs: List[Message]) -> None:
         assert self.log is not None
+        if not msgs:
+            return
         ids = self.log.append([(m.timestamp_ns, m.subject, m.payload, m.headers) for m in msgs])
         for m, i in zip(msgs, ids):
             m._id = i
-        with self._lock:
-            self._ready.extend(msgs)
-        self._signal.notify()
+
+    def _taken(self, msgs: List[Message]) -> List[Message]:
+        """Messages just taken off the ring (lock held), made deliverable:
+        duplicates left out, log ids attached. Those the hook has not seen
+        (no hook, or their publisher's hook has not run yet) are admitted and
+        logged here; the hook will find them gone."""
+        ids = self._ids
+        journaled = self._journaled
+        out: List[Message] = []
+        late = msgs
+        for i, m in enumerate(msgs):
+            seq = m.seq
+            if seq > journaled:
+                late = msgs[i:]
+                break
+            if ids:
+                self._forget_marks(seq)
+                if ids and ids[0][0] == seq:
+                    mark = ids.popleft()[1]
+                    if not mark:
+                        self._dups_in_ring -= 1
+                        continue  # a duplicate, counted when it was admitted
+                    m._id = mark
+            out.append(m)
+        else:
+            return out
+        self._journaled = late[-1].seq
+        late = self._admit(late)
+        if self.log is not None:
+            self._append(late)
+        if not out:
+            return late
+        out.extend(late)
+        return out
 
     def _recover(self) -> None:
         assert self.log is not None
@@ -209,11 +348,19 @@ class Queue:
                      self.name, len(self._ready), self.log.truncated_bytes)
 
     # -- delivery -------------------------------------------------------------------
+    def _refill(self) -> None:
+        """Move up to _REFILL admitted messages from the intake ring to _ready."""
+        while not self._ready:
+            msgs = self.ring.pop_many(_REFILL)
+            if not msgs:
+                return
+            self._ready.extend(self._taken(msgs))
+
     def _next(self) -> Optional[Message]:
         if self._returned:
             return self._returned.popleft()
-        if not self._ready and self.log is None:
-            self._ready.extend(self.ring.pop_many(_REFILL))
+        if not self._ready:
+            self._refill()
         if self._ready:
             return self._ready.popleft()
         return None
@@ -222,11 +369,12 @@ class Queue:
         """Hand up to ``limit`` deliverable messages to ``consumer``, applying
         TTL and max_deliver on the way."""
         out: List[Message] = []
+        dead: List[Tuple[Message, str, bool]] = []
         opts = self.options
         timed_ttl = opts.ttl is not None
         with self._lock:
             if self._inflight:
-                self.reap()
+                self._reap(dead)
             ready = self._ready
             while len(out) < limit:
                 if ready and not self._returned:  # the common case, inline
@@ -239,12 +387,12 @@ class Queue:
                 if (timed_ttl or (msg.headers and TTL_HEADER in msg.headers)) \
                         and self._expired(msg):
                     self.counters["expired"] += 1
-                    self._dead_letter(msg, "expired", drop=opts.on_expire == "drop")
+                    dead.append((msg, "expired", opts.on_expire == "drop"))
                     continue
                 if msg.redelivered:  # a copy that counts this delivery too
                     count = msg.delivery_count + 1
                     if opts.max_deliver and count > opts.max_deliver:
-                        self._dead_letter(msg, "max_deliver")
+                        dead.append((msg, "max_deliver", False))
                         continue
                     self.counters["redelivered"] += 1
                     again = Message(msg.subject, msg.payload, msg.headers, msg.seq, True,
@@ -259,6 +407,7 @@ class Queue:
                 out.append(msg)
             if self.log is not None and out:
                 self.log.delivered([m._id for m in out])
+        self._dead_letter_all(dead)
         return out
 
     def _expired(self, msg: Message) -> bool:
@@ -289,7 +438,19 @@ class Queue:
         if self.log is not None and msg._id:
             self.log.settle(msg._id)
 
+    def _dead_letter_all(self, dead: List[Tuple[Message, str, bool]]) -> None:
+        for msg, reason, drop in dead:
+            self._dead_letter(msg, reason, drop)
+
     def _dead_letter(self, msg: Message, reason: str, drop: bool = False) -> None:
+        """Send ``msg`` to the dead-letter queue (or drop it) and settle it.
+
+        Never call this with the lock held: the send takes the dead-letter
+        queue's lock (durable, or de-duplicating), and two queues that
+        dead-letter into each other, consumed from two threads, would each
+        hold their own lock while waiting for the other's. Callers collect
+        under the lock and call this after releasing it; the message is
+        settled here only after the send, so it is never lost."""
         if self.dead_letter is None or drop:
             log.info("queue %r: %s message seq=%d dropped (no dead-letter queue)",
                      self.name, reason, msg.seq)
@@ -300,36 +461,44 @@ class Queue:
                             "x-original-subject": msg.subject})
             try:
                 self._router.send(self.dead_letter, msg.payload, headers, timeout=0)
-                self.counters["dead_lettered"] += 1
+                counter = "dead_lettered"
             except errors.RingcastError as exc:
-                self.counters["dead_letter_failed"] += 1
+                counter = "dead_letter_failed"
                 log.error("queue %r: could not dead-letter seq=%d to %r (%s); dropped",
                           self.name, msg.seq, self.dead_letter, exc)
+            with self._lock:
+                self.counters[counter] += 1
         self._settle(msg)
 
     def reap(self) -> None:
         """Take back deliveries whose ack deadline passed (oldest first) and
         expire messages at the head whose TTL ran out."""
+        dead: List[Tuple[Message, str, bool]] = []
         with self._lock:
-            now = time.monotonic()
-            late = []
-            inflight = self._inflight
-            while inflight:
-                tag, (consumer, msg, deadline) = next(iter(inflight.items()))
-                if not deadline or deadline > now:
-                    break
-                del inflight[tag]
-                consumer._unacked.pop(tag, None)
-                late.append(msg)
-            if late:
-                self.counters["ack_timeouts"] += len(late)
-                log.warning("queue %r: %d deliveries missed their ack deadline; redelivering",
-                            self.name, len(late))
-                self._requeue(late)
-            if self.options.ttl is not None:
-                self._expire_head()
+            self._reap(dead)
+        self._dead_letter_all(dead)
 
-    def _expire_head(self) -> None:
+    def _reap(self, dead: List[Tuple[Message, str, bool]]) -> None:
+        """``reap`` with the lock held; what to dead-letter goes to ``dead``."""
+        now = time.monotonic()
+        late = []
+        inflight = self._inflight
+        while inflight:
+            tag, (consumer, msg, deadline) = next(iter(inflight.items()))
+            if not deadline or deadline > now:
+                break
+            del inflight[tag]
+            consumer._unacked.pop(tag, None)
+            late.append(msg)
+        if late:
+            self.counters["ack_timeouts"] += len(late)
+            log.warning("queue %r: %d deliveries missed their ack deadline; redelivering",
+                        self.name, len(late))
+            self._requeue(late)
+        if self.options.ttl is not None:
+            self._expire_head(dead)
+
+    def _expire_head(self, dead: List[Tuple[Message, str, bool]]) -> None:
         while True:
             head = self._next()
             if head is None:
@@ -338,7 +507,7 @@ class Queue:
                 (self._returned if head.redelivered else self._ready).appendleft(head)
                 return
             self.counters["expired"] += 1
-            self._dead_letter(head, "expired", drop=self.options.on_expire == "drop")
+            dead.append((head, "expired", self.options.on_expire == "drop"))
 
     # -- settlement (called by Consumer) -------------------------------------------------
     def _owed(self, consumer: "Consumer", msg: Message) -> None:
@@ -367,9 +536,12 @@ class Queue:
     def _arm(self) -> bool:
         if self._returned or self._ready:
             return False
-        if self.log is not None:
-            return True  # the journal hook notifies
-        return bool(self.ring.arm_ready(self._signal.notify))
+        if not self._hooked:
+            try:
+                return bool(self.ring.arm_ready(self._signal.notify))
+            except errors.RingcastError:
+                pass  # hooked by a bind declared meanwhile
+        return not len(self.ring)  # the intake hook notifies
 
     def on_ready(self, callback: Callable[[], None]) -> bool:
         """One-shot ``callback()`` when a message is next available to consumers;
@@ -380,7 +552,8 @@ class Queue:
     @property
     def depth(self) -> int:
         """Messages waiting for a consumer (not counting unacked ones)."""
-        return len(self.ring) + len(self._ready) + len(self._returned)
+        return max(0, len(self.ring) - self._dups_in_ring) + len(self._ready) + \
+            len(self._returned)
 
     @property
     def unacked(self) -> int:
