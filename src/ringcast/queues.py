@@ -223,8 +223,11 @@ class Queue:
 
     def _admit(self, msgs: List[Message]) -> List[Message]:
         """The messages of ``msgs`` that are not duplicates (in order)."""
-        if not any(m.headers for m in msgs):
-            return msgs
+        for m in msgs:
+            if m.headers:
+                break
+        else:
+            return msgs  # the common case: no headers, nothing to check
         now = time.monotonic()
         self._forget_ids(now)
         seen, claimed = self._seen_ids, self._claimed
@@ -263,17 +266,21 @@ class Queue:
         """The ring hook: admit what a publish or send pushed. The messages
         stay in the ring, which stays the bounded buffer; ``_ids`` remembers
         the verdict per ring sequence number until they are taken."""
+        ring = self.ring
         with self._lock:
-            self._forget_marks(self.ring.first_seq)
-            new = self.ring.peek_after(self._journaled)
+            ids = self._ids
+            if ids and ids[0][0] < ring.first_seq:
+                self._forget_marks(ring.first_seq)
+            new = ring.peek_after(self._journaled)
             if not new:
                 return
             self._journaled = new[-1].seq
             kept = self._admit(new)
-            self._dups_in_ring += len(new) - len(kept)
+            if kept is not new:
+                self._dups_in_ring += len(new) - len(kept)
             if self.log is not None:
                 self._append(kept)
-                self._ids.extend([(m.seq, m._id) for m in new])  # log id, 0: duplicate
+                ids.extend([(m.seq, m._id) for m in new])  # log id, 0: duplicate
             elif len(kept) != len(new):
                 keep = {id(m) for m in kept}
                 self._ids.extend([(m.seq, 0) for m in new if id(m) not in keep])
@@ -314,7 +321,8 @@ class Queue:
                 late = msgs[i:]
                 break
             if ids:
-                self._forget_marks(seq)
+                if ids[0][0] < seq:
+                    self._forget_marks(seq)
                 if ids and ids[0][0] == seq:
                     mark = ids.popleft()[1]
                     if not mark:
