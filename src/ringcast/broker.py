@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import zmq
 
@@ -55,11 +55,18 @@ DEFAULT_MAX_CAPACITY = 1 << 20
 DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
+#: after input, the loop polls this long (seconds) before it sleeps: a reply
+#: or the next request arriving within it costs no wake-up of the broker
+DEFAULT_SPIN = 0.0
+#: publish credit owed to a client waits this long for other output to ride on
+CREDIT_DELAY = 0.001
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
 _ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE, C.REQ))
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
+# plain ints: pyzmq's enum arithmetic costs more than the calls it flags
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 class _Session:
@@ -74,7 +81,8 @@ class _Session:
         self.out = C.Writer()
         self.frames: Deque[bytes] = collections.deque()
         self.parked: Deque[Tuple[C.Reader, int]] = collections.deque()
-        self.credit_due = 0
+        self.credit_due = 0      # publish credit to give back (bytes)
+        self.credit_since = 0.0  # when it became due
         self.subs: Dict[int, Any] = {}           # handle -> Subscription
         self.sub_credit: Dict[int, int] = {}
         self.consumers: Dict[int, Any] = {}      # handle -> Consumer
@@ -196,7 +204,7 @@ class Broker:
                  max_handles: int = DEFAULT_MAX_HANDLES, heartbeat: float = 1.0,
                  max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
                  max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
-                 context: Optional[zmq.Context] = None) -> None:
+                 spin: float = DEFAULT_SPIN, context: Optional[zmq.Context] = None) -> None:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
         # data_dir/fsync: where durable queues live (ignored when a router is given)
         self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
@@ -207,6 +215,8 @@ class Broker:
         self.max_message = max_message
         self.max_subject = max_subject
         self.window = max(window, max_frame)
+        # seconds to keep polling without sleeping after input (0: never spin)
+        self.spin = max(0.0, spin)
         self.endpoints: List[str] = []
         self._ctx = context or zmq.Context.instance()
         self._sessions: Dict[bytes, _Session] = {}
@@ -216,6 +226,7 @@ class Broker:
         self._deadlines: List[Tuple[float, int, Any]] = []  # heap of (deadline, n, PendingRequest)
         self._live = 0           # remote requests not answered yet (to prune the heap)
         self._dirty: Set[_Session] = set()                # sessions with output to send
+        self._owed: Set[_Session] = set()                 # ... with only credit, held back
         self._seq = itertools.count()
         self._subjects: Dict[str, str] = {}
         self._counts: Dict[str, int] = {}
@@ -291,7 +302,7 @@ class Broker:
 
     def _close(self) -> None:
         for s in list(self._sessions.values()):
-            self._flush_out(s)
+            self._flush_out(s, force=True)
         for s in list(self._sessions.values()):
             self._drop(s, "broker stopping", notify=False)
         assert self._sock is not None
@@ -330,13 +341,20 @@ class Broker:
         poller.register(self._wake_rx, zmq.POLLIN)
         next_timer = 0.0
         tick = min(self.heartbeat / 4, 0.25)
+        spin = self.spin
+        last_input = 0.0
         while not self._stopping:
             busy = bool(self._ready or self._calls or self._retry)
             now = time.monotonic()
-            timeout = 0 if busy else max(0, int((next_timer - now) * 1000) + 1)
-            if self._deadlines and not busy:
-                timeout = min(timeout, max(0, int((self._deadlines[0][0] - now) * 1000) + 1))
-            poller.poll(timeout)
+            if not busy and now - last_input < spin and self._spin(
+                    sock, min(last_input + spin, now + CREDIT_DELAY) if self._owed
+                    else last_input + spin):
+                busy = True   # input arrived while spinning: no poll, no sleep
+            if not busy:
+                timeout = 1 if self._owed else max(0, int((next_timer - now) * 1000) + 1)
+                if self._deadlines:
+                    timeout = min(timeout, max(0, int((self._deadlines[0][0] - now) * 1000) + 1))
+                poller.poll(timeout)
             with self._wake_lock:
                 if self._wake_pending:
                     self._wake_pending = False
@@ -349,18 +367,32 @@ class Broker:
                 if now >= next_timer:
                     self._heartbeats(now)
                     next_timer = now + tick
-                self._step(sock, now)
+                if self._step(sock, now):
+                    last_input = now
             except Exception:  # a bug must not take every client's broker down
                 self.counters["internal_errors"] += 1
                 log.exception("internal error in the broker loop")
 
-    def _step(self, sock: zmq.Socket, now: float) -> None:
-        """One pass: read what arrived, apply it, move deliveries, send."""
-        for _ in range(512):
+    def _spin(self, sock: zmq.Socket, until: float) -> bool:
+        """Wait for input without sleeping, until ``until``: a client that
+        answers within the window is served with no thread wake-up here."""
+        events = sock.getsockopt
+        clock = time.monotonic
+        while not (cast(int, events(_EVENTS)) & _POLLIN):
+            if self._calls or self._stopping or clock() >= until:
+                return bool(self._calls)
+        return True
+
+    def _step(self, sock: zmq.Socket, now: float) -> int:
+        """One pass: read what arrived, apply it, move deliveries, send.
+        Returns the number of frames read."""
+        n = 0
+        while n < 512 and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 break
+            n += 1
             if len(parts) == 2:
                 self._on_frame(parts[0], parts[1], now)
         while self._calls:
@@ -375,11 +407,15 @@ class Broker:
         self._flush_ready()
         if self._deadlines:
             self._expire(now)
+        if self._owed:
+            self._dirty |= self._owed
+            self._owed.clear()
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             for s in dirty:
                 if s.alive:
                     self._flush_out(s)
+        return n
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
@@ -399,6 +435,8 @@ class Broker:
                 if not self._process(s, reader):
                     s.parked.append((reader, len(frame)))
                     return
+                if not s.credit_due:
+                    s.credit_since = now
                 s.credit_due += len(frame)
             else:
                 self._process(s, reader)
@@ -482,6 +520,8 @@ class Broker:
                 self._drop(s, str(exc))
                 return
             s.parked.popleft()
+            if not s.credit_due:
+                s.credit_since = time.monotonic()
             s.credit_due += size
             self._dirty.add(s)
 
@@ -749,10 +789,16 @@ class Broker:
         if len(msgs) < room and not self._arm(s, hid, consumer.queue.on_ready):
             self._ready.append((s, hid))
 
-    def _flush_out(self, s: _Session) -> None:
+    def _flush_out(self, s: _Session, force: bool = False) -> None:
         if s.credit_due:
-            s.out.record(C.PCREDIT, s.credit_due)
-            s.credit_due = 0
+            # credit rides with other output (a reply, deliveries) when it can:
+            # alone it waits up to CREDIT_DELAY unless it is a large share
+            if force or len(s.out) or s.frames or s.credit_due * 4 >= self.window \
+                    or time.monotonic() - s.credit_since >= CREDIT_DELAY:
+                s.out.record(C.PCREDIT, s.credit_due)
+                s.credit_due = 0
+            else:
+                self._owed.add(s)
         if len(s.out):
             s.frames.append(s.out.take())
         while s.frames:
@@ -802,7 +848,7 @@ class Broker:
             return
         s.alive = False
         if notify:
-            self._flush_out(s)
+            self._flush_out(s, force=True)
         self._sessions.pop(s.ident, None)
         for hid in list(s.subs) + list(s.consumers) + list(s.services):
             self._close_handle(s, hid)

@@ -46,6 +46,9 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
                    help="directory of the durable queues' logs (needed for durable=True)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                    help="default fsync policy of durable queues (docs/reliability.md)")
+    p.add_argument("--spin-us", type=int, default=0, metavar="US",
+                   help="after input, poll this many microseconds before sleeping: lower "
+                        "request latency for a core kept busy (default 0: never spin)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -56,7 +59,7 @@ def _broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
-                    data_dir=args.data_dir, fsync=args.fsync,
+                    data_dir=args.data_dir, fsync=args.fsync, spin=args.spin_us / 1e6,
                     max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
                     max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE)
     stop = threading.Event()

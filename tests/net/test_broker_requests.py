@@ -12,11 +12,12 @@ from ringcast.client import connect
 from ringcast.router import Router
 
 
-@pytest.fixture
-def shared():
-    """An embedded router served by a broker thread, and a remote client."""
+@pytest.fixture(params=[0.0, 0.002], ids=["sleeping", "spinning"])
+def shared(request):
+    """An embedded router served by a broker thread (which sleeps in poll, or
+    spins after input), and a remote client."""
     router = Router()
-    broker = Broker("tcp://127.0.0.1:0", router=router).start()
+    broker = Broker("tcp://127.0.0.1:0", router=router, spin=request.param).start()
     client = connect(broker.endpoints[0], timeout=10)
     yield router, broker, client
     client.close()
@@ -137,3 +138,32 @@ def test_responder_leaving_fails_its_requests_and_hands_on_the_backlog(shared):
         assert answered == [b"survivor:1", b"survivor:2"]
     finally:
         survivor.close()
+
+
+def test_spinning_broker_process_serves_and_stops_promptly(procs):
+    """``--spin-us``: the loop polls without sleeping after input; requests,
+    publishes and SIGTERM all still get through."""
+    import time
+
+    from .conftest import HEARTBEAT, BrokerProcess
+
+    broker = BrokerProcess("tcp://127.0.0.1:0", "--spin-us", "5000").start()
+    try:
+        with connect(broker.url, heartbeat=HEARTBEAT, timeout=10) as c:
+            c.serve("echo", lambda m: m.payload)
+            sub = c.subscribe("spin.>")
+            c.flush()
+            assert [c.request("echo", b"%d" % i, timeout=10).payload
+                    for i in range(100)] == [b"%d" % i for i in range(100)]
+            for i in range(1000):
+                c.publish("spin.x", b"%d" % i)
+            c.flush()
+            got = []
+            while len(got) < 1000:
+                got += [m.payload for m in sub.recv_many(1000, timeout=10)]
+            assert got == [b"%d" % i for i in range(1000)]
+        t = time.monotonic()
+    finally:
+        broker.stop()   # SIGTERM, waits for the exit
+    assert broker.proc.returncode == 0
+    assert time.monotonic() - t < 5
