@@ -28,13 +28,30 @@ cdef class Message:
     cdef readonly bint redelivered
     cdef readonly unsigned int delivery_count
     cdef readonly uint64_t timestamp_ns
-    # settlement handle: the queue consumer for acks, the reply slot for requests
-    cdef public object _owner
+    # settlement handle: the queue consumer for acks, the reply slot for
+    # requests (Python sees it as ``_owner``)
+    cdef object owner
     cdef public uint64_t _tag
     # id of the record in a durable queue's log (0: not durable)
     cdef public uint64_t _id
 
     cdef object _settlement(self)
+
+
+cdef extern from *:   # the CPython API, already included
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_UnTrack(void *o)
+    void PyObject_GC_Track(void *o)
+
+
+cdef inline Message untracked(Message m):
+    """Take ``m`` out of the cyclic garbage collector when nothing it holds
+    can lead back to it (str subject, untracked payload, no headers, no
+    owner), as CPython does for tuples of atomic values: a batch of received
+    messages then costs the collector nothing."""
+    if m.headers is None and m.owner is None and not PyObject_GC_IsTracked(m.payload):
+        PyObject_GC_UnTrack(<void *>m)
+    return m
 
 
 cdef class Ring:

@@ -70,13 +70,23 @@ cdef class Message:
         """Answer a request received through ``serve``."""
         self._settlement().respond(self, payload, headers)
 
+    @property
+    def _owner(self):
+        return self.owner
+
+    @_owner.setter
+    def _owner(self, value):
+        self.owner = value
+        if value is not None and not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(<void *>self)   # it may now be part of a cycle
+
     cdef object _settlement(self):
-        if self._owner is None:
+        if self.owner is None:
             raise RingcastError(
                 "this message was not delivered by a queue consumer or a responder; "
                 "there is nothing to ack, nack or respond to"
             )
-        return self._owner
+        return self.owner
 
     def __repr__(self):
         p = self.payload
@@ -230,7 +240,7 @@ cdef class Ring:
         Py_DECREF(<object>slot.subject)
         Py_DECREF(<object>slot.payload)
         Py_XDECREF(<PyObject *>slot.headers)
-        return m
+        return untracked(m)
 
     cdef object fire_ready(self):
         cb = self.on_ready
