@@ -31,3 +31,12 @@ def test_a_lost_session_with_unconfirmed_sends_fails_the_next_confirm():
     with pytest.raises(errors.ConnectionLost, match="unconfirmed"):
         proto.take_loss()
     proto.take_loss()  # reported once
+
+
+def test_subscription_window_defaults_to_the_capacity_up_to_the_broker_cap():
+    proto = ClientProtocol("t")
+    assert proto.subscribe("a.>", 1000, "block").window == 1000
+    assert proto.subscribe("b.>", 1 << 20, "drop_oldest").window == 1 << 16
+    assert proto.subscribe("c.>", 1 << 20, "block", window=64).window == 64
+    sub_records = [h.record for h in proto.handles.values()]
+    assert [r[-1] for r in sub_records] == [1000, 1 << 16, 64]   # what SUB asks for

@@ -80,8 +80,10 @@ FORMATS = {
 
 # Format strings indexed by command byte, for the decoder's inner loop.
 cdef object _FMT_BY_BYTE = [None] * 256
+cdef bint _KNOWN_CMD[256]      # the same, as a plain C test for the record loop
 for _c, _f in FORMATS.items():
     _FMT_BY_BYTE[_c] = _f.encode()
+    _KNOWN_CMD[_c] = True
 
 DEFAULT_MAX_FRAME = 4 << 20
 DEFAULT_MAX_MESSAGE = 1 << 20
@@ -532,7 +534,7 @@ cdef class Reader:
             raise LimitExceeded(f"record of {ln} bytes exceeds the limit of {self.max_record}")
         if ln > avail - RC_REC_HDR:
             raise ProtocolError(f"record at offset {self.pos} runs past the end of the frame")
-        if _FMT_BY_BYTE[cmd] is None:
+        if not _KNOWN_CMD[cmd]:
             raise UnknownCommand(f"unknown command 0x{cmd:02x} at offset {self.pos}")
         self.b = self.pos + RC_REC_HDR
         self.e = self.b + ln

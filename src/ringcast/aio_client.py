@@ -318,7 +318,7 @@ class Connection:
                   window: Optional[int] = None,
                   callback: Optional[Callable[[Message], Any]] = None) -> "Subscription":
         """As ``Client.subscribe``; ``callback`` may be a coroutine function."""
-        h = self.proto.subscribe(pattern, capacity, overflow, window or min(capacity, 8192))
+        h = self.proto.subscribe(pattern, capacity, overflow, window)
         if callback is not None:
             self._handlers[h.id] = callback
         return Subscription(self, h)

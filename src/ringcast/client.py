@@ -337,8 +337,9 @@ class Client:
                   callback: Optional[Handler] = None) -> "Subscription":
         """Receive messages on subjects matching ``pattern``. ``capacity`` and
         ``overflow`` configure the buffer held for you at the broker;
-        ``window`` bounds messages in flight to this process."""
-        h = self.proto.subscribe(pattern, capacity, overflow, window or min(capacity, 8192))
+        ``window`` bounds messages in flight to this process (default: the
+        capacity, up to 65536)."""
+        h = self.proto.subscribe(pattern, capacity, overflow, window)
         if callback is not None:
             self._callbacks[h.id] = callback
             self._start_worker(h, callback)

@@ -36,6 +36,8 @@ FRAME_TARGET = 64 << 10
 #: how long past a request's deadline the client waits for the broker's own
 #: Timeout answer before failing the request itself
 REQUEST_GRACE = 0.05
+#: largest default subscription window (the broker caps any window at 65536)
+MAX_WINDOW = 1 << 16
 #: publishes buffered beyond the broker's credit before ``publish`` must wait
 QUEUED_LIMIT = 1 << 20
 
@@ -376,8 +378,12 @@ class ClientProtocol:
 
     # -- commands ---------------------------------------------------------------------
     def subscribe(self, pattern: str, capacity: int, overflow: str,
-                  window: int) -> RemoteSubscription:
+                  window: Optional[int] = None) -> RemoteSubscription:
+        """``window`` (messages in flight to this process) defaults to the
+        broker-side capacity, up to MAX_WINDOW: a subscription sized for
+        bursts also streams them without waiting on credit round trips."""
         check_pattern(pattern)
+        window = window or min(capacity, MAX_WINDOW)
         with self.lock:
             h = RemoteSubscription(self, next(self.ids), pattern, capacity, overflow, window)
             self.handles[h.id] = h
