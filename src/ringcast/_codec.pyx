@@ -312,6 +312,7 @@ cdef class Outbox:
     #: called as ``wait(timeout)`` before adding to a stream over its limit
     cdef public object wait
     cdef dict valid
+    cdef object last_subject   # the last subject that passed the check
     cdef object check_subject
     cdef object clock
 
@@ -358,10 +359,12 @@ cdef class Outbox:
         """Buffer one PUB record (see ``Client.publish``)."""
         cdef Py_ssize_t size
         cdef bint started, cut
-        if type(subject) is not str or PyDict_GetItem(self.valid, subject) == NULL:
-            self.check_subject(subject)
-            if len(self.valid) < 4096:
-                self.valid[subject] = True
+        if subject is not self.last_subject:   # a loop publishes one subject: no lookup
+            if type(subject) is not str or PyDict_GetItem(self.valid, subject) == NULL:
+                self.check_subject(subject)
+                if len(self.valid) < 4096:
+                    self.valid[subject] = True
+            self.last_subject = subject
         size = PyBytes_GET_SIZE(payload) if type(payload) is bytes else len(payload)
         if size > self.max_message:
             raise LimitExceeded(

@@ -28,7 +28,7 @@ def policy_code(name):
         ) from None
 
 
-@cython.freelist(512)
+@cython.freelist(4096)
 cdef class Message:
     """One delivered message.
 
