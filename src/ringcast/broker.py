@@ -60,6 +60,9 @@ MAX_BACKLOG = 256
 DEFAULT_SPIN = 0.0
 #: publish credit owed to a client waits this long for other output to ride on
 CREDIT_DELAY = 0.001
+#: requests for one responder leave in frames of about this many bytes, so that
+#: it works on the first ones while the broker still routes the rest
+REQUEST_SPLIT = 1024
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
@@ -166,8 +169,12 @@ class _RemoteResponder:
         s = self.session
         tag = next(s.tags)
         self.asked[tag] = pending
-        s.out.record(C.RQST, self.hid, tag, left, self.service.name, headers, payload)
-        broker._dirty.add(s)
+        out = s.out
+        out.record(C.RQST, self.hid, tag, left, self.service.name, headers, payload)
+        if len(out) >= REQUEST_SPLIT:
+            broker._flush_out(s)   # the responder starts on these while we go on
+        else:
+            broker._dirty.add(s)
         return True
 
     def answered(self, tag: int) -> Optional[PendingRequest]:
