@@ -61,6 +61,11 @@ class Writer:
     def clear(self) -> None: ...
 
 @final
+class NoLock:
+    def __enter__(self) -> None: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+@final
 class Outbox:
     """A client's ordered stream: records batched into frames waiting for credit."""
 

@@ -14,7 +14,6 @@ thread can share one protocol object.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import logging
@@ -230,7 +229,7 @@ class ClientProtocol:
         self.name = name
         self.heartbeat = heartbeat
         self.linger = linger
-        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.lock = lock if lock is not None else C.NoLock()
         self.outbox = C.Outbox(check_subject, time.monotonic, FRAME_TARGET, QUEUED_LIMIT)
         self.outbox.kick = lambda: self.kick()
         self.urgent_w = C.Writer(4096)
@@ -445,7 +444,7 @@ class ClientProtocol:
         with self.lock:
             rid = next(self.ids)
             self.requests[rid] = (service, settle, time.monotonic() + timeout + REQUEST_GRACE)
-            self._ordered(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
+            self.outbox.record(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
             return rid
 
     def expire_requests(self, now: float) -> None:
