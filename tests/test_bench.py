@@ -144,7 +144,7 @@ def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("scenario,baselines", [
-    ("reqrep", ["pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"]),
+    ("reqrep", ["ringcast --spin-us 1000", "pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"]),
     ("reqrep-pipelined", ["pyzmq DEALER/ROUTER", "zmq.proxy ROUTER/DEALER"]),
 ])
 def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines):
@@ -273,3 +273,12 @@ def test_no_external_flag(tmp_path, capsys):
     opts = bench.Options(count=100, external=False)
     assert bench._external_rows("pubsub", opts, bench.Progress(enabled=False), 1) == []
     assert "skipping redis-server + redis-py: --no-external" in capsys.readouterr().err
+
+
+def test_table_compares_baselines_with_ringcast_and_not_its_variants():
+    rows = [bench.Result("reqrep", "ringcast", 16, 1, 2000.0, 2000.0),
+            bench.Result("reqrep", "ringcast --spin-us 1000", 16, 1, 3000.0, 3000.0),
+            bench.Result("reqrep", "pyzmq REQ/REP", 16, 1, 8000.0, 8000.0)]
+    last = [line.split()[-1] for line in bench.render_table(rows).splitlines()[2:]]
+    # the last column is "lost" (0) where there is no ratio
+    assert last == ["0", "0", "0.2"]   # ringcast, its variant: none; baseline 2000/8000

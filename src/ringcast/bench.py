@@ -12,7 +12,7 @@ run, on the same payloads, and returns one :class:`Result` row per system;
 ``msgs_per_s`` counts messages *received* (per subscriber, for fan-out),
 ``deliveries_per_s`` every copy received by every subscriber, ``lost`` is
 deliveries owed minus deliveries received. ``system`` is ``"ringcast"`` for
-our rows.
+our rows (``"ringcast <option>"`` for a variant, such as a spinning broker).
 
 Adding a scenario is one function decorated with :func:`scenario`; it gets
 the :class:`Options` and a :class:`Progress` and returns its rows. Scenarios
@@ -662,6 +662,7 @@ END = "bench.end"
 IDLE = 3.0            # seconds without a message before a receiver gives up
 FIRST_WAIT = 30.0     # ... and for the first message (a loaded machine starts slowly)
 SERVICE = "bench.echo"
+SPIN = 0.001          # the reqrep scenario's second broker spins this long after input
 QUEUE = "bench.work"
 
 
@@ -687,11 +688,11 @@ def _send_stream(opts: Options, send_one: Callable[[], None],
     return sent, t0
 
 
-def _broker_child(ctl: "_ChildControl", sample: bool = False) -> Any:
+def _broker_child(ctl: "_ChildControl", sample: bool = False, spin: float = 0.0) -> Any:
     """A ringcast broker; with ``sample``, returns its RSS over time on stop."""
     from .broker import Broker
 
-    broker = Broker("tcp://127.0.0.1:0").start()
+    broker = Broker("tcp://127.0.0.1:0", spin=spin).start()
     try:
         ctl.ready(broker.endpoints[0])
         if sample:
@@ -1582,7 +1583,8 @@ def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> 
                   p50_us=res["p50"], p99_us=res["p99"], lost=0)
 
 
-@scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99); "
+@scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99), "
+          "sleeping and spinning (--spin-us 1000); "
           "baselines pyzmq REQ/REP direct, REQ -> ROUTER/DEALER proxy -> REP, and "
           "nats-server + nats-py request() where installed",
           group="broker")
@@ -1595,6 +1597,11 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
                           [("requester", _rc_requester_child, (url, opts))],
                           peers=[("responder", _rc_responder_child, (url,))])
     rows.append(_latency_row(name, "ringcast", opts, res))
+    with _server("broker", _broker_child, False, SPIN) as url:
+        (res,) = _measure(f"{name} ringcast --spin-us", opts, progress,
+                          [("requester", _rc_requester_child, (url, opts))],
+                          peers=[("responder", _rc_responder_child, (url,))])
+    rows.append(_latency_row(name, f"ringcast --spin-us {int(SPIN * 1e6)}", opts, res))
     ep = free_tcp_endpoint()
     (res,) = _measure(f"{name} pyzmq", opts, progress, [("req", _zmq_req_child, (ep, opts))],
                       peers=[("rep", _zmq_rep_child, (ep, True))])
@@ -1877,7 +1884,8 @@ def render_table(results: Sequence[Result]) -> str:
         ours = next((r for r in rs if r.system == "ringcast"), None)
         for r in rs:
             ratio = ""
-            if ours is not None and r is not ours and r.deliveries_per_s > 0:
+            if ours is not None and not r.system.startswith("ringcast") \
+                    and r.deliveries_per_s > 0:
                 ratio = f"{ours.deliveries_per_s / r.deliveries_per_s:.1f}"
             rows.append((
                 r.scenario, r.system, str(r.size), str(r.subscribers),
