@@ -86,4 +86,5 @@ cdef class Ring:
     # Fire on_ready if armed (call after a push, outside any slot update).
     cdef object fire_ready(self)
     cdef object fire_space(self)
+    cdef Message slot_message(self, rc_slot *slot)
     cdef Message make_message(self, rc_slot *slot)

@@ -165,21 +165,11 @@ cdef class Ring:
         first, left in the ring (a durable queue logs them this way while the
         ring stays the bounded buffer)."""
         cdef uint64_t pos = self.wpos
-        cdef rc_slot *slot
         cdef list out = []
-        cdef Message m
         while pos != self.rpos and self.slots[(pos - 1) & self.mask].seq > seq:
             pos -= 1
         while pos != self.wpos:
-            slot = &self.slots[pos & self.mask]
-            m = Message.__new__(Message)
-            m.subject = <str>slot.subject
-            m.payload = <object>slot.payload
-            m.headers = <object>slot.headers if slot.headers != NULL else None
-            m.seq = slot.seq
-            m.timestamp_ns = slot.stamp
-            m.delivery_count = 1
-            out.append(m)
+            out.append(untracked(self.slot_message(&self.slots[pos & self.mask])))
             pos += 1
         return out
 
@@ -228,8 +218,8 @@ cdef class Ring:
         self.rpos += 1
         return 1
 
-    cdef Message make_message(self, rc_slot *slot):
-        """Build a Message from a taken slot, consuming the slot's references."""
+    cdef Message slot_message(self, rc_slot *slot):
+        """A Message of a slot's contents; the slot keeps its references."""
         cdef Message m = Message.__new__(Message)
         m.subject = <str>slot.subject
         m.payload = <object>slot.payload
@@ -237,6 +227,11 @@ cdef class Ring:
         m.seq = slot.seq
         m.timestamp_ns = slot.stamp
         m.delivery_count = 1
+        return m
+
+    cdef Message make_message(self, rc_slot *slot):
+        """Build a Message from a taken slot, consuming the slot's references."""
+        cdef Message m = self.slot_message(slot)
         Py_DECREF(<object>slot.subject)
         Py_DECREF(<object>slot.payload)
         Py_XDECREF(<PyObject *>slot.headers)
