@@ -214,15 +214,26 @@ class _Service:
                 f"{MAX_REQUEST_BACKLOG} requests already wait"))
             return
         self.backlog.append((payload, headers, pending))
+        # A responder on another thread may have made room after we found it
+        # full, and refilled from a backlog still without this request: take
+        # it up now, or it waits for that responder's next answer (if any).
+        for responder in list(self.responders):
+            if responder.has_room():
+                self.refill(responder)
 
     def refill(self, responder: ServiceMember) -> None:
         """Move backlogged requests into ``responder`` while it has room."""
         while self.backlog and responder.has_room():
-            payload, headers, pending = self.backlog.popleft()
+            try:
+                item = self.backlog.popleft()
+            except IndexError:   # another thread took the last one
+                return
+            payload, headers, pending = item
             if pending.settled:
                 self.expired += 1
-            else:
-                responder._offer(payload, headers, pending)
+            elif not responder._offer(payload, headers, pending):
+                self.backlog.appendleft(item)   # filled up meanwhile: keep its place
+                return
 
     def pick(self) -> List[ServiceMember]:
         """Responders in round-robin order starting after the last one used."""

@@ -167,3 +167,58 @@ def test_spinning_broker_process_serves_and_stops_promptly(procs):
         broker.stop()   # SIGTERM, waits for the exit
     assert broker.proc.returncode == 0
     assert time.monotonic() - t < 5
+
+
+def test_request_backlogged_as_a_remote_responder_makes_room_is_still_sent(shared, monkeypatch):
+    """An embedded requester (its own thread) finds the remote responder full
+    and backlogs its request just after the broker loop freed the slot and
+    found the backlog empty: the request must still go out, not wait for an
+    answer that will never come."""
+    from ringcast import broker as broker_mod
+
+    router, broker, client = shared
+    gate, got_first = threading.Event(), threading.Event()
+
+    def handler(m):
+        if m.payload == b"first":
+            got_first.set()
+            gate.wait(10)
+        return m.payload
+
+    client.serve("svc", handler, threaded=True, concurrency=1)
+    client.flush()
+    _serving(router, "svc")
+
+    full_seen, proceed = threading.Event(), threading.Event()
+    original = broker_mod._RemoteResponder._offer
+
+    def offer(self, payload, headers, pending):
+        took = original(self, payload, headers, pending)
+        if not took and payload == b"second" and not full_seen.is_set():
+            full_seen.set()   # found full; the slot frees before we backlog
+            proceed.wait(10)
+        return took
+
+    monkeypatch.setattr(broker_mod._RemoteResponder, "_offer", offer)
+    first: list = []
+    t1 = threading.Thread(target=lambda: first.append(router.request("svc", b"first",
+                                                                         timeout=10)))
+    t1.start()
+    assert got_first.wait(10)
+    second: list = []
+
+    def ask_second():
+        try:
+            second.append(router.request("svc", b"second", timeout=3).payload)
+        except errors.RingcastError as exc:
+            second.append(exc)
+
+    t2 = threading.Thread(target=ask_second)
+    t2.start()
+    assert full_seen.wait(10)
+    gate.set()
+    t1.join(10)   # answered: the broker loop freed the slot, backlog still empty
+    assert first and first[0].payload == b"first"
+    proceed.set()
+    t2.join(10)
+    assert second == [b"second"]
