@@ -489,8 +489,8 @@ class Broker:
         met a full block-policy buffer: the reader stays at that record."""
         while True:
             cmd = reader.peek()
-            if cmd == -1:
-                return True
+            if cmd == -1 or not s.alive:   # a record may drop the session (a flush
+                return True                # for its responder, BYE): the rest is void
             if cmd == C.PUB:
                 reader.route(self._publish, self._counts)
                 if reader.peek() == C.PUB:   # a block-policy ring is full

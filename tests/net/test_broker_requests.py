@@ -222,3 +222,38 @@ def test_request_backlogged_as_a_remote_responder_makes_room_is_still_sent(share
     proceed.set()
     t2.join(10)
     assert second == [b"second"]
+
+
+def test_session_dropped_mid_frame_applies_none_of_the_rest(shared, zsocket, monkeypatch):
+    """A request for a responder flushes that responder's output mid-frame;
+    when that drops the responder's session (it does not read) and the frame
+    is the same session's, the records after it must not be applied to the
+    dropped session: a subscription made there would never be closed."""
+    import zmq
+
+    from ringcast import _codec as C
+    from ringcast import broker as broker_mod
+
+    from .conftest import wait_for
+
+    router, broker, client = shared
+    sock = zsocket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"not-reading")
+    sock.connect(broker.endpoints[0])
+    w = C.Writer()
+    w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "raw")
+    sock.send(w.take())
+    assert sock.poll(10000) and C.Reader(sock.recv()).events()[0][0] == C.WELCOME
+
+    send = broker._send
+    monkeypatch.setattr(broker_mod, "MAX_BACKLOG", 0)   # the first refused frame drops it
+    monkeypatch.setattr(broker, "_send", lambda ident, frame: ident != b"not-reading"
+                        and send(ident, frame))
+    w.record(C.SERVE, 1, "self.svc", 4)
+    w.record(C.REQ, 1, "self.svc", 10000, None, b"x" * (broker_mod.REQUEST_SPLIT + 100))
+    w.record(C.SUB, 2, "leak.>", 16, 0, 16)
+    sock.send(w.take())
+    assert wait_for(lambda: broker.counters["sessions_dropped"] >= 1)
+    client.stats()   # the loop is past that frame
+    patterns = [s["pattern"] for s in router.stats()["subscriptions"]]
+    assert "leak.>" not in patterns
