@@ -386,8 +386,9 @@ class Broker:
         events = sock.getsockopt
         clock = time.monotonic
         while not (cast(int, events(_EVENTS)) & _POLLIN):
-            if self._calls or self._stopping or clock() >= until:
-                return bool(self._calls)
+            if self._wake_pending or self._calls or self._stopping or clock() >= until:
+                # _wake_pending: another thread queued work (a ready ring: _mark)
+                return bool(self._wake_pending or self._calls)
         return True
 
     def _step(self, sock: zmq.Socket, now: float) -> int:

@@ -257,3 +257,21 @@ def test_session_dropped_mid_frame_applies_none_of_the_rest(shared, zsocket, mon
     client.stats()   # the loop is past that frame
     patterns = [s["pattern"] for s in router.stats()["subscriptions"]]
     assert "leak.>" not in patterns
+
+
+def test_spinning_broker_serves_wake_ups_from_other_threads():
+    """While the loop spins after input, a publish from an embedded thread to
+    a remote subscriber is delivered at once, not when the spin ends."""
+    from .conftest import barrier
+
+    router = Router()
+    broker = Broker("tcp://127.0.0.1:0", router=router, spin=30.0).start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=30, timeout=10) as c:
+            sub = c.subscribe("wake.>")
+            barrier(c)   # the last input: the broker spins from here
+            router.publish("wake.x", b"from another thread")
+            assert sub.recv(timeout=3).payload == b"from another thread"
+    finally:
+        broker.stop()
+        router.close()
