@@ -509,7 +509,13 @@ class Broker:
 
     def _park(self, s: _Session, ring: Any) -> bool:
         self.counters["publisher_waits"] += 1
-        if ring is None or not ring.arm_space(lambda: self._call_soon(self._wakeup, s.ident)):
+        # a ring has one space callback: wait through the router's space signal,
+        # which every waiter arms alike and which wakes them all (other parked
+        # sessions, embedded publishers), instead of taking the slot from them
+        space = self.router._space
+        if ring is None or not space.on_ready(
+                lambda: self._call_soon(self._wakeup, s.ident),
+                lambda: bool(ring.arm_space(space.notify))):
             self._retry.add(s.ident)
         return False
 

@@ -275,3 +275,28 @@ def test_spinning_broker_serves_wake_ups_from_other_threads():
     finally:
         broker.stop()
         router.close()
+
+
+def test_two_remote_publishers_blocked_on_one_ring_both_resume(shared):
+    """A ring has one space callback: two sessions parked on the same full
+    block-policy ring must both be retried once it drains, or the first one
+    keeps its frame (and its publish credit) forever."""
+    from .conftest import wait_for
+
+    router, broker, a = shared
+    sub = router.subscribe("bp.>", capacity=4, overflow="block")
+    with connect(broker.endpoints[0], timeout=10) as b:
+        for i in range(8):
+            a.publish("bp.x", b"a%d" % i)
+        assert wait_for(lambda: broker.counters["publisher_waits"] >= 1)
+        b.publish("bp.x", b"b0")
+        assert wait_for(lambda: broker.counters["publisher_waits"] >= 2)
+        got = []
+        while len(got) < 9:
+            try:
+                got.append(sub.recv(timeout=3).payload)
+            except errors.Timeout:
+                break
+        assert sorted(got) == sorted([b"a%d" % i for i in range(8)] + [b"b0"])
+        a.flush(timeout=5)
+        b.flush(timeout=5)
