@@ -109,21 +109,28 @@ class _WireRequest(PendingRequest):
         self.session = session
         self.rid = rid
 
+    # Settled only on the broker loop (answers from other threads are handed
+    # to it), so an answer racing the deadline is applied once, never twice.
     def respond(self, msg: Optional[Message], payload: Any, headers: Any) -> None:
-        if self.settled:
+        broker = self.broker
+        if threading.get_ident() != broker._loop_ident:
+            broker._call_soon(self.respond, msg, payload, headers)
+        elif self.settled:
             self.service.late_replies += 1
-            return
-        self.settled = True
-        self.broker._call_soon(self.broker._answer, self.session,
-                               (C.REPLY, self.rid, headers, payload))
+        else:
+            self.settled = True
+            broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
+        broker = self.broker
+        if threading.get_ident() != broker._loop_ident:
+            broker._call_soon(self._settle, result)
+            return True
         if self.settled:
             return False
         self.settled = True
         code = getattr(result, "code", 0) or errors.ServiceError.code
-        self.broker._call_soon(self.broker._answer, self.session,
-                               (C.REPLYERR, self.rid, code, str(result)))
+        broker._answer(self.session, (C.REPLYERR, self.rid, code, str(result)))
         return True
 
 
@@ -150,10 +157,10 @@ class _RemoteResponder:
         self.closed = False
 
     def has_room(self) -> bool:
-        return not self.closed and len(self.asked) < self.concurrency
+        return not self.closed and self.session.alive and len(self.asked) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if self.closed or len(self.asked) >= self.concurrency:
+        if not self.has_room():
             return False
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
@@ -171,8 +178,10 @@ class _RemoteResponder:
         self.asked[tag] = pending
         out = s.out
         out.record(C.RQST, self.hid, tag, left, self.service.name, headers, payload)
-        if len(out) >= REQUEST_SPLIT:
-            broker._flush_out(s)   # the responder starts on these while we go on
+        if len(out) >= REQUEST_SPLIT and not s.frames:
+            # the responder starts on these while we go on (not while its pipe
+            # is backed up: MAX_BACKLOG counts frames)
+            broker._flush_out(s)
         else:
             broker._dirty.add(s)
         return True
@@ -186,8 +195,12 @@ class _RemoteResponder:
 
     def close(self) -> None:
         """Requests it holds fail (the responder is gone); the backlog goes to
-        the other responders."""
+        the other responders. From another thread (``Router.close()``), on
+        the loop."""
         if self.closed:
+            return
+        if threading.get_ident() != self.broker._loop_ident:
+            self.broker._call_soon(self.close)
             return
         self.closed = True
         self.service.responders.remove(self)
@@ -351,7 +364,7 @@ class Broker:
         spin = self.spin
         last_input = 0.0
         while not self._stopping:
-            busy = bool(self._ready or self._calls or self._retry)
+            busy = bool(self._ready or self._calls or self._retry or self._dirty)
             now = time.monotonic()
             if not busy and now - last_input < spin and self._spin(
                     sock, min(last_input + spin, now + CREDIT_DELAY) if self._owed

@@ -300,3 +300,51 @@ def test_two_remote_publishers_blocked_on_one_ring_both_resume(shared):
         assert sorted(got) == sorted([b"a%d" % i for i in range(8)] + [b"b0"])
         a.flush(timeout=5)
         b.flush(timeout=5)
+
+
+def test_an_answer_racing_the_deadline_is_applied_once(shared):
+    """An embedded responder answering a remote request on its own thread
+    while the broker expires it: exactly one answer reaches the requester."""
+    import time
+
+    from ringcast.broker import _WireRequest
+    from ringcast.services import _Service
+
+    _, broker, _ = shared
+    service = _Service("race")
+    answers = []
+    broker._answer = lambda s, rec: answers.append(rec[0])   # what reaches the wire
+
+    def respond(req, go):
+        go.wait()
+        req.respond(None, b"r", None)
+
+    for _ in range(50):
+        answers.clear()
+        req = _WireRequest(broker, service, time.monotonic() + 10, None, 7)
+        go = threading.Barrier(2)
+        t = threading.Thread(target=respond, args=(req, go))
+        t.start()
+        go.wait()
+        broker._call_soon(req.expire)
+        t.join()
+        processed = threading.Event()
+        broker._call_soon(processed.set)   # after both, in order
+        assert processed.wait(10)
+        assert len(answers) == 1 and req.settled
+    del broker._answer
+
+
+def test_router_closed_while_the_broker_runs_closes_remote_responders_on_the_loop(shared):
+    router, broker, client = shared
+    client.serve("closing", lambda m: m.payload, concurrency=4)
+    client.flush()
+    service = _serving(router, "closing")
+    router.close()   # from this thread; the remote responder is closed by the loop
+    deadline = threading.Event()
+    for _ in range(1000):
+        if not service.responders:
+            break
+        deadline.wait(0.01)
+    assert service.responders == []
+    assert broker.counters["internal_errors"] == 0
