@@ -70,6 +70,7 @@ _ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SER
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 class _Session:
@@ -408,14 +409,21 @@ class Broker:
         """One pass: read what arrived, apply it, move deliveries, send.
         Returns the number of frames read."""
         n = 0
-        while n < 512 and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-            try:
-                parts = sock.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                break
+        recv, option = sock.recv, sock.getsockopt
+        while n < 512 and cast(int, option(_EVENTS)) & _POLLIN:
+            # [identity, frame] from a client; more parts are a protocol error
+            ident = cast(bytes, recv(_NOBLOCK))
+            frame = recv(_NOBLOCK) if option(_RCVMORE) else None
+            parts = 2
+            while option(_RCVMORE):
+                recv(_NOBLOCK)
+                parts += 1
             n += 1
-            if len(parts) == 2:
-                self._on_frame(parts[0], parts[1], now)
+            if frame is not None and parts == 2:
+                self._on_frame(ident, cast(bytes, frame), now)
+            else:
+                self._refuse(ident, errors.ProtocolError(
+                    f"a message must be one frame, not {parts - 1}"))
         while self._calls:
             fn, args = self._calls.popleft()
             fn(*args)
@@ -471,6 +479,21 @@ class Broker:
             log.exception("internal error on a frame from %r; dropping its session", s.name)
             self._error(s, 0, errors.RingcastError(f"internal broker error: {exc}"))
             self._drop(s, "internal error")
+
+    def _refuse(self, ident: bytes, exc: errors.RingcastError) -> None:
+        """Answer input that is not a frame at all: ERR, and the session (if
+        any) ends, as for a frame that does not decode."""
+        self.counters["protocol_errors"] += 1
+        s = self._sessions.get(ident)
+        if s is None:
+            self.counters["refused_frames"] += 1
+            w = C.Writer(256)
+            w.record(C.ERR, 0, exc.code, str(exc))
+            self._send(ident, w.take())
+            return
+        log.warning("client %r sent a bad message: %s; dropping its session", s.name, exc)
+        self._error(s, 0, exc)
+        self._drop(s, str(exc))
 
     def _hello(self, ident: bytes, frame: bytes, now: float) -> None:
         try:
@@ -839,7 +862,10 @@ class Broker:
     def _send(self, ident: bytes, frame: bytes) -> bool:
         assert self._sock is not None
         try:
-            self._sock.send_multipart((ident, frame), zmq.NOBLOCK)
+            # as two sends: a ROUTER takes a message's later parts once it took
+            # the first, and this skips send_multipart's flag arithmetic
+            self._sock.send(ident, _NOBLOCK | _SNDMORE)
+            self._sock.send(frame, _NOBLOCK)
             return True
         except zmq.Again:
             return False

@@ -70,7 +70,16 @@ MATRIX = {
                              errors.LimitExceeded.code, False),
     "unknown overflow policy": ([hello(), rec(SUB, uv(1) + st("a") + uv(8) + uv(9) + uv(1))],
                                 errors.LimitExceeded.code, False),
+    # a tuple is one multipart message: the protocol allows one frame per message
+    "multipart message, no session": ([(hello(), b"more")], errors.ProtocolError.code, True),
+    "multipart message in a session": ([hello(), (rec(PUB, st("a.b") + uv(0) + b"x"), b"y")],
+                                       errors.ProtocolError.code, True),
 }
+
+
+def send_all(sock, frames):
+    for frame in frames:   # a tuple is one multipart message
+        sock.send_multipart(frame) if isinstance(frame, tuple) else sock.send(frame)
 
 
 def answers(sock, timeout=2.0, until=ERR):
@@ -111,8 +120,7 @@ def test_bad_input_gets_its_answer_and_spares_the_others(case, broker, client, z
     frames, code, ends_session = MATRIX[case]
     bad = zsocket(zmq.DEALER)
     bad.connect(broker.url)
-    for frame in frames:
-        bad.send(frame)
+    send_all(bad, frames)
     got = answers(bad)
     errs = [err_code(body) for cmd, body in got if cmd == ERR]
     assert errs, f"no ERR for {case}: {got}"
@@ -129,8 +137,7 @@ def test_repeated_abuse_does_not_grow_the_broker(broker, client, zsocket):
             bad = zsocket(zmq.DEALER)
             bad.connect(broker.url)
             for frames, _, _ in MATRIX.values():
-                for frame in frames:
-                    bad.send(frame)
+                send_all(bad, frames)
             bad.close(linger=0)
 
     abuse(5)  # warm up allocator pools and caches
