@@ -52,7 +52,10 @@ def test_twenty_consumer_kills_lose_nothing(broker, client, procs):
     for _ in range(kills):
         victim = run_script(WORKER, broker.url)
         procs.append(victim)
-        assert take(victim, rng.randrange(20, 120)), "worker died on its own"
+        if not take(victim, rng.randrange(20, 120)):
+            victim.wait(10)
+            pytest.fail(f"worker died on its own (exit {victim.returncode}): "
+                        f"{victim.stderr.read()[-2000:]}")
         victim.kill()  # SIGKILL, mid-stream: with unacked messages in hand
         victim.wait(10)
         for line in victim.stdout.readlines():  # what it printed before dying counts
