@@ -708,3 +708,20 @@ def test_non_iterable_payloads_and_subjectless_messages_are_wrong_types(impl, co
         core.try_publish_many("a.b", None)
     with pytest.raises(TypeError):
         impl.Message(None, b"x")
+
+
+def test_a_run_of_one_subject_sees_subscription_changes_at_once(impl, core):
+    """Publishing one subject object again and again (a frame, a loop) skips
+    the cache probe; every subscribe / unsubscribe in between still counts."""
+    subject = "orders.placed"
+    first, second = ring(impl), ring(impl)
+    core.add("orders.*", first)
+    assert core.publish(subject, b"1") == 1
+    core.add("orders.>", second)              # between two publishes of one subject
+    assert core.publish(subject, b"2") == 2
+    core.remove("orders.*", first)
+    assert core.publish(subject, b"3") == 1
+    core.clear_cache()
+    assert core.publish(subject, b"4") == 1
+    assert [m.payload for m in first.pop_many()] == [b"1", b"2"]
+    assert [m.payload for m in second.pop_many()] == [b"2", b"3", b"4"]

@@ -17,6 +17,9 @@ cdef class _Match:
 cdef class CoreRouter:
     cdef _Node root
     cdef dict cache
+    cdef object memo_subject   # the last subject looked up, its cache and match
+    cdef dict memo_cache
+    cdef _Match memo_match
     cdef readonly Py_ssize_t cache_max
     cdef readonly Py_ssize_t subscriptions
     cdef readonly unsigned long long published

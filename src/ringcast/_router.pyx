@@ -222,10 +222,17 @@ cdef class CoreRouter:
         return True
 
     cdef _Match lookup(self, str subject):
+        # a run of one subject (a frame, a publish loop) skips the hash probe;
+        # the memo holds the cache dict it came from, so replacing the cache
+        # (any subscription change) invalidates it
+        if subject is self.memo_subject and self.cache is self.memo_cache:
+            return self.memo_match
         cdef PyObject *hit = PyDict_GetItem(self.cache, subject)
-        if hit != NULL:
-            return <_Match>hit
-        return self._miss(subject)
+        cdef _Match m = <_Match>hit if hit != NULL else self._miss(subject)
+        self.memo_subject = subject
+        self.memo_cache = self.cache
+        self.memo_match = m
+        return m
 
     cdef _Match _miss(self, str subject):
         _check(subject, False)
