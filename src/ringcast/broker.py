@@ -37,7 +37,7 @@ import zmq
 
 from . import _codec as C
 from . import errors
-from ._impl import Message
+from ._impl import USE_EXTENSIONS, Message
 from .queues import queue_options_from_wire
 from .router import Router
 from .services import PendingRequest, _Service
@@ -258,7 +258,10 @@ class Broker:
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._sock: Optional[zmq.Socket] = None
-        self._publish = self.router   # the native router itself: no Python call per message
+        # the native router itself: no Python call per message (the pure-Python
+        # core of RINGCAST_NO_EXTENSIONS=1 is called per message instead)
+        self._publish = self.router if USE_EXTENSIONS else self.router.try_publish
+        self._write_ring = C.Writer.write_ring if USE_EXTENSIONS else _write_ring_py
         self.counters: "collections.Counter[str]" = collections.Counter()
         self._start_error: Optional[BaseException] = None
 
@@ -810,7 +813,7 @@ class Broker:
             credit = s.sub_credit[hid]
             if credit <= 0:
                 return   # CREDIT from the client re-marks it
-            n = s.out.write_ring(ring, hid, credit, FRAME_TARGET)
+            n = self._write_ring(s.out, ring, hid, credit, FRAME_TARGET)
             s.sub_credit[hid] = credit - n
             if len(s.out) >= FRAME_TARGET:
                 s.frames.append(s.out.take())
@@ -911,7 +914,9 @@ class Broker:
 
     # -- introspection ------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Router counts, per-subject publish counts, drops, clients, memory."""
+        """Router counts, per-subject publish counts, drops, clients, memory,
+        and which core routes (``native``, or ``python`` under
+        RINGCAST_NO_EXTENSIONS=1)."""
         rs = self.router.stats()
         subs = rs.get("subscriptions", [])
         return {
@@ -927,7 +932,21 @@ class Broker:
             "counters": dict(self.counters),
             "memory_rss": _rss(),
             "endpoints": list(self.endpoints),
+            "core": "native" if USE_EXTENSIONS else "python",
         }
+
+
+def _write_ring_py(out: C.Writer, ring: Any, hid: int, max_count: int, max_bytes: int) -> int:
+    """``Writer.write_ring`` for the rings of the pure-Python core: the same
+    MSG records, one Message at a time."""
+    n = 0
+    while n < max_count and len(out) < max_bytes:
+        m = ring.pop()
+        if m is None:
+            break
+        out.record(C.MSG, hid, m.seq, m.subject, m.headers, m.payload)
+        n += 1
+    return n
 
 
 def _rss() -> int:
