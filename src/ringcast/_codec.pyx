@@ -247,13 +247,18 @@ cdef class Writer:
         self._record(cmd, fields)
         return self.length
 
-    def write_ring(self, Ring ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
+    def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
         """Move up to ``max_count`` messages out of ``ring`` as MSG records,
-        stopping once the frame reaches ``max_bytes``; returns how many."""
+        stopping once the frame reaches ``max_bytes``; returns how many. A
+        native Ring is read slot by slot (no Python object per message); any
+        other ring (the pure-Python core's) a Message at a time, by ``pop()``."""
+        if not isinstance(ring, Ring):
+            return self._write_popped(ring, handle, max_count, max_bytes)
+        cdef Ring native = <Ring>ring
         cdef rc_slot s
         cdef Py_ssize_t n = 0
         cdef size_t start
-        while n < max_count and self.length < max_bytes and ring.take(&s):
+        while n < max_count and self.length < max_bytes and native.take(&s):
             n += 1
             try:
                 start = self._begin(MSG)
@@ -268,7 +273,18 @@ cdef class Writer:
                 Py_XDECREF(<PyObject *>s.payload)
                 Py_XDECREF(<PyObject *>s.headers)
         if n:
-            ring.fire_space()
+            native.fire_space()
+        return n
+
+    cdef Py_ssize_t _write_popped(self, object ring, uint64_t handle, Py_ssize_t max_count,
+                                  size_t max_bytes) except -1:
+        cdef Py_ssize_t n = 0
+        while n < max_count and self.length < max_bytes:
+            m = ring.pop()
+            if m is None:
+                break
+            self._record(MSG, (handle, m.seq, m.subject, m.headers, m.payload))
+            n += 1
         return n
 
     def take(self):

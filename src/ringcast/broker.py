@@ -261,7 +261,6 @@ class Broker:
         # the native router itself: no Python call per message (the pure-Python
         # core of RINGCAST_NO_EXTENSIONS=1 is called per message instead)
         self._publish = self.router if USE_EXTENSIONS else self.router.try_publish
-        self._write_ring = C.Writer.write_ring if USE_EXTENSIONS else _write_ring_py
         self.counters: "collections.Counter[str]" = collections.Counter()
         self._start_error: Optional[BaseException] = None
 
@@ -813,7 +812,7 @@ class Broker:
             credit = s.sub_credit[hid]
             if credit <= 0:
                 return   # CREDIT from the client re-marks it
-            n = self._write_ring(s.out, ring, hid, credit, FRAME_TARGET)
+            n = s.out.write_ring(ring, hid, credit, FRAME_TARGET)
             s.sub_credit[hid] = credit - n
             if len(s.out) >= FRAME_TARGET:
                 s.frames.append(s.out.take())
@@ -934,19 +933,6 @@ class Broker:
             "endpoints": list(self.endpoints),
             "core": "native" if USE_EXTENSIONS else "python",
         }
-
-
-def _write_ring_py(out: C.Writer, ring: Any, hid: int, max_count: int, max_bytes: int) -> int:
-    """``Writer.write_ring`` for the rings of the pure-Python core: the same
-    MSG records, one Message at a time."""
-    n = 0
-    while n < max_count and len(out) < max_bytes:
-        m = ring.pop()
-        if m is None:
-            break
-        out.record(C.MSG, hid, m.seq, m.subject, m.headers, m.payload)
-        n += 1
-    return n
 
 
 def _rss() -> int:
