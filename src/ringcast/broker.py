@@ -113,14 +113,14 @@ class _WireRequest(PendingRequest):
     # Settled only on the broker loop (answers from other threads are handed
     # to it), so an answer racing the deadline is applied once, never twice.
     def respond(self, msg: Optional[Message], payload: Any, headers: Any) -> None:
-        broker = self.broker
-        if threading.get_ident() != broker._loop_ident:
-            broker._call_soon(self.respond, msg, payload, headers)
-        elif self.settled:
+        self.broker._call_soon(self._respond, payload, headers)
+
+    def _respond(self, payload: Any, headers: Any) -> None:
+        if self.settled:
             self.service.late_replies += 1
         else:
             self.settled = True
-            broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
+            self.broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
@@ -198,10 +198,10 @@ class _RemoteResponder:
         """Requests it holds fail (the responder is gone); the backlog goes to
         the other responders. From another thread (``Router.close()``), on
         the loop."""
+        self.broker._call_soon(self._close)
+
+    def _close(self) -> None:
         if self.closed:
-            return
-        if threading.get_ident() != self.broker._loop_ident:
-            self.broker._call_soon(self.close)
             return
         self.closed = True
         self.service.responders.remove(self)
@@ -369,10 +369,11 @@ class Broker:
         while not self._stopping:
             busy = bool(self._ready or self._calls or self._retry or self._dirty)
             now = time.monotonic()
-            if not busy and now - last_input < spin and self._spin(
-                    sock, min(last_input + spin, now + CREDIT_DELAY) if self._owed
-                    else last_input + spin):
-                busy = True   # input arrived while spinning: no poll, no sleep
+            if not busy and now - last_input < spin:
+                until = last_input + spin
+                if self._owed:   # held-back credit is due by CREDIT_DELAY
+                    until = min(until, now + CREDIT_DELAY)
+                busy = self._spin(sock, until)   # input arrived: no poll, no sleep
             if not busy:
                 timeout = 1 if self._owed else max(0, int((next_timer - now) * 1000) + 1)
                 if self._deadlines:
