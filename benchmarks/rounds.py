@@ -4,7 +4,10 @@ literally the same code."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, List
+
+from ringcast.bench import fifo_step
 
 #: messages per round: big enough that per-round overhead vanishes, small
 #: enough to fit in one ring (capacity RING) without any wait or drop
@@ -48,12 +51,6 @@ def blinker_round(receivers: int, payload: bytes = PAYLOAD) -> Callable[[], int]
 
 def fifo_round(put: Callable[[Any], Any], get: Callable[[], Any],
                payload: bytes = PAYLOAD) -> Callable[[], int]:
-    """N puts then N gets on a FIFO (queue.Queue, deque): the stdlib baselines."""
-    def round_() -> int:
-        for _ in range(N):
-            put(payload)
-        for _ in range(N):
-            get()
-        return N
-
-    return round_
+    """N puts then N gets on a FIFO (queue.Queue, deque): the stdlib baselines,
+    the very step ``ringcast bench`` runs."""
+    return functools.partial(fifo_step(put, get, payload), N)

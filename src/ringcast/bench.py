@@ -459,14 +459,15 @@ def embedded_queue(name: str, opts: Options, progress: Progress) -> List[Result]
     for system, put, get in (("queue.Queue", q.put, q.get_nowait),
                              ("collections.deque", d.append, d.popleft)):
         rows.append(_row(name, system, opts, nsubs,
-                         drive(_fifo_step(put, get, payload), opts, progress,
+                         drive(fifo_step(put, get, payload), opts, progress,
                                f"{name} {system}"), fanout=False))
     return rows
 
 
-def _fifo_step(put: Callable[[Any], Any], get: Callable[[], Any],
+def fifo_step(put: Callable[[Any], Any], get: Callable[[], Any],
                payload: bytes) -> Callable[[int], int]:
-    """A baseline round: n puts, then n gets, on a stdlib FIFO."""
+    """A baseline round: n puts, then n gets, on a stdlib FIFO (also the
+    pytest-benchmark and callgrind rounds of benchmarks/rounds.py)."""
     def step(n: int) -> int:
         for _ in range(n):
             put(payload)
