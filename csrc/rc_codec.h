@@ -16,6 +16,39 @@
 #define RC_REC_HDR 5          /* cmd byte + u32 length */
 #define RC_UVARINT_MAX 10     /* bytes in the longest uint64 varint */
 
+/* Record command bytes (docs/protocol.md, "Commands"). */
+enum rc_cmd {
+    /* client -> broker */
+    RC_HELLO = 0x01,
+    RC_PUB = 0x02,
+    RC_SUB = 0x03,
+    RC_CLOSE = 0x04,
+    RC_CREDIT = 0x05,
+    RC_DECLARE = 0x06,
+    RC_SEND = 0x07,
+    RC_CONSUME = 0x08,
+    RC_ACK = 0x09,
+    RC_NACK = 0x0A,
+    RC_SERVE = 0x0B,
+    RC_REQ = 0x0C,
+    RC_REP = 0x0D,
+    RC_REPERR = 0x0E,
+    RC_STATS = 0x0F,
+    RC_HB = 0x10,
+    RC_BYE = 0x11,
+    /* broker -> client */
+    RC_WELCOME = 0x81,
+    RC_OK = 0x82,
+    RC_ERR = 0x83,
+    RC_MSG = 0x84,
+    RC_QMSG = 0x85,
+    RC_RQST = 0x86,
+    RC_REPLY = 0x87,
+    RC_REPLYERR = 0x88,
+    RC_PCREDIT = 0x89,
+    RC_STATSREP = 0x8A
+};
+
 static inline void rc_u32le_put(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)(v & 0xff);

@@ -97,6 +97,24 @@ def test_write_ring_moves_messages_with_their_sequence_numbers():
     assert ev[2].take_payloads() == [b"2", b"3", b"4"]
 
 
+def test_write_ring_encodes_each_slot_as_the_generic_msg_record():
+    """write_ring's one-piece fast path (no headers, bytes payload) and its
+    subject memo must give the same bytes as a record written field by field:
+    fresh subject objects that alternate, other buffer types, a multi-byte
+    handle varint, headers between plain records."""
+    ring = Ring(64)
+    expected = C.Writer()
+    for i in range(40):
+        subject = "s.%d" % (i % 3)          # a new str object every time
+        payload = [b"p%d" % i, bytearray(b"b%d" % i), memoryview(b"m%d" % i)][i % 3]
+        headers = {"n": str(i)} if i % 7 == 0 else None
+        ring.put(subject, payload, headers)
+        expected.record(C.MSG, 300, i + 1, subject, headers, bytes(payload))
+    w = C.Writer()
+    assert w.write_ring(ring, 300, 100, 1 << 20) == 40
+    assert w.take() == expected.take()
+
+
 def test_deliveries_are_grouped_per_handle_run():
     ring_a, ring_b = Ring(8), Ring(8)
     for i in range(3):

@@ -11,7 +11,8 @@ fan-out.
 """
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
+                            PyBytes_CheckExact)
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
@@ -19,6 +20,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from collections import deque
+from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_isenabled
 
 from ringcast._ring cimport Ring, Message, rc_slot, untracked
 from ringcast._router cimport CoreRouter
@@ -34,38 +36,65 @@ cdef extern from "rc_codec.h":
     size_t rc_uvarint_len(uint64_t v) nogil
     size_t rc_uvarint_put(unsigned char *p, uint64_t v) nogil
     size_t rc_uvarint_get(const unsigned char *p, size_t avail, uint64_t *out) nogil
+    enum:
+        RC_HELLO
+        RC_PUB
+        RC_SUB
+        RC_CLOSE
+        RC_CREDIT
+        RC_DECLARE
+        RC_SEND
+        RC_CONSUME
+        RC_ACK
+        RC_NACK
+        RC_SERVE
+        RC_REQ
+        RC_REP
+        RC_REPERR
+        RC_STATS
+        RC_HB
+        RC_BYE
+        RC_WELCOME
+        RC_OK
+        RC_ERR
+        RC_MSG
+        RC_QMSG
+        RC_RQST
+        RC_REPLY
+        RC_REPLYERR
+        RC_PCREDIT
+        RC_STATSREP
 
 PROTOCOL_VERSION = RC_PROTO_VERSION
 
-# Commands, client -> broker
-HELLO = 0x01
-PUB = 0x02
-SUB = 0x03
-CLOSE = 0x04
-CREDIT = 0x05
-DECLARE = 0x06
-SEND = 0x07
-CONSUME = 0x08
-ACK = 0x09
-NACK = 0x0A
-SERVE = 0x0B
-REQ = 0x0C
-REP = 0x0D
-REPERR = 0x0E
-STATS = 0x0F
-HB = 0x10
-BYE = 0x11
-# Commands, broker -> client
-WELCOME = 0x81
-OK = 0x82
-ERR = 0x83
-MSG = 0x84
-QMSG = 0x85
-RQST = 0x86
-REPLY = 0x87
-REPLYERR = 0x88
-PCREDIT = 0x89
-STATSREP = 0x8A
+# Command bytes, for Python code (the record loops here use the C names)
+HELLO = RC_HELLO
+PUB = RC_PUB
+SUB = RC_SUB
+CLOSE = RC_CLOSE
+CREDIT = RC_CREDIT
+DECLARE = RC_DECLARE
+SEND = RC_SEND
+CONSUME = RC_CONSUME
+ACK = RC_ACK
+NACK = RC_NACK
+SERVE = RC_SERVE
+REQ = RC_REQ
+REP = RC_REP
+REPERR = RC_REPERR
+STATS = RC_STATS
+HB = RC_HB
+BYE = RC_BYE
+WELCOME = RC_WELCOME
+OK = RC_OK
+ERR = RC_ERR
+MSG = RC_MSG
+QMSG = RC_QMSG
+RQST = RC_RQST
+REPLY = RC_REPLY
+REPLYERR = RC_REPLYERR
+PCREDIT = RC_PCREDIT
+STATSREP = RC_STATSREP
 
 #: Body layout per command: u varint, s string, l list of strings,
 #: h headers, p payload (the rest of the body). Shared by both directions.
@@ -191,7 +220,7 @@ cdef class Writer:
 
     cdef int _pub(self, object subject, object payload, object headers) except -1:
         """Append one PUB record, or nothing at all if a field is refused."""
-        cdef size_t start = self._begin(PUB)
+        cdef size_t start = self._begin(RC_PUB)
         try:
             self._str(subject)
             self._headers(headers)
@@ -257,17 +286,47 @@ cdef class Writer:
         cdef Ring native = <Ring>ring
         cdef rc_slot s
         cdef Py_ssize_t n = 0
-        cdef size_t start
+        cdef size_t start, k, pn
+        cdef unsigned char *q
+        cdef unsigned char hv[16]   # the handle as a varint (RC_UVARINT_MAX bytes at most)
+        cdef size_t hn = rc_uvarint_put(hv, handle)
+        # the last subject and its UTF-8, held so that its address stays its own
+        cdef object last = None
+        cdef const char *sp = NULL
+        cdef Py_ssize_t sn = 0
         while n < max_count and self.length < max_bytes and native.take(&s):
             n += 1
             try:
-                start = self._begin(MSG)
-                self._uv(handle)
-                self._uv(s.seq)
-                self._str(<object>s.subject)
-                self._headers(<object>s.headers if s.headers != NULL else None)
-                self._payload(<object>s.payload)
-                self._end(start)
+                if s.subject != <PyObject *>last:
+                    last = <object>s.subject
+                    sp = _utf8(last, &sn)
+                if s.headers == NULL and PyBytes_CheckExact(<object>s.payload):
+                    # the common record, written in one piece
+                    pn = <size_t>PyBytes_GET_SIZE(<object>s.payload)
+                    self._room(RC_REC_HDR + hn + 2 * RC_UVARINT_MAX + <size_t>sn + 1 + pn)
+                    start = self.length
+                    q = self.buf + start
+                    q[0] = RC_MSG
+                    memcpy(q + RC_REC_HDR, hv, hn)
+                    k = RC_REC_HDR + hn
+                    k += rc_uvarint_put(q + k, s.seq)
+                    k += rc_uvarint_put(q + k, <uint64_t>sn)
+                    memcpy(q + k, sp, <size_t>sn)
+                    k += <size_t>sn
+                    q[k] = 0   # no headers
+                    memcpy(q + k + 1, PyBytes_AS_STRING(<object>s.payload), pn)
+                    k += 1 + pn
+                    self.length = start + k
+                    self._end(start)
+                else:
+                    start = self._begin(RC_MSG)
+                    self._raw(<const char *>hv, hn)
+                    self._uv(s.seq)
+                    self._uv(<uint64_t>sn)
+                    self._raw(sp, <size_t>sn)
+                    self._headers(<object>s.headers if s.headers != NULL else None)
+                    self._payload(<object>s.payload)
+                    self._end(start)
             finally:
                 Py_XDECREF(<PyObject *>s.subject)
                 Py_XDECREF(<PyObject *>s.payload)
@@ -283,7 +342,7 @@ cdef class Writer:
             m = ring.pop()
             if m is None:
                 break
-            self._record(MSG, (handle, m.seq, m.subject, m.headers, m.payload))
+            self._record(RC_MSG, (handle, m.seq, m.subject, m.headers, m.payload))
             n += 1
         return n
 
@@ -693,7 +752,7 @@ cdef class Reader:
         cdef int cmd, rc
         cdef object subject, prev = None
         cdef CoreRouter core = publish if isinstance(publish, CoreRouter) else None
-        while self.pos < self.n and self.p[self.pos] == PUB:
+        while self.pos < self.n and self.p[self.pos] == RC_PUB:
             cmd = self._open()
             subject = self._subject()
             headers = self._headers()
@@ -734,7 +793,7 @@ cdef class Reader:
         cdef PyObject *o
         while self.pos < self.n:
             cmd = self._open()
-            if cmd == MSG:
+            if cmd == RC_MSG:
                 # pub/sub deliveries stay encoded until the application takes them
                 batch = None
                 handle = self._uv()
@@ -746,18 +805,18 @@ cdef class Reader:
                     run.r.pos = self.pos
                     run.first_seq = seq
                     batch_handle = handle
-                    out.append((MSG, handle, run))
+                    out.append((RC_MSG, handle, run))
                 run.count += 1
                 run.last_seq = seq
                 self.pos = self.e
-            elif cmd == QMSG or cmd == RQST:
+            elif cmd == RC_QMSG or cmd == RC_RQST:
                 run = None
                 m = Message.__new__(Message)
                 handle = self._uv()
-                if cmd == MSG:
+                if cmd == RC_MSG:
                     m.seq = self._uv()
                     m.delivery_count = 1
-                elif cmd == QMSG:
+                elif cmd == RC_QMSG:
                     m._tag = self._uv()
                     flags = self._uv()
                     m.redelivered = (flags & 1) != 0
@@ -769,14 +828,14 @@ cdef class Reader:
                 m.subject = self._subject()
                 m.headers = self._headers()
                 m.payload = self._payload()
-                if cmd != MSG and owners is not None:
+                if cmd != RC_MSG and owners is not None:
                     o = PyDict_GetItem(owners, handle)
                     if o != NULL:
                         m.owner = <object>o
                 self.pos = self.e
-                if cmd == RQST:
+                if cmd == RC_RQST:
                     batch = None
-                    out.append((RQST, handle, m, timeout_ms))
+                    out.append((RC_RQST, handle, m, timeout_ms))
                     continue
                 if batch is None or batch_handle != handle:
                     batch = []
@@ -814,17 +873,27 @@ cdef class Deliveries:
         cdef Py_ssize_t n = min(max_count, self.count), i
         cdef list out = [None] * n
         cdef Message m
-        for i in range(n):
-            self._next()
-            m = Message.__new__(Message)
-            m.seq = r._uv()
-            m.delivery_count = 1
-            m.subject = r._subject()
-            m.headers = r._headers()
-            m.payload = r._payload()
-            r.pos = r.e
-            self.count -= 1
-            out[i] = untracked(m)
+        # Each Message allocated counts towards a young-generation collection
+        # (one per ~700), and each collection walks the lists being filled:
+        # a batch pauses the collector and lets it run at most once after.
+        cdef bint collecting = _gc_isenabled()
+        if collecting:
+            _gc_disable()
+        try:
+            for i in range(n):
+                self._next()
+                m = Message.__new__(Message)
+                m.seq = r._uv()
+                m.delivery_count = 1
+                m.subject = r._subject()
+                m.headers = r._headers()
+                m.payload = r._payload()
+                r.pos = r.e
+                self.count -= 1
+                out[i] = untracked(m)
+        finally:
+            if collecting:
+                _gc_enable()
         return out
 
     def take_payloads(self, Py_ssize_t max_count=1 << 30):
