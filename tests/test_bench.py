@@ -120,17 +120,18 @@ def test_ringcast_bench_subcommand(tmp_path):
 
 
 # -- broker scenarios: separate processes over loopback TCP ---------------------------------
-BROKER = [("pubsub", 1, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"]),
-          ("fanout", 2, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"]),
-          ("queue", 2, ["pyzmq PUSH/PULL"])]
+BROKER = [("pubsub", 1, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"], ()),
+          ("pubsub", 1, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"], ("--recv", "payloads")),
+          ("fanout", 2, ["pyzmq PUB/SUB", "zmq.proxy XSUB/XPUB"], ()),
+          ("queue", 2, ["pyzmq PUSH/PULL"], ())]
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("scenario,subs,baselines", BROKER)
-def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines):
+@pytest.mark.parametrize("scenario,subs,baselines,extra", BROKER)
+def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines, extra):
     pytest.importorskip("zmq")
     rc, doc = _run(tmp_path, scenario, "--count", "2000", "--batch", "500",
-                   "--subscribers", str(subs), "--no-external")
+                   "--subscribers", str(subs), "--no-external", *extra)
     assert rc == 0
     rows = doc["results"]
     assert [r["system"] for r in rows] == ["ringcast", *baselines]

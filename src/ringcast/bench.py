@@ -704,12 +704,17 @@ def _broker_child(ctl: "_ChildControl", sample: bool = False, spin: float = 0.0)
         broker.stop()
 
 
-def _rc_sub_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
+def _rc_sub_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
+    """Takes up to ``opts.batch`` deliveries per call, as Messages or as bare
+    payloads (``opts.recv``). END is the only message with an empty payload
+    (``--size`` is at least 1), so the payloads mode sees it too."""
     from . import errors
     from .client import connect
 
+    payloads = opts.recv == "payloads"
     with connect(url) as c:
         sub = c.subscribe("bench.>", capacity=65536)
+        take = sub.recv_payloads if payloads else sub.recv_many
         c.flush()
         ctl.ready()
         if ctl.wait_go() == "stop":
@@ -717,14 +722,14 @@ def _rc_sub_child(ctl: "_ChildControl", url: str) -> Dict[str, Any]:
         n, t_last, wait = 0, time.monotonic(), FIRST_WAIT
         while True:
             try:
-                msgs = sub.recv_many(65536, timeout=wait)
+                got: List[Any] = take(opts.batch, timeout=wait)
             except errors.Timeout:
                 break
             t_last, wait = time.monotonic(), IDLE
-            if msgs[-1].subject == END:
-                n += len(msgs) - 1
+            if (got[-1] if payloads else got[-1].payload) == b"":
+                n += len(got) - 1
                 break
-            n += len(msgs)
+            n += len(got)
         return {"received": n, "t_last": t_last, "dropped": sub.dropped}
 
 
@@ -965,7 +970,7 @@ def _net_pubsub(name: str, opts: Options, progress: Progress, default_subs: int
     # ringcast: broker, publisher and each subscriber in its own process
     with _server("broker", _broker_child) as url:
         res = _measure(f"{name} ringcast", opts, progress,
-                       [*((f"sub{i}", _rc_sub_child, (url,)) for i in range(nsubs)),
+                       [*((f"sub{i}", _rc_sub_child, (url, opts)) for i in range(nsubs)),
                         ("pub", _rc_pub_child, (url, opts))])
     rows.append(_stream_row(name, "ringcast", opts, res))
     # pyzmq direct: PUB -> SUB, one frame per message, no broker
@@ -1822,7 +1827,7 @@ def net_slow_consumer(name: str, opts: Options, progress: Progress) -> List[Resu
         url = broker.ready_info
         pub, healthy, stalled, samples = _stalled_run(
             broker, f"{name} ringcast", opts, progress,
-            ("healthy", _rc_sub_child, (url,)), ("stalled", _rc_stalled_child, (url,)),
+            ("healthy", _rc_sub_child, (url, opts)), ("stalled", _rc_stalled_child, (url,)),
             ("pub", _rc_pub_child, (url, opts, True)))
     note = (f"{_rss_note(samples, 'broker')}; drops counted by the broker {pub['dropped']}, "
             f"seen by the stalled subscriber as sequence gaps {stalled['dropped']}")
