@@ -130,6 +130,21 @@ def test_requests_wait_in_backlog_when_responders_are_full(router):
     assert [r.payload for r in results] == served
 
 
+def test_a_new_responder_takes_up_the_backlog_at_once(router):
+    """Scaling out: requests waiting for a full responder go to a responder
+    that joins, without waiting for the next request or answer."""
+    busy = router.serve("svc", capacity=2)
+    results = []
+    for i in range(6):
+        router.request_cb("svc", b"%d" % i, results.append, timeout=5)
+    assert router.stats()["services"]["svc"]["backlog"] == 4
+    fresh = router.serve("svc", capacity=8)
+    assert router.stats()["services"]["svc"]["backlog"] == 0
+    taken = [fresh.recv(timeout=0).payload for _ in range(4)]
+    assert taken == [b"2", b"3", b"4", b"5"]
+    assert busy.pending == 2
+
+
 def test_request_inside_a_handler_is_refused_not_deadlocked(router):
     router.serve("inner", lambda m: b"inner")
 

@@ -330,7 +330,8 @@ class Router(CoreRouter):
 
     def attach_responder(self, name: str, make: Callable[[_Service], R]) -> R:
         """Add ``make(service)`` to the responders of ``name``: how the broker
-        puts its remote responders beside embedded ones."""
+        puts its remote responders beside embedded ones. It takes up requests
+        already waiting for room at once (outside the lock: a handler may run)."""
         self._check_open()
         check_subject(name)
         with self._lock:
@@ -339,6 +340,7 @@ class Router(CoreRouter):
                 service = self._services[name] = _Service(name)
             responder = make(service)
             service.responders.append(responder)
+        service.refill(responder)
         return responder
 
     def service(self, name: str) -> _Service:
