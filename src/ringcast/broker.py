@@ -70,7 +70,10 @@ _ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SER
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
+_RCVMORE, _SNDMORE, _RCVTIMEO = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.RCVTIMEO)
+#: routing id of the loop's own wake-up socket (an inproc DEALER connected to
+#: the ROUTER); the ROUTER refuses a later peer claiming it (no handover)
+_WAKE_ID = b"\x00ringcast-wake"
 
 
 class _Session:
@@ -301,10 +304,14 @@ class Broker:
             sock.bind(ep)
             self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self._sock = sock
-        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        # other threads wake the loop through the ROUTER itself, so the loop
+        # waits in a blocking recv on one socket instead of a zmq_poll over two
+        # (which costs several syscalls per pass: EVENTS on each, two polls)
         addr = f"inproc://ringcast-broker-{id(self)}"
-        self._wake_rx.bind(addr)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        sock.bind(addr)
+        self._wake_tx = self._ctx.socket(zmq.DEALER)
+        self._wake_tx.setsockopt(zmq.LINGER, 0)
+        self._wake_tx.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
         self._wake_tx.connect(addr)
 
     def run(self) -> None:
@@ -330,7 +337,6 @@ class Broker:
             self._drop(s, "broker stopping", notify=False)
         assert self._sock is not None
         self._sock.close(linger=100)
-        self._wake_rx.close(linger=0)
         self._wake_tx.close(linger=0)
         log.info("ringcast broker stopped")
 
@@ -359,14 +365,14 @@ class Broker:
     def _loop(self) -> None:
         sock = self._sock
         assert sock is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        recv, setopt = sock.recv, sock.setsockopt
+        rcvtimeo = -1
         next_timer = 0.0
         tick = min(self.heartbeat / 4, 0.25)
         spin = self.spin
         last_input = 0.0
         while not self._stopping:
+            first: Optional[bytes] = None
             busy = bool(self._ready or self._calls or self._retry or self._dirty)
             now = time.monotonic()
             if not busy and now - last_input < spin:
@@ -378,12 +384,14 @@ class Broker:
                 timeout = 1 if self._owed else max(0, int((next_timer - now) * 1000) + 1)
                 if self._deadlines:
                     timeout = min(timeout, max(0, int((self._deadlines[0][0] - now) * 1000) + 1))
-                poller.poll(timeout)
-            with self._wake_lock:
-                if self._wake_pending:
-                    self._wake_pending = False
+                if timeout > 0:
+                    # sleep in the recv of the next message's first part (its
+                    # sender's identity): no zmq_poll, no EVENTS check after it
+                    if timeout != rcvtimeo:
+                        setopt(_RCVTIMEO, timeout)
+                        rcvtimeo = timeout
                     try:
-                        self._wake_rx.recv(zmq.NOBLOCK)
+                        first = cast(bytes, recv())
                     except zmq.Again:
                         pass
             now = time.monotonic()
@@ -391,7 +399,7 @@ class Broker:
                 if now >= next_timer:
                     self._heartbeats(now)
                     next_timer = now + tick
-                if self._step(sock, now):
+                if self._step(sock, now, first):
                     last_input = now
             except Exception:  # a bug must not take every client's broker down
                 self.counters["internal_errors"] += 1
@@ -408,25 +416,36 @@ class Broker:
                 return bool(self._wake_pending or self._calls)
         return True
 
-    def _step(self, sock: zmq.Socket, now: float) -> int:
+    def _step(self, sock: zmq.Socket, now: float, first: Optional[bytes] = None) -> int:
         """One pass: read what arrived, apply it, move deliveries, send.
-        Returns the number of frames read."""
+        ``first`` is the identity part of a message already received (its
+        frame is next). Returns the number of frames read."""
         n = 0
         recv, option = sock.recv, sock.getsockopt
-        while n < 512 and cast(int, option(_EVENTS)) & _POLLIN:
-            # [identity, frame] from a client; more parts are a protocol error
-            ident = cast(bytes, recv(_NOBLOCK))
-            frame = recv(_NOBLOCK) if option(_RCVMORE) else None
-            parts = 2
-            while option(_RCVMORE):
-                recv(_NOBLOCK)
-                parts += 1
+        ident = first
+        while True:
+            if ident is None:
+                if n >= 512 or not cast(int, option(_EVENTS)) & _POLLIN:
+                    break
+                ident = cast(bytes, recv(_NOBLOCK))
+            # [identity, frame] from a client (a ROUTER always delivers both
+            # parts at once); more parts are a protocol error
+            frame = cast(bytes, recv(_NOBLOCK))
             n += 1
-            if frame is not None and parts == 2:
-                self._on_frame(ident, cast(bytes, frame), now)
-            else:
+            if option(_RCVMORE):
+                parts = 2
+                while option(_RCVMORE):
+                    recv(_NOBLOCK)
+                    parts += 1
                 self._refuse(ident, errors.ProtocolError(
                     f"a message must be one frame, not {parts - 1}"))
+            elif ident == _WAKE_ID:
+                n -= 1   # not input: another thread queued work (or stop)
+                with self._wake_lock:
+                    self._wake_pending = False
+            else:
+                self._on_frame(ident, frame, now)
+            ident = None
         while self._calls:
             fn, args = self._calls.popleft()
             fn(*args)
@@ -436,7 +455,8 @@ class Broker:
                 s = self._sessions.get(ident)
                 if s is not None:
                     self._resume(s)
-        self._flush_ready()
+        if self._ready:
+            self._flush_ready()
         if self._deadlines:
             self._expire(now)
         if self._owed:

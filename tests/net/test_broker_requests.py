@@ -348,3 +348,40 @@ def test_router_closed_while_the_broker_runs_closes_remote_responders_on_the_loo
         deadline.wait(0.01)
     assert service.responders == []
     assert broker.counters["internal_errors"] == 0
+
+
+def test_sleeping_broker_wakes_for_other_threads_and_ignores_a_peer_posing_as_its_waker(
+        zsocket):
+    """The loop sleeps in a recv on its ROUTER and other threads wake it
+    through that socket (an inproc peer with a reserved routing id): an
+    embedded publish reaches a remote subscriber at once, many times over,
+    and a network peer claiming that routing id gets nothing at all."""
+    import zmq
+
+    from ringcast import _codec as C
+    from ringcast.broker import _WAKE_ID
+
+    from .conftest import barrier
+
+    router = Router()
+    # long heartbeats: the loop's own timer would wake it every 250 ms
+    broker = Broker("tcp://127.0.0.1:0", router=router, heartbeat=30.0).start()
+    try:
+        impostor = zsocket(zmq.DEALER)
+        impostor.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
+        impostor.connect(broker.endpoints[0])
+        w = C.Writer(64)
+        w.record(C.HELLO, C.PROTOCOL_VERSION, 30000, "impostor")
+        impostor.send(w.take())
+        with connect(broker.endpoints[0], heartbeat=30, timeout=10) as c:
+            sub = c.subscribe("wake.>")
+            barrier(c)
+            for i in range(50):
+                router.publish("wake.x", b"%d" % i)
+                assert sub.recv(timeout=3).payload == b"%d" % i   # well before any timer
+        assert not impostor.poll(200)   # never welcomed: its frames never reached the loop
+        assert broker.stats()["client_names"] == []
+        assert "impostor" not in [s.name for s in broker._sessions.values()]
+    finally:
+        broker.stop()
+        router.close()
