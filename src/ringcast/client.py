@@ -33,6 +33,7 @@ from .protocol import (
 log = logging.getLogger("ringcast.client")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_RCVTIMEO = int(zmq.RCVTIMEO)
 
 Handler = Callable[[Message], Any]
 
@@ -83,6 +84,7 @@ class Client:
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(addr)
         self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
+        self._io_ident: Optional[int] = None   # the I/O thread's get_ident(), once it runs
         self._workers: List[threading.Thread] = []    # one per threaded callback/handler
         self._direct = threading.local()               # each thread's _DirectRequester
         self._requesters: List["_DirectRequester"] = []
@@ -149,8 +151,9 @@ class Client:
 
     # -- the I/O thread ---------------------------------------------------------------
     def _kick(self) -> None:
-        # called with the lock held, from any thread
-        if threading.current_thread() is self._io or self._wake_pending:
+        # called with the lock held, from any thread (on the I/O thread for
+        # every reply an inline handler writes: keep it cheap)
+        if self._wake_pending or threading.get_ident() == self._io_ident:
             return
         self._wake_pending = True
         self._kick_now()
@@ -173,11 +176,13 @@ class Client:
         return sock
 
     def _run(self) -> None:
+        self._io_ident = threading.get_ident()
         proto = self.proto
         sock = self._socket()
+        wake_rx = self._wake_rx
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(wake_rx, zmq.POLLIN)
         proto.connection_made(time.monotonic())
         try:
             while True:
@@ -191,13 +196,20 @@ class Client:
                     sock.send(frame)
                 if self._closing:
                     break
-                events = dict(poller.poll(max(1, int(wait * 1000))))
-                if self._wake_rx in events:
-                    with self._lock:
-                        self._wake_pending = False
-                        while cast(int, self._wake_rx.getsockopt(_EVENTS)) & _POLLIN:
-                            self._wake_rx.recv(_NOBLOCK)
-                if sock in events:
+                # the poll's own answer says which socket is readable: no
+                # EVENTS check (a syscall each) before the first read of either
+                readable = False
+                for polled, _ in poller.poll(max(1, int(wait * 1000))):
+                    if polled is wake_rx:
+                        with self._lock:
+                            self._wake_pending = False
+                            try:
+                                wake_rx.recv(_NOBLOCK)   # one per kick; the
+                            except zmq.Again:            # next poll sees more
+                                pass
+                    else:
+                        readable = True
+                if readable:
                     sock = self._receive(sock, poller)
             for frame in proto.bye():
                 sock.send(frame)
@@ -211,18 +223,32 @@ class Client:
                 self._cond.notify_all()
 
     def _receive(self, sock: zmq.Socket, poller: zmq.Poller) -> zmq.Socket:
-        """Apply what arrived; returns the socket to use from now on."""
+        """Apply what arrived (the poll said the socket is readable); returns
+        the socket to use from now on. What the frames produced (replies of
+        inline handlers, credit) leaves after each frame, before the next
+        EVENTS check: a reply does not wait on that syscall."""
         now = time.monotonic()
+        proto = self.proto
+        recv, send, option = sock.recv, sock.send, sock.getsockopt
         try:
             for _ in range(256):
-                # test first: a recv that raises Again costs ~7 us (the exception)
-                if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                try:
+                    frame = recv(_NOBLOCK, copy=True)
+                except zmq.Again:
                     break
-                frame = sock.recv(_NOBLOCK, copy=True)
-                err = self.proto.frame_received(frame, now)
+                err = proto.frame_received(frame, now)
                 if err is not None:
                     log.warning("session ended by the broker: %s", err)
                     return self._reconnect(sock, poller, errors.ConnectionLost(str(err)))
+                if self._notify:
+                    with self._cond:
+                        self._notify = False
+                        self._cond.notify_all()
+                for out in proto.data_to_send(now):
+                    send(out)
+                # test before reading: a recv that raises Again costs ~3-7 us
+                if not cast(int, option(_EVENTS)) & _POLLIN:
+                    break
         except zmq.ZMQError:
             raise
         except Exception as exc:  # never let the I/O thread die: start a clean session
@@ -250,10 +276,11 @@ class Client:
 
     def _delivered(self, h: _Handle) -> None:
         # called by the protocol on the I/O thread, lock held
-        self._notify = True
-        if h.id in self._inline:
+        if h.id in self._inline and h.error is None:
             for msg in h.take(1 << 30):
                 _answer(msg, self._callbacks[h.id])
+        else:
+            self._notify = True   # wake the threads waiting on the condition
 
     # -- callbacks and handlers --------------------------------------------------------
     def _start_worker(self, h: _Handle, fn: Handler) -> None:
@@ -441,6 +468,7 @@ class _DirectRequester:
         self._client = client
         self._name = f"{client.proto.name}/req-{threading.get_ident()}"
         self._sock: Optional[zmq.Socket] = None
+        self._rcvtimeo = -1
         self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
 
     def _open(self) -> zmq.Socket:
@@ -448,6 +476,7 @@ class _DirectRequester:
             self._sock.close(linger=0)
         self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
         self._sock = self._client._socket()
+        self._rcvtimeo = -1   # the socket's RCVTIMEO (ms; -1: none)
         self.proto.connection_made(time.monotonic())
         return self._sock
 
@@ -473,28 +502,38 @@ class _DirectRequester:
     def _drive(self, sock: zmq.Socket, box: List[Any],
                deadline: float) -> Optional[errors.RingcastError]:
         """Send and read until the reply is in ``box`` or the deadline; returns
-        the error when the broker says it has no session for us."""
+        the error when the broker says it has no session for us.
+
+        It waits in a blocking ``recv`` bounded by RCVTIMEO, as a REQ socket
+        would: ``Socket.poll`` builds a Poller per call and adds a zmq_poll
+        and the EVENTS checks of a non-blocking read to every round trip."""
         proto = self.proto
-        while not box:
-            now = time.monotonic()
+        recv, send = sock.recv, sock.send
+        clock = time.monotonic
+        while True:
+            now = clock()
             for frame in proto.data_to_send(now, eager=True):
-                sock.send(frame)
+                send(frame)
             left = deadline - now
             if left <= 0:
                 return None
-            if not sock.poll(max(1, int(left * 1000))):
+            ms = max(1, int(left * 1000))
+            # reset only when it would wait past the deadline (by more than
+            # the 1 ms rounding) or time out early: usually once per timeout
+            if not ms <= self._rcvtimeo <= ms + 1:
+                sock.setsockopt(_RCVTIMEO, ms)
+                self._rcvtimeo = ms
+            try:
+                frame = recv()
+            except zmq.Again:   # RCVTIMEO passed: the deadline check above
                 continue
-            while not box:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                err = proto.frame_received(frame, time.monotonic())
-                if err is not None:
-                    if box:   # the request was refused with the session: retry it
-                        box.clear()
-                    return err
-        return None
+            err = proto.frame_received(frame, clock())
+            if err is not None:
+                if box:   # the request was refused with the session: retry it
+                    box.clear()
+                return err
+            if box:
+                return None
 
     def close(self) -> None:
         if self._sock is not None:
