@@ -690,9 +690,12 @@ def _send_stream(opts: Options, send_one: Callable[[], None],
 
 
 def _broker_child(ctl: "_ChildControl", sample: bool = False, spin: float = 0.0) -> Any:
-    """A ringcast broker; with ``sample``, returns its RSS over time on stop."""
+    """A ringcast broker, in a process tuned as ``ringcast broker`` tunes its
+    own; with ``sample``, returns its RSS over time on stop."""
     from .broker import Broker
+    from .cli import keep_freed_heap
 
+    keep_freed_heap()
     broker = Broker("tcp://127.0.0.1:0", spin=spin).start()
     try:
         ctl.ready(broker.endpoints[0])

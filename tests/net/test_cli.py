@@ -1,5 +1,6 @@
 """The command line against a real broker: pub, sub, req, and a clean stop."""
 
+import platform
 import signal
 import subprocess
 import sys
@@ -90,3 +91,15 @@ with connect(sys.argv[1]) as c:
             procs.append(child)
             assert child.stdout.readline().strip() == "local:child"
     router.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="the tuning is glibc's mallopt")
+def test_broker_process_heap_tuning_is_accepted_by_glibc():
+    """``ringcast broker`` keeps freed heap instead of trimming it after every
+    frame; mallopt answers 0 for a setting it refuses, so a wrong parameter
+    code or value fails here. Run in a child: it changes the whole process."""
+    code = "from ringcast.cli import keep_freed_heap; print(keep_freed_heap())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, timeout=30)
+    assert out.stdout.strip() == "True", out.stderr
