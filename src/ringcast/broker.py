@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import zmq
 
@@ -74,6 +74,10 @@ _RCVMORE, _SNDMORE, _RCVTIMEO = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.RCVT
 #: routing id of the loop's own wake-up socket (an inproc DEALER connected to
 #: the ROUTER); the ROUTER refuses a later peer claiming it (no handover)
 _WAKE_ID = b"\x00ringcast-wake"
+# the backend's own send and getsockopt: pyzmq's wrappers around them (keyword
+# handling; an enum built for every EVENTS answer) cost more than the calls
+_zsend = zmq.backend.Socket.send
+_zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 
 class _Session:
@@ -119,11 +123,17 @@ class _WireRequest(PendingRequest):
         self.broker._call_soon(self._respond, payload, headers)
 
     def _respond(self, payload: Any, headers: Any) -> None:
+        """On the loop (``_on_rep`` calls it directly): ``_answer``, inlined."""
         if self.settled:
             self.service.late_replies += 1
-        else:
-            self.settled = True
-            self.broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
+            return
+        self.settled = True
+        broker = self.broker
+        broker._live -= 1
+        s = self.session
+        if s.alive:
+            s.out.record(C.REPLY, self.rid, headers, payload)
+            broker._dirty.add(s)
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
@@ -173,7 +183,7 @@ class _RemoteResponder:
         if pending.deadline is None:
             left = 60000
         else:
-            left = int((pending.deadline - time.monotonic()) * 1000)
+            left = int((pending.deadline - broker._now) * 1000)
             if left <= 0:
                 pending.expire()
                 return True
@@ -256,6 +266,7 @@ class Broker:
         self._counts: Dict[str, int] = {}
         self._thread: Optional[threading.Thread] = None
         self._loop_ident: Optional[int] = None
+        self._now = time.monotonic()   # the loop's clock for the current pass
         self._started = threading.Event()
         self._stopping = False
         self._wake_lock = threading.Lock()
@@ -394,7 +405,7 @@ class Broker:
                         first = cast(bytes, recv())
                     except zmq.Again:
                         pass
-            now = time.monotonic()
+            now = self._now = time.monotonic()
             try:
                 if now >= next_timer:
                     self._heartbeats(now)
@@ -408,9 +419,8 @@ class Broker:
     def _spin(self, sock: zmq.Socket, until: float) -> bool:
         """Wait for input without sleeping, until ``until``: a client that
         answers within the window is served with no thread wake-up here."""
-        events = sock.getsockopt
         clock = time.monotonic
-        while not (cast(int, events(_EVENTS)) & _POLLIN):
+        while not _zget(sock, _EVENTS) & _POLLIN:
             if self._wake_pending or self._calls or self._stopping or clock() >= until:
                 # _wake_pending: another thread queued work (a ready ring: _mark)
                 return bool(self._wake_pending or self._calls)
@@ -421,20 +431,21 @@ class Broker:
         ``first`` is the identity part of a message already received (its
         frame is next). Returns the number of frames read."""
         n = 0
-        recv, option = sock.recv, sock.getsockopt
+        self._now = now
+        recv = sock.recv
         ident = first
         while True:
             if ident is None:
-                if n >= 512 or not cast(int, option(_EVENTS)) & _POLLIN:
+                if n >= 512 or not _zget(sock, _EVENTS) & _POLLIN:
                     break
-                ident = cast(bytes, recv(_NOBLOCK))
+                ident = recv(_NOBLOCK)
             # [identity, frame] from a client (a ROUTER always delivers both
             # parts at once); more parts are a protocol error
-            frame = cast(bytes, recv(_NOBLOCK))
+            frame = recv(_NOBLOCK)
             n += 1
-            if option(_RCVMORE):
+            if _zget(sock, _RCVMORE):
                 parts = 2
-                while option(_RCVMORE):
+                while _zget(sock, _RCVMORE):
                     recv(_NOBLOCK)
                     parts += 1
                 self._refuse(ident, errors.ProtocolError(
@@ -457,7 +468,7 @@ class Broker:
                     self._resume(s)
         if self._ready:
             self._flush_ready()
-        if self._deadlines:
+        if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
         if self._owed:
             self._dirty |= self._owed
@@ -755,7 +766,7 @@ class Broker:
         except errors.RingcastError as exc:
             s.out.record(C.REPLYERR, rid, exc.code, str(exc))
             return
-        deadline = time.monotonic() + timeout_ms / 1000.0
+        deadline = self._now + timeout_ms / 1000.0
         pending = _WireRequest(self, service, deadline, s, rid)
         self._live += 1
         service.submit(payload, headers, pending)
@@ -778,7 +789,11 @@ class Broker:
         _, hid, tag, headers, payload = rec
         responder = s.services.get(hid)
         pending = None if responder is None else responder.answered(tag)
-        if pending is not None:   # else: answered after its handle was closed
+        if pending is None:   # answered after its handle was closed
+            return
+        if type(pending) is _WireRequest:
+            pending._respond(payload, headers)   # we are on the loop
+        else:
             pending.respond(None, payload, headers)
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
@@ -880,15 +895,15 @@ class Broker:
                     self._drop(s, "not reading (outbound backlog full)", notify=False)
                 return
             s.frames.popleft()
-            s.last_tx = time.monotonic()
+            s.last_tx = self._now
 
     def _send(self, ident: bytes, frame: bytes) -> bool:
         assert self._sock is not None
         try:
             # as two sends: a ROUTER takes a message's later parts once it took
             # the first, and this skips send_multipart's flag arithmetic
-            self._sock.send(ident, _NOBLOCK | _SNDMORE)
-            self._sock.send(frame, _NOBLOCK)
+            _zsend(self._sock, ident, _NOBLOCK | _SNDMORE)
+            _zsend(self._sock, frame, _NOBLOCK)
             return True
         except zmq.Again:
             return False
