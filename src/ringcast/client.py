@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union, ca
 
 import zmq
 
+from . import _codec as C
 from . import errors
 from ._impl import Message
 from ._waiting import Receiving
@@ -34,6 +35,11 @@ log = logging.getLogger("ringcast.client")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _RCVTIMEO = int(zmq.RCVTIMEO)
+_REP = C.REP
+# the backend's own send and getsockopt: pyzmq's wrappers around them (keyword
+# handling; an enum built for every EVENTS answer) cost more than the calls
+_zsend = zmq.backend.Socket.send
+_zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 Handler = Callable[[Message], Any]
 
@@ -193,7 +199,7 @@ class Client:
                         "the broker stopped answering heartbeats"))
                     continue
                 for frame in proto.data_to_send(now):
-                    sock.send(frame)
+                    _zsend(sock, frame)
                 if self._closing:
                     break
                 # the poll's own answer says which socket is readable: no
@@ -217,6 +223,7 @@ class Client:
             if not self._closing:
                 log.error("client I/O stopped: %s", exc)
         finally:
+            self._io_ident = None   # idents are reused once a thread ends
             sock.close(linger=200)
             with self._cond:
                 self.proto.closed = True
@@ -229,7 +236,7 @@ class Client:
         EVENTS check: a reply does not wait on that syscall."""
         now = time.monotonic()
         proto = self.proto
-        recv, send, option = sock.recv, sock.send, sock.getsockopt
+        recv = sock.recv
         try:
             for _ in range(256):
                 try:
@@ -245,9 +252,9 @@ class Client:
                         self._notify = False
                         self._cond.notify_all()
                 for out in proto.data_to_send(now):
-                    send(out)
+                    _zsend(sock, out)
                 # test before reading: a recv that raises Again costs ~3-7 us
-                if not cast(int, option(_EVENTS)) & _POLLIN:
+                if not _zget(sock, _EVENTS) & _POLLIN:
                     break
         except zmq.ZMQError:
             raise
@@ -277,8 +284,9 @@ class Client:
     def _delivered(self, h: _Handle) -> None:
         # called by the protocol on the I/O thread, lock held
         if h.id in self._inline and h.error is None:
+            handler, proto = self._callbacks[h.id], self.proto
             for msg in h.take(1 << 30):
-                _answer(msg, self._callbacks[h.id])
+                _answer_inline(proto, msg, handler)
         else:
             self._notify = True   # wake the threads waiting on the condition
 
@@ -309,7 +317,7 @@ class Client:
     # -- waiting -----------------------------------------------------------------------------
     def _no_wait_on_io(self, what: str) -> None:
         """A handler running on the I/O thread must not wait for that thread."""
-        if threading.current_thread() is self._io:
+        if threading.get_ident() == self._io_ident:
             raise errors.RingcastError(
                 f"{what} inside an inline handler would wait on itself; "
                 "serve(..., threaded=True) runs handlers on their own thread")
@@ -508,12 +516,12 @@ class _DirectRequester:
         would: ``Socket.poll`` builds a Poller per call and adds a zmq_poll
         and the EVENTS checks of a non-blocking read to every round trip."""
         proto = self.proto
-        recv, send = sock.recv, sock.send
+        recv = sock.recv
         clock = time.monotonic
         while True:
             now = clock()
             for frame in proto.data_to_send(now, eager=True):
-                send(frame)
+                _zsend(sock, frame)
             left = deadline - now
             if left <= 0:
                 return None
@@ -542,6 +550,26 @@ class _DirectRequester:
                     self._sock.send(frame, zmq.NOBLOCK)
             self._sock.close(linger=100)
             self._sock = None
+
+
+def _answer_inline(proto: ClientProtocol, msg: Message, handler: Handler) -> None:
+    """``_answer`` on the I/O thread, inside ``frame_received`` (the lock is
+    held, the request is from the current session): a returned reply is
+    written as ``msg.respond`` would, without its four calls down to the
+    protocol and the I/O thread's own wake-up check."""
+    try:
+        result = handler(msg)
+    except Exception as exc:
+        log.exception("handler for %r raised", msg.subject)
+        msg._owner.fail(msg, exc)
+        return
+    if result is None:
+        return
+    owner = msg._owner
+    if owner.stale or not proto.ready:
+        msg.respond(result)   # what respond does with those
+    else:
+        proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
 
 
 def _answer(msg: Message, handler: Handler) -> None:

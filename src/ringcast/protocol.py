@@ -41,6 +41,10 @@ MAX_WINDOW = 1 << 16
 QUEUED_LIMIT = 1 << 20
 
 
+_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (
+    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
+
+
 class _Handle:
     """Something the broker must know about this client: re-declared on every
     new session. ``record`` is the (cmd, *fields) that declares it."""
@@ -490,37 +494,38 @@ class ClientProtocol:
                 log.error("undecodable frame from the broker: %s", exc)
                 return errors.ProtocolError(f"undecodable frame from the broker: {exc}")
             result: Optional[errors.RingcastError] = None
+            handles = self.handles
+            # most frequent first: replies (requesters), requests (responders),
+            # deliveries, credit; module constants as locals
             for ev in events:
                 cmd = ev[0]
-                if cmd == C.MSG:
-                    h = self.handles.get(ev[1])
-                    if isinstance(h, RemoteSubscription):
-                        h.deliver(ev[2])
-                        self.on_deliver(h)
-                elif cmd == C.QMSG:
-                    h = self.handles.get(ev[1])
-                    if isinstance(h, RemoteConsumer):
-                        h.inbox.extend(ev[2])
-                        self.on_deliver(h)
-                elif cmd == C.REPLY or cmd == C.REPLYERR:
+                if cmd == _REPLY:
                     entry = self.requests.pop(ev[1], None)
-                    if entry is None:
-                        continue   # late reply to a request given up on
-                    reply: Any
-                    if cmd == C.REPLY:
-                        reply = C.message(entry[0], ev[3], ev[2])
-                    else:
-                        reply = errors.error_from_code(ev[2], ev[3])
-                    settles.append((entry[1], reply))
-                elif cmd == C.RQST:
-                    h = self.handles.get(ev[1])
+                    if entry is not None:   # else: a late reply to one given up on
+                        settles.append((entry[1], C.message(entry[0], ev[3], ev[2])))
+                elif cmd == _RQST:
+                    h = handles.get(ev[1])
                     if isinstance(h, RemoteService):
                         h.inbox.append(ev[2])
                         self.on_deliver(h)
-                elif cmd == C.PCREDIT:
+                elif cmd == _MSG:
+                    h = handles.get(ev[1])
+                    if isinstance(h, RemoteSubscription):
+                        h.deliver(ev[2])
+                        self.on_deliver(h)
+                elif cmd == _PCREDIT:
                     self.credit += ev[1]
                     self.kick()
                     self.on_credit()
+                elif cmd == _QMSG:
+                    h = handles.get(ev[1])
+                    if isinstance(h, RemoteConsumer):
+                        h.inbox.extend(ev[2])
+                        self.on_deliver(h)
+                elif cmd == _REPLYERR:
+                    entry = self.requests.pop(ev[1], None)
+                    if entry is not None:
+                        settles.append((entry[1], errors.error_from_code(ev[2], ev[3])))
                 elif cmd == C.WELCOME:
                     _, version, _hb, max_frame, max_message, _max_subject, window, _bid = ev
                     self.max_frame, self.max_message = max_frame, max_message
