@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import zmq
 
@@ -84,11 +86,11 @@ class Client:
         self._notify = False
         self._closing = False
         self._wake_pending = False
-        addr = f"inproc://ringcast-client-{id(self)}"
-        self._wake_rx = self._ctx.socket(zmq.PAIR)
-        self._wake_rx.bind(addr)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
-        self._wake_tx.connect(addr)
+        # kicks from other threads: one byte on a socket pair (the I/O thread
+        # polls plain descriptors: see _IOWait)
+        self._wake_rx, self._wake_tx = socket.socketpair()
+        self._wake_rx.setblocking(False)
+        self._wake_tx.setblocking(False)
         self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
         self._io_ident: Optional[int] = None   # the I/O thread's get_ident(), once it runs
         self._workers: List[threading.Thread] = []    # one per threaded callback/handler
@@ -146,8 +148,8 @@ class Client:
                 worker.join(5)
         for direct in self._requesters:
             direct.close()
-        self._wake_tx.close(linger=0)
-        self._wake_rx.close(linger=0)
+        self._wake_tx.close()
+        self._wake_rx.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -167,8 +169,8 @@ class Client:
     def _kick_now(self) -> None:
         with self._lock:
             try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
+                self._wake_tx.send(b"\0")
+            except OSError:   # full (it is being woken anyway) or closed
                 pass
 
     def _socket(self) -> zmq.Socket:
@@ -185,40 +187,41 @@ class Client:
         self._io_ident = threading.get_ident()
         proto = self.proto
         sock = self._socket()
-        wake_rx = self._wake_rx
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(wake_rx, zmq.POLLIN)
+        waiter = _IOWait(self._wake_rx)
+        waiter.watch(sock)
+        clean = False   # the last call on sock was an EVENTS check that said "no input"
         proto.connection_made(time.monotonic())
         try:
             while True:
                 now = time.monotonic()
                 lost, wait = proto.timer(now)
                 if lost:
-                    sock = self._reconnect(sock, poller, errors.ConnectionLost(
+                    sock = self._reconnect(sock, waiter, errors.ConnectionLost(
                         "the broker stopped answering heartbeats"))
+                    clean = False
                     continue
                 for frame in proto.data_to_send(now):
                     _zsend(sock, frame)
+                    clean = False
                 if self._closing:
                     break
-                # the poll's own answer says which socket is readable: no
-                # EVENTS check (a syscall each) before the first read of either
-                readable = False
-                for polled, _ in poller.poll(max(1, int(wait * 1000))):
-                    if polled is wake_rx:
-                        with self._lock:
-                            self._wake_pending = False
-                            try:
-                                wake_rx.recv(_NOBLOCK)   # one per kick; the
-                            except zmq.Again:            # next poll sees more
-                                pass
-                    else:
-                        readable = True
-                if readable:
-                    sock = self._receive(sock, poller)
+                # ZMQ_FD is edge-triggered: sleep on it only once EVENTS has
+                # said "no input" after the last send or recv, which may have
+                # taken the command that made it readable
+                if not clean and _zget(sock, _EVENTS) & _POLLIN:
+                    sock, clean = self._receive(sock, waiter)
+                    continue
+                clean = True
+                if waiter.wait(max(1, int(wait * 1000))):
+                    with self._lock:
+                        self._wake_pending = False
+                        try:
+                            self._wake_rx.recv(4096)
+                        except OSError:
+                            pass
+                clean = False   # woken by its FD (or a kick, a timer): ask EVENTS
             for frame in proto.bye():
-                sock.send(frame)
+                _zsend(sock, frame)
         except zmq.ZMQError as exc:
             if not self._closing:
                 log.error("client I/O stopped: %s", exc)
@@ -229,11 +232,12 @@ class Client:
                 self.proto.closed = True
                 self._cond.notify_all()
 
-    def _receive(self, sock: zmq.Socket, poller: zmq.Poller) -> zmq.Socket:
-        """Apply what arrived (the poll said the socket is readable); returns
-        the socket to use from now on. What the frames produced (replies of
-        inline handlers, credit) leaves after each frame, before the next
-        EVENTS check: a reply does not wait on that syscall."""
+    def _receive(self, sock: zmq.Socket, waiter: "_IOWait") -> Tuple[zmq.Socket, bool]:
+        """Apply what arrived (EVENTS said there is input). Returns the socket
+        to use from now on, and whether the last call on it was an EVENTS
+        check that found no more input. What a frame produced (replies of
+        inline handlers, credit) leaves right after it, ahead of that check:
+        a reply does not wait on its syscall."""
         now = time.monotonic()
         proto = self.proto
         recv = sock.recv
@@ -241,12 +245,12 @@ class Client:
             for _ in range(256):
                 try:
                     frame = recv(_NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
+                except zmq.Again:   # not expected after EVENTS; it checked as well
+                    return sock, True
                 err = proto.frame_received(frame, now)
                 if err is not None:
                     log.warning("session ended by the broker: %s", err)
-                    return self._reconnect(sock, poller, errors.ConnectionLost(str(err)))
+                    return self._reconnect(sock, waiter, errors.ConnectionLost(str(err))), False
                 if self._notify:
                     with self._cond:
                         self._notify = False
@@ -255,27 +259,27 @@ class Client:
                     _zsend(sock, out)
                 # test before reading: a recv that raises Again costs ~3-7 us
                 if not _zget(sock, _EVENTS) & _POLLIN:
-                    break
+                    return sock, True
         except zmq.ZMQError:
             raise
         except Exception as exc:  # never let the I/O thread die: start a clean session
             log.exception("error applying a frame from the broker")
-            return self._reconnect(sock, poller, errors.ConnectionLost(f"client error: {exc}"))
+            return self._reconnect(sock, waiter, errors.ConnectionLost(
+                f"client error: {exc}")), False
         finally:
             if self._notify:
                 with self._cond:
                     self._notify = False
                     self._cond.notify_all()
-        return sock
+        return sock, False   # 256 frames: more may be waiting
 
-    def _reconnect(self, sock: zmq.Socket, poller: zmq.Poller,
+    def _reconnect(self, sock: zmq.Socket, waiter: "_IOWait",
                    exc: errors.RingcastError) -> zmq.Socket:
         """A new socket and a new session; handles are re-declared on WELCOME."""
         self.proto.connection_lost(exc)
-        poller.unregister(sock)
         sock.close(linger=0)
         sock = self._socket()
-        poller.register(sock, zmq.POLLIN)
+        waiter.watch(sock)
         self.proto.connection_made(time.monotonic())
         with self._cond:
             self._cond.notify_all()
@@ -463,6 +467,43 @@ class Client:
         return box[0]  # type: ignore[no-any-return]
 
 
+class _IOWait:
+    """What the sync client's I/O thread sleeps in: the ZMQ_FD of its DEALER
+    (readable when the socket has commands to process: the caller must have
+    seen EVENTS report no input since its last send or recv) and the socket
+    pair other threads kick. Plain descriptors in one poll(2): a zmq_poll
+    over two ZeroMQ sockets makes a first pass with timeout 0 and an EVENTS
+    check (a syscall) per socket before and after it sleeps."""
+
+    def __init__(self, wake: socket.socket) -> None:
+        self._wake = wake.fileno()
+        self._fd = -1
+        self._poll: Any = None
+
+    def watch(self, sock: zmq.Socket) -> None:
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+            self._poll.register(self._wake, select.POLLIN)
+        else:   # Windows: zmq_poll over the two descriptors (sockets there)
+            self._poll = zmq.Poller()
+            self._poll.register(self._fd, zmq.POLLIN)
+            self._poll.register(self._wake, zmq.POLLIN)
+
+    def wait(self, ms: int) -> bool:
+        """Sleep up to ``ms``; True when a kick (not only the socket) woke it."""
+        try:
+            ready = self._poll.poll(ms)
+        except InterruptedError:
+            return False
+        wake = self._wake
+        for fd, _ in ready:
+            if fd == wake:
+                return True
+        return False
+
+
 class _DirectRequester:
     """One thread's request path: its own DEALER socket and protocol session,
     driven by that thread while it waits, so a sync request costs no thread
@@ -483,6 +524,7 @@ class _DirectRequester:
         if self._sock is not None:
             self._sock.close(linger=0)
         self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
+        self.proto.outbox.kick = None   # this thread sends what it buffers itself
         self._sock = self._client._socket()
         self._rcvtimeo = -1   # the socket's RCVTIMEO (ms; -1: none)
         self.proto.connection_made(time.monotonic())

@@ -515,8 +515,10 @@ class ClientProtocol:
                         self.on_deliver(h)
                 elif cmd == _PCREDIT:
                     self.credit += ev[1]
-                    self.kick()
-                    self.on_credit()
+                    if self.kick is not _noop:   # a driver that sends by itself
+                        self.kick()              # (the per-thread requester) has none
+                    if self.on_credit is not _noop:
+                        self.on_credit()
                 elif cmd == _QMSG:
                     h = handles.get(ev[1])
                     if isinstance(h, RemoteConsumer):

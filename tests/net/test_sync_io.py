@@ -1,0 +1,48 @@
+"""The sync client's I/O thread sleeps in poll(2) on its DEALER's ZMQ_FD
+(edge-triggered) and a socket pair for kicks. A missed edge or kick would
+stall it until its timer: with a 30 s heartbeat that is a Timeout here."""
+
+import threading
+
+from ringcast.broker import Broker
+from ringcast.client import connect
+
+
+def test_io_thread_misses_no_input_and_no_kick_with_a_long_heartbeat():
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=30.0).start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=30, timeout=10) as server, \
+                connect(broker.endpoints[0], heartbeat=30, timeout=10) as c:
+            server.serve("echo", lambda m: m.payload)          # inline, on the I/O thread
+            server.flush(timeout=5)
+            sub = server.subscribe("io.>")
+            server.flush(timeout=5)
+            for i in range(300):
+                # a request answered by the responder's I/O thread, a publish
+                # kicked from this thread and a delivery to a waiting reader
+                assert c.request("echo", b"%d" % i, timeout=5).payload == b"%d" % i
+                c.publish("io.x", b"%d" % i)
+                c.flush(timeout=5)
+                assert sub.recv(timeout=5).payload == b"%d" % i
+
+            # kicks from many threads at once (only one wake-up is pending at a time)
+            errors = []
+
+            def publisher(k):
+                try:
+                    for j in range(50):
+                        c.publish("io.t", b"%d-%d" % (k, j))
+                        c.flush(timeout=5)
+                except Exception as exc:   # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=publisher, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            got = [sub.recv(timeout=5).payload for _ in range(200)]
+            for t in threads:
+                t.join(10)
+            assert not errors
+            assert sorted(got) == sorted(b"%d-%d" % (k, j) for k in range(4) for j in range(50))
+    finally:
+        broker.stop()
