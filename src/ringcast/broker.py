@@ -260,6 +260,8 @@ class Broker:
         self._deadlines: List[Tuple[float, int, Any]] = []  # heap of (deadline, n, PendingRequest)
         self._live = 0           # remote requests not answered yet (to prune the heap)
         self._dirty: Set[_Session] = set()                # sessions with output to send
+        self._eager = False      # the frame being applied carried requests or answers
+        self._spun_input = False  # the last spin ended because input arrived
         self._owed: Set[_Session] = set()                 # ... with only credit, held back
         self._seq = itertools.count()
         self._subjects: Dict[str, str] = {}
@@ -391,6 +393,10 @@ class Broker:
                 if self._owed:   # held-back credit is due by CREDIT_DELAY
                     until = min(until, now + CREDIT_DELAY)
                 busy = self._spin(sock, until)   # input arrived: no poll, no sleep
+                if busy and self._spun_input:
+                    # EVENTS said input: read its first part now, or _step
+                    # would ask EVENTS (a syscall) again before reading it
+                    first = recv(_NOBLOCK)
             if not busy:
                 timeout = 1 if self._owed else max(0, int((next_timer - now) * 1000) + 1)
                 if self._deadlines:
@@ -418,12 +424,15 @@ class Broker:
 
     def _spin(self, sock: zmq.Socket, until: float) -> bool:
         """Wait for input without sleeping, until ``until``: a client that
-        answers within the window is served with no thread wake-up here."""
+        answers within the window is served with no thread wake-up here.
+        ``_spun_input`` tells whether it was input that ended the spin."""
         clock = time.monotonic
+        self._spun_input = False
         while not _zget(sock, _EVENTS) & _POLLIN:
             if self._wake_pending or self._calls or self._stopping or clock() >= until:
                 # _wake_pending: another thread queued work (a ready ring: _mark)
                 return bool(self._wake_pending or self._calls)
+        self._spun_input = True
         return True
 
     def _step(self, sock: zmq.Socket, now: float, first: Optional[bytes] = None) -> int:
@@ -456,6 +465,13 @@ class Broker:
                     self._wake_pending = False
             else:
                 self._on_frame(ident, frame, now)
+                if self._eager:
+                    self._eager = False
+                    if n == 1:
+                        # a request or an answer in the pass's first frame
+                        # leaves now, ahead of the EVENTS check for more
+                        # input (later frames of a busy pass are batched)
+                        self._flush_dirty()
             ident = None
         while self._calls:
             fn, args = self._calls.popleft()
@@ -473,12 +489,15 @@ class Broker:
         if self._owed:
             self._dirty |= self._owed
             self._owed.clear()
+        self._flush_dirty()
+        return n
+
+    def _flush_dirty(self) -> None:
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             for s in dirty:
                 if s.alive:
                     self._flush_out(s)
-        return n
 
     # -- inbound ----------------------------------------------------------------------------
     def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
@@ -761,6 +780,7 @@ class Broker:
 
     def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, rid, name, timeout_ms, headers, payload = rec
+        self._eager = True
         try:
             service = self.router.service(name)
         except errors.RingcastError as exc:
@@ -787,6 +807,7 @@ class Broker:
 
     def _on_rep(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, headers, payload = rec
+        self._eager = True
         responder = s.services.get(hid)
         pending = None if responder is None else responder.answered(tag)
         if pending is None:   # answered after its handle was closed
@@ -798,6 +819,7 @@ class Broker:
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, code, text = rec
+        self._eager = True
         responder = s.services.get(hid)
         pending = None if responder is None else responder.answered(tag)
         if pending is not None:
