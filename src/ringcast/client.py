@@ -193,6 +193,13 @@ class Client:
         proto.connection_made(time.monotonic())
         try:
             while True:
+                # input first: woken by its FD, the frame is read and answered
+                # before the timer and the sends of other threads' work
+                if not clean:
+                    if _zget(sock, _EVENTS) & _POLLIN:
+                        sock, clean = self._receive(sock, waiter)
+                    else:
+                        clean = True
                 now = time.monotonic()
                 lost, wait = proto.timer(now)
                 if lost:
@@ -208,10 +215,8 @@ class Client:
                 # ZMQ_FD is edge-triggered: sleep on it only once EVENTS has
                 # said "no input" after the last send or recv, which may have
                 # taken the command that made it readable
-                if not clean and _zget(sock, _EVENTS) & _POLLIN:
-                    sock, clean = self._receive(sock, waiter)
+                if not clean:
                     continue
-                clean = True
                 if waiter.wait(max(1, int(wait * 1000))):
                     with self._lock:
                         self._wake_pending = False
