@@ -145,6 +145,46 @@ def test_events_group_deliveries_and_attach_owners():
     assert evs[2][0] == C.RQST and evs[2][2]._tag == 77 and evs[2][3] == 1500
 
 
+def test_write_deliveries_round_trips_queue_deliveries():
+    msgs = [C.message("jobs", b"a", None, tag=11), C.message("jobs", b"b", {"k": "v"}, tag=12,
+                                                               redelivered=True, delivery_count=3)]
+    w = C.Writer()
+    w.write_deliveries(4, msgs)
+    ((cmd, handle, got),) = C.Reader(w.take()).events({4: "owner"})
+    assert (cmd, handle) == (C.QMSG, 4)
+    assert [(m._tag, m.redelivered, m.delivery_count, m.subject, m.headers, m.payload, m._owner)
+            for m in got] == [(11, False, 1, "jobs", None, b"a", "owner"),
+                              (12, True, 3, "jobs", {"k": "v"}, b"b", "owner")]
+
+
+def test_write_deliveries_leaves_no_partial_record():
+    w = C.Writer()
+    w.write_deliveries(1, [C.message("ok", b"1", tag=1)])
+    size = len(w)
+    with pytest.raises(errors.WrongType):
+        w.write_deliveries(1, [C.message("bad", "not bytes", tag=2)])
+    assert len(w) == size and w.records == 1
+
+
+def test_acks_decodes_a_run_of_acks_per_handle_and_stops_at_another_record():
+    w = C.Writer()
+    for hid, tag in [(1, 5), (2, 6), (1, 7), (1, 300)]:
+        w.record(C.ACK, hid, tag)
+    w.record(C.CREDIT, 1, 10)
+    w.record(C.ACK, 3, 1)
+    r = C.Reader(w.take())
+    assert r.acks() == {1: [5, 7, 300], 2: [6]}
+    assert r.next() == (C.CREDIT, 1, 10)
+    assert r.acks() == {3: [1]} and r.at_end()
+    assert r.acks() == {}
+
+
+def test_acks_rejects_a_malformed_ack():
+    r = C.Reader(_record(C.ACK, b"\x01\x02\x03"))
+    with pytest.raises(errors.ProtocolError):
+        r.acks()
+
+
 def _record(cmd, body):
     return bytes([cmd]) + struct.pack("<I", len(body)) + body
 

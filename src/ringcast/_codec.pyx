@@ -276,6 +276,27 @@ cdef class Writer:
         self._record(cmd, fields)
         return self.length
 
+    def write_deliveries(self, uint64_t handle, list msgs):
+        """QMSG records for queue deliveries, one native loop for a batch
+        (the broker's consumer flush): tag, redelivered flag, delivery count."""
+        cdef Message m
+        cdef size_t start
+        for m in msgs:
+            start = self._begin(RC_QMSG)
+            try:
+                self._uv(handle)
+                self._uv(m._tag)
+                self._uv(1 if m.redelivered else 0)
+                self._uv(m.delivery_count)
+                self._str(m.subject)
+                self._headers(m.headers)
+                self._payload(m.payload)
+            except BaseException:
+                self.length = start
+                raise
+            self._end(start)
+        return self.length
+
     def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
         """Move up to ``max_count`` messages out of ``ring`` as MSG records,
         stopping once the frame reaches ``max_bytes``; returns how many. A
@@ -740,6 +761,27 @@ cdef class Reader:
         rec = self._fields(cmd)
         self.pos = self.e
         return rec
+
+    def acks(self):
+        """Decode consecutive ACK records: ``{handle: [tag, ...]}`` in the
+        order they came, so a run of acks is settled in one call per handle."""
+        cdef dict out = {}
+        cdef uint64_t handle, tag
+        cdef PyObject *tags
+        while self.pos < self.n and self.p[self.pos] == RC_ACK:
+            self._open()
+            handle = self._uv()
+            tag = self._uv()
+            if self.b != self.e:
+                raise ProtocolError(f"record 0x{RC_ACK:02x} has {self.e - self.b} unexpected "
+                                    f"trailing bytes")
+            self.pos = self.e
+            tags = PyDict_GetItem(out, handle)
+            if tags == NULL:
+                out[handle] = [tag]
+            else:
+                (<list>tags).append(tag)
+        return out
 
     def route(self, publish, dict counts=None):
         """Publish consecutive PUB records through ``publish``: a native

@@ -349,8 +349,10 @@ class Broker:
         for s in list(self._sessions.values()):
             self._drop(s, "broker stopping", notify=False)
         assert self._sock is not None
+        with self._wake_lock:   # a _wake() from another thread sends on it under the lock
+            self._wake_pending = True   # and none is sent from now on
+            self._wake_tx.close(linger=0)
         self._sock.close(linger=100)
-        self._wake_tx.close(linger=0)
         log.info("ringcast broker stopped")
 
     def _wake(self) -> None:
@@ -586,6 +588,10 @@ class Broker:
                 if reader.peek() == C.PUB:   # a block-policy ring is full
                     return self._park(s, self.router.blocked_ring)
                 continue
+            if cmd == C.ACK:   # a consumer's acks come in runs: one decode per run
+                for hid, tags in reader.acks().items():
+                    self._on_acks(s, hid, tags)
+                continue
             start = reader.offset
             rec = reader.next()
             assert rec is not None
@@ -749,13 +755,14 @@ class Broker:
         self._ready.append((s, hid))   # credit freed
         return msg
 
-    def _on_ack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        msg = self._settle(s, rec[1], rec[2])
-        if msg is not None:
-            try:
-                msg.ack()
-            except errors.AckError as exc:  # taken back: the ack deadline passed
-                self._error(s, 0, exc)
+    def _on_acks(self, s: _Session, hid: int, tags: List[int]) -> None:
+        for tag in tags:
+            msg = self._settle(s, hid, tag)
+            if msg is not None:
+                try:
+                    msg.ack()
+                except errors.AckError as exc:  # taken back: the ack deadline passed
+                    self._error(s, 0, exc)
 
     def _on_nack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         msg = self._settle(s, rec[1], rec[2])
@@ -843,7 +850,7 @@ class Broker:
 
     _handlers = {
         C.SUB: _on_sub, C.CLOSE: _on_close, C.CREDIT: _on_credit, C.DECLARE: _on_declare,
-        C.SEND: _on_send, C.CONSUME: _on_consume, C.ACK: _on_ack, C.NACK: _on_nack,
+        C.SEND: _on_send, C.CONSUME: _on_consume, C.NACK: _on_nack,
         C.SERVE: _on_serve, C.REQ: _on_req, C.REP: _on_rep, C.REPERR: _on_reperr,
         C.STATS: _on_stats, C.HB: _on_hb, C.BYE: _on_bye, C.HELLO: _on_hello,
     }
@@ -894,8 +901,7 @@ class Broker:
         msgs = consumer.recv_many(room)
         for msg in msgs:
             delivered[msg._tag] = msg
-            s.out.record(C.QMSG, hid, msg._tag, 1 if msg.redelivered else 0,
-                         msg.delivery_count, msg.subject, msg.headers, msg.payload)
+        s.out.write_deliveries(hid, msgs)
         if len(msgs) < room and not self._arm(s, hid, consumer.queue.on_ready):
             self._ready.append((s, hid))
 
