@@ -157,6 +157,21 @@ def test_write_deliveries_round_trips_queue_deliveries():
                               (12, True, 3, "jobs", {"k": "v"}, b"b", "owner")]
 
 
+def test_write_deliveries_encodes_pure_python_messages_the_same():
+    """The broker on the pure-Python core hands its own Message objects."""
+    from ringcast._ring_py import Message as PyMessage
+
+    native = C.message("jobs", b"b", {"k": "v"}, tag=12, redelivered=True, delivery_count=3)
+    pure = PyMessage("jobs", b"b", {"k": "v"}, redelivered=True, delivery_count=3)
+    pure._tag = 12
+    frames = []
+    for m in (native, pure):
+        w = C.Writer()
+        w.write_deliveries(4, [m])
+        frames.append(w.take())
+    assert frames[0] == frames[1]
+
+
 def test_write_deliveries_leaves_no_partial_record():
     w = C.Writer()
     w.write_deliveries(1, [C.message("ok", b"1", tag=1)])
@@ -177,6 +192,36 @@ def test_acks_decodes_a_run_of_acks_per_handle_and_stops_at_another_record():
     assert r.next() == (C.CREDIT, 1, 10)
     assert r.acks() == {3: [1]} and r.at_end()
     assert r.acks() == {}
+
+
+def test_sends_decodes_a_run_of_header_less_sends_to_one_queue():
+    w = C.Writer()
+    for i in range(3):
+        w.record(C.SEND, "jobs", None, b"%d" % i)
+    w.record(C.SEND, "other", None, b"o")          # another queue ends the run
+    w.record(C.SEND, "other", {"msg-id": "1"}, b"h")  # headers: the one-by-one path
+    w.record(C.SEND, "other", None, b"p")
+    r = C.Reader(w.take())
+    assert r.sends() == ("jobs", [b"0", b"1", b"2"])
+    assert r.sends() == ("other", [b"o"])
+    at = r.offset
+    assert r.sends() == (None, []) and r.offset == at
+    assert r.next() == (C.SEND, "other", {"msg-id": "1"}, b"h")
+    assert r.sends() == ("other", [b"p"]) and r.at_end()
+
+
+def test_skip_steps_over_records_to_retry_the_first_refused_one():
+    w = C.Writer()
+    for i in range(4):
+        w.record(C.SEND, "jobs", None, b"%d" % i)
+    r = C.Reader(w.take())
+    start = r.offset
+    assert r.sends()[1] == [b"0", b"1", b"2", b"3"]
+    r.seek(start)
+    r.skip(3)
+    assert r.sends() == ("jobs", [b"3"])
+    with pytest.raises(errors.ProtocolError):
+        r.skip(1)
 
 
 def test_acks_rejects_a_malformed_ack():

@@ -165,3 +165,17 @@ def test_full_queue_blocks_sender_until_consumed(router):
 def test_unknown_queue_lookup(router):
     with pytest.raises(errors.NotFound):
         router.queue("missing")
+
+
+def test_try_send_many_takes_what_fits_and_never_waits(router):
+    router.declare_queue("full", capacity=4)                 # block policy
+    assert router.try_send_many("full", [b"%d" % i for i in range(6)]) == 4
+    assert router.try_send_many("full", [b"x"]) == 0
+    router.declare_queue("lossy", capacity=4, overflow="drop_newest")
+    assert router.try_send_many("lossy", [b"%d" % i for i in range(6)]) == 6   # 2 dropped
+    c = router.consume("full")
+    assert [c.recv(timeout=0).payload for _ in range(4)] == [b"0", b"1", b"2", b"3"]
+    c = router.consume("lossy")
+    assert [c.recv(timeout=0).payload for _ in range(4)] == [b"0", b"1", b"2", b"3"]
+    assert router.try_send_many("auto", [b"a"]) == 1          # declared on first use
+    assert router.consume("auto").recv(timeout=0).payload == b"a"

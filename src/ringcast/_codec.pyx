@@ -278,10 +278,16 @@ cdef class Writer:
 
     def write_deliveries(self, uint64_t handle, list msgs):
         """QMSG records for queue deliveries, one native loop for a batch
-        (the broker's consumer flush): tag, redelivered flag, delivery count."""
+        (the broker's consumer flush): tag, redelivered flag, delivery count.
+        The pure-Python core's messages take the generic record path."""
         cdef Message m
         cdef size_t start
-        for m in msgs:
+        for x in msgs:
+            if not isinstance(x, Message):
+                self._record(RC_QMSG, (handle, x._tag, 1 if x.redelivered else 0,
+                                       x.delivery_count, x.subject, x.headers, x.payload))
+                continue
+            m = <Message>x
             start = self._begin(RC_QMSG)
             try:
                 self._uv(handle)
@@ -761,6 +767,43 @@ cdef class Reader:
         rec = self._fields(cmd)
         self.pos = self.e
         return rec
+
+    def sends(self):
+        """Decode a run of SEND records to one queue that carry no headers
+        (the common case of a producer loop): ``(queue, [payload, ...])``.
+        Returns ``(None, [])`` and reads nothing when the next record is not
+        such a SEND; records with headers take the one-by-one path."""
+        cdef list payloads = []
+        cdef object queue = None
+        cdef const unsigned char *name = NULL
+        cdef const unsigned char *s
+        cdef size_t name_len = 0, ln, at
+        while self.pos < self.n and self.p[self.pos] == RC_SEND:
+            at = self.pos
+            self._open()
+            if queue is None:
+                queue = self._subject()
+                name, name_len = self.last_raw, self.last_len
+            else:
+                s = self._span(self.max_subject, &ln)
+                if ln != name_len or memcmp(s, name, ln) != 0:
+                    self.pos = at
+                    break
+            if self._uv() != 0:   # headers: not for this path
+                self.pos = at
+                break
+            payloads.append(self._payload())
+            self.pos = self.e
+        return (queue if payloads else None), payloads
+
+    def skip(self, Py_ssize_t count):
+        """Step over ``count`` records (to retry from the first one refused)."""
+        cdef Py_ssize_t i
+        for i in range(count):
+            if self.pos >= self.n:
+                raise ProtocolError("skipped past the end of the frame")
+            self._open()
+            self.pos = self.e
 
     def acks(self):
         """Decode consecutive ACK records: ``{handle: [tag, ...]}`` in the

@@ -579,6 +579,7 @@ class Broker:
     def _process(self, s: _Session, reader: C.Reader) -> bool:
         """Apply the records of a frame in order. Returns False when a record
         met a full block-policy buffer: the reader stays at that record."""
+        batch_sends = True
         while True:
             cmd = reader.peek()
             if cmd == -1 or not s.alive:   # a record may drop the session (a flush
@@ -593,6 +594,20 @@ class Broker:
                     self._on_acks(s, hid, tags)
                 continue
             start = reader.offset
+            if cmd == C.SEND and batch_sends:   # and a producer's sends to one queue
+                queue, payloads = reader.sends()
+                if queue is not None:
+                    try:
+                        taken = self.router.try_send_many(queue, payloads)
+                    except errors.RingcastError:
+                        batch_sends = False   # one by one: each refused SEND answered alone
+                        reader.seek(start)
+                        continue
+                    if taken < len(payloads):   # a block-policy queue is full
+                        reader.seek(start)
+                        reader.skip(taken)
+                        return self._park(s, self.router.queue(queue).ring)
+                    continue
             rec = reader.next()
             assert rec is not None
             handler = self._handlers.get(cmd)

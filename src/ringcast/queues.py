@@ -179,15 +179,20 @@ class Queue:
 
     def put_many(self, payloads: List[Any], headers: Headers, timeout: Optional[float]) -> int:
         """Enqueue many payloads in one native call (one log write if durable)."""
-        if self.log is not None:
-            for p in payloads:
-                check_message(p, headers)
-        done: int = self.ring.put_many(self.name, payloads, headers)
+        done = self.try_put_many(payloads, headers)
         deadline = _deadline(timeout)
         while done < len(payloads):
             self._router._wait_space(self.ring, deadline)
             done += self.ring.put_many(self.name, payloads[done:], headers)
         return done
+
+    def try_put_many(self, payloads: List[Any], headers: Headers) -> int:
+        """As ``put_many`` without waiting: how many were enqueued before a
+        ``block`` intake ring filled up (the broker parks the rest)."""
+        if self.log is not None:
+            for p in payloads:
+                check_message(p, headers)
+        return int(self.ring.put_many(self.name, payloads, headers))
 
     # -- de-duplication (call the helpers below with the lock held) ---------------
     def _forget_ids(self, now: float) -> None:

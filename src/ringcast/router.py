@@ -312,6 +312,13 @@ class Router(CoreRouter):
         return q.put_many(payloads if isinstance(payloads, list) else list(payloads),
                           headers, timeout)
 
+    def try_send_many(self, queue: str, payloads: List[Any]) -> int:
+        """As ``send_many`` without headers, never waiting for room: how many
+        were enqueued before a ``block`` queue filled up (the broker's runs of
+        SEND records; it parks the rest)."""
+        q = self._queues.get(queue) or self.declare_queue(queue)
+        return q.try_put_many(payloads, None)
+
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         """A competing consumer of ``queue`` (declared on first use)."""
         q = self._queues.get(queue) or self.declare_queue(queue)

@@ -15,7 +15,7 @@ from ringcast import errors
 
 from .conftest import wait_for
 
-HELLO, PUB, SUB, DECLARE, ACK, NACK = 0x01, 0x02, 0x03, 0x06, 0x09, 0x0A
+HELLO, PUB, SUB, DECLARE, SEND, ACK, NACK = 0x01, 0x02, 0x03, 0x06, 0x07, 0x09, 0x0A
 WELCOME, ERR = 0x81, 0x83
 
 
@@ -57,6 +57,8 @@ MATRIX = {
                           errors.ProtocolError.code, True),
     "oversize message": ([hello(), rec(PUB, st("a.b") + uv(0) + b"x" * (2 << 20))],
                          errors.LimitExceeded.code, True),
+    "send to an invalid queue name": ([hello(), rec(SEND, st("q..x") + uv(0) + b"x")],
+                                      errors.InvalidSubject.code, False),
     "ack of an unknown delivery": ([hello(), rec(ACK, uv(5) + uv(77))],
                                    errors.AckError.code, False),
     "nack of an unknown delivery": ([hello(), rec(NACK, uv(5) + uv(77) + uv(1))],

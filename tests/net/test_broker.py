@@ -312,6 +312,27 @@ def test_block_policy_pushes_back_on_the_publisher(broker, client):
         assert stats["counters"]["publisher_waits"] >= 1
 
 
+def test_sends_to_a_full_block_queue_wait_at_the_broker_and_all_land_once(broker, client):
+    """A frame of sends larger than the queue's room: the broker takes what
+    fits, keeps the rest of the frame and applies it as consumers make room,
+    in order, each message once; the producer's flush confirms it all."""
+    client.declare_queue("bq", capacity=4)
+    for i in range(50):
+        client.send("bq", b"%d" % i)
+    client.send("bq", b"last", {"k": "v"})   # headers: applied one by one, after the run
+    assert wait_for(lambda: client.stats()["counters"].get("publisher_waits", 0) >= 1)
+    with connect(broker.url, heartbeat=HEARTBEAT) as worker:
+        jobs = worker.consume("bq", prefetch=3)
+        got = []
+        while len(got) < 51:
+            for m in jobs.recv_many(3, timeout=10):
+                got.append(m.payload)
+                m.ack()
+    assert got == [b"%d" % i for i in range(50)] + [b"last"]
+    client.flush(timeout=10)
+    assert client.stats()["queues"]["bq"]["acked"] == 51
+
+
 def test_recv_payloads_takes_encoded_deliveries_without_messages(broker, client):
     with connect(broker.url, heartbeat=HEARTBEAT) as reader:
         sub = reader.subscribe("p.>", capacity=4096)
