@@ -313,19 +313,20 @@ class Broker:
         # backlog (MAX_BACKLOG) fills, then a client that does not read is dropped
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 100000)
-        for ep in self.bind:
-            sock.bind(ep)
-            self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        self._sock = sock
         # other threads wake the loop through the ROUTER itself, so the loop
         # waits in a blocking recv on one socket instead of a zmq_poll over two
-        # (which costs several syscalls per pass: EVENTS on each, two polls)
+        # (which costs several syscalls per pass: EVENTS on each, two polls).
+        # Connected before any network endpoint exists: no peer can take its id.
         addr = f"inproc://ringcast-broker-{id(self)}"
         sock.bind(addr)
         self._wake_tx = self._ctx.socket(zmq.DEALER)
         self._wake_tx.setsockopt(zmq.LINGER, 0)
         self._wake_tx.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
         self._wake_tx.connect(addr)
+        for ep in self.bind:
+            sock.bind(ep)
+            self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._sock = sock
 
     def run(self) -> None:
         """Serve until ``stop()``."""
