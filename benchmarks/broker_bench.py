@@ -1,6 +1,6 @@
 """Broker throughput and latency against raw pyzmq baselines, in one run.
 
-    python benchmarks/broker_bench.py [--n 1000000] [--size 16]
+    python benchmarks/broker_bench.py [--n 1000000] [--size 16] [--batch 1000]
 
 Every case runs publisher, subscriber (and broker) as separate processes on
 this machine; rates are measured at the receiver, first to last message.
@@ -136,7 +136,7 @@ def bench_raw_reqrep(n, size):
 
 
 # -- ringcast ---------------------------------------------------------------------------
-def rc_sub(url, n, q, payloads=False):
+def rc_sub(url, n, q, payloads=False, batch=1000):
     from ringcast.client import connect
 
     with connect(url) as c:
@@ -145,10 +145,10 @@ def rc_sub(url, n, q, payloads=False):
         q.put("ready")
         if payloads:   # the batch fast path: no Message objects
             def take():
-                return sub.recv_payloads(65536, timeout=60)
+                return sub.recv_payloads(batch, timeout=60)
         else:
             def take():
-                return sub.recv_many(65536, timeout=60)
+                return sub.recv_many(batch, timeout=60)
         got = len(take())
         t0 = time.perf_counter()
         while got < n:
@@ -190,9 +190,9 @@ def start_broker(url):
     return b, line.split()[-1]
 
 
-def bench_rc_pubsub(url, n, size, many=False, payloads=False):
+def bench_rc_pubsub(url, n, size, many=False, payloads=False, batch=1000):
     q = mp.Queue()
-    sub = mp.Process(target=rc_sub, args=(url, n, q, payloads))
+    sub = mp.Process(target=rc_sub, args=(url, n, q, payloads, batch))
     sub.start()
     q.get(timeout=30)
     pub = mp.Process(target=rc_pub, args=(url, n, size, many))
@@ -315,6 +315,8 @@ def main():
     ap.add_argument("--requests", type=int, default=5000, help="sync round trips")
     ap.add_argument("--pipelined", type=int, default=100_000, help="asyncio requests")
     ap.add_argument("--soak", type=int, default=30, help="seconds of the stalled-subscriber run")
+    ap.add_argument("--batch", type=int, default=1000,
+                    help="most messages a subscriber takes per call (as ringcast bench)")
     args = ap.parse_args()
     n, size = args.n, args.size
     rows = []
@@ -322,11 +324,12 @@ def main():
     rows.append(("zmq.proxy XSUB/XPUB, multipart", bench_proxy(min(n, 300_000), size), "msg/s"))
     broker, url = start_broker("tcp://127.0.0.1:0")
     try:
-        rows.append(("ringcast broker, publish() loop", bench_rc_pubsub(url, n, size), "msg/s"))
+        rows.append(("ringcast broker, publish() loop",
+                     bench_rc_pubsub(url, n, size, batch=args.batch), "msg/s"))
         rows.append(("ringcast broker, publish() -> recv_payloads",
-                     bench_rc_pubsub(url, n, size, payloads=True), "msg/s"))
-        rows.append(("ringcast broker, publish_many()", bench_rc_pubsub(url, n, size, True),
-                     "msg/s"))
+                     bench_rc_pubsub(url, n, size, payloads=True, batch=args.batch), "msg/s"))
+        rows.append(("ringcast broker, publish_many()",
+                     bench_rc_pubsub(url, n, size, True, batch=args.batch), "msg/s"))
         raw_rr = bench_raw_reqrep(args.requests, size)
         rows.append(("pyzmq REQ<->REP direct, p50", raw_rr, "us"))
         rows.append(("ringcast sync request, p50", bench_rc_reqrep(url, args.requests, size),
