@@ -161,3 +161,17 @@ def test_respond_to_a_non_request_is_an_error(router):
     router.publish("x", b"1")
     with pytest.raises(errors.RingcastError):
         sub.recv(timeout=1).respond(b"no")
+
+
+def test_a_handler_result_that_is_not_a_payload_fails_the_request(router):
+    router.serve("bad", lambda m: "a str")
+    with pytest.raises(errors.WrongType):
+        router.request("bad", b"x", timeout=5)
+    responder = router.serve("manual")
+    results = []
+    router.request_cb("manual", b"x", results.append, timeout=5)
+    msg = responder.recv(timeout=1)
+    with pytest.raises(errors.WrongType):
+        msg.respond({"not": "bytes"})     # the caller learns why; it may respond again
+    msg.respond(b"fine")
+    assert [r.payload for r in results] == [b"fine"]

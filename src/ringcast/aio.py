@@ -30,6 +30,7 @@ from ._waiting import _deadline
 from .queues import Queue as _Queue
 from .services import Responder as _SyncResponder
 from .services import log as _service_log
+from .services import reply
 
 __all__ = ["Router", "Subscription", "Consumer", "Responder"]
 
@@ -138,8 +139,7 @@ class Responder(_AsyncSource):
                     _service_log.exception("handler for %r raised", msg.subject)
                     pending.fail(errors.ServiceError(f"{type(exc).__name__}: {exc}"))
                     return
-                if result is not None and not pending.settled:
-                    msg.respond(result)
+                reply(msg, result)
             finally:
                 limit.release()
 

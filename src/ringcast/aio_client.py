@@ -32,6 +32,7 @@ from .protocol import (
     RemoteService,
     RemoteSubscription,
     _Handle,
+    reply,
 )
 
 log = logging.getLogger("ringcast.aio")
@@ -247,7 +248,7 @@ class Connection:
         if inspect.isawaitable(result):
             self._spawn(self._answer_later(msg, result))
         elif result is not None:
-            msg.respond(result)
+            reply(msg, result)
 
     async def _answer_later(self, msg: Message, awaitable: Any) -> None:
         try:
@@ -256,7 +257,7 @@ class Connection:
             msg._owner.fail(msg, exc)
             return
         if result is not None:
-            msg.respond(result)
+            reply(msg, result)
 
     def _spawn(self, coro: Any) -> None:
         task = self._loop.create_task(coro)

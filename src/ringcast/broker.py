@@ -40,7 +40,7 @@ from . import errors
 from ._impl import USE_EXTENSIONS, Message
 from .queues import queue_options_from_wire
 from .router import Router
-from .services import PendingRequest, _Service
+from .services import PendingRequest, _Service, check_reply
 
 log = logging.getLogger("ringcast.broker")
 
@@ -120,6 +120,7 @@ class _WireRequest(PendingRequest):
     # Settled only on the broker loop (answers from other threads are handed
     # to it), so an answer racing the deadline is applied once, never twice.
     def respond(self, msg: Optional[Message], payload: Any, headers: Any) -> None:
+        check_reply(payload, headers, self.broker.max_message)   # what the requester reads
         self.broker._call_soon(self._respond, payload, headers)
 
     def _respond(self, payload: Any, headers: Any) -> None:

@@ -31,7 +31,9 @@ from .protocol import (
     RemoteService,
     RemoteSubscription,
     _Handle,
+    reply,
 )
+from .services import check_reply
 
 log = logging.getLogger("ringcast.client")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
@@ -614,9 +616,14 @@ def _answer_inline(proto: ClientProtocol, msg: Message, handler: Handler) -> Non
         return
     owner = msg._owner
     if owner.stale or not proto.ready:
-        msg.respond(result)   # what respond does with those
-    else:
-        proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
+        reply(msg, result)   # what respond does with those
+        return
+    try:
+        check_reply(result, None, proto.max_message)
+    except errors.RingcastError:
+        reply(msg, result)   # which fails the request with that error
+        return
+    proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
 
 
 def _answer(msg: Message, handler: Handler) -> None:
@@ -629,7 +636,7 @@ def _answer(msg: Message, handler: Handler) -> None:
         msg._owner.fail(msg, exc)
         return
     if result is not None:
-        msg.respond(result)
+        reply(msg, result)
 
 
 class _Receiver(Receiving):

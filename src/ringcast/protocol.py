@@ -24,6 +24,7 @@ from . import _codec as C
 from . import errors
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
+from .services import check_reply
 
 log = logging.getLogger("ringcast.client")
 
@@ -39,6 +40,8 @@ REQUEST_GRACE = 0.05
 MAX_WINDOW = 1 << 16
 #: publishes buffered beyond the broker's credit before ``publish`` must wait
 QUEUED_LIMIT = 1 << 20
+#: longest error text a responder sends with a failed request
+MAX_ERROR_TEXT = 4096
 
 
 _REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (
@@ -208,13 +211,31 @@ class _Settler:
         self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
-        self._check()._urgent(C.REP, self.handle.id, msg._tag, headers, payload)
+        proto = self._check()
+        check_reply(payload, headers, proto.max_message)
+        proto._urgent(C.REP, self.handle.id, msg._tag, headers, payload)
 
     def fail(self, msg: Message, exc: BaseException) -> None:
         code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
             errors.ServiceError.code
-        self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code,
-                              f"{type(exc).__name__}: {exc}")
+        text = f"{type(exc).__name__}: {exc}"
+        self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code, text[:MAX_ERROR_TEXT])
+
+
+def reply(msg: Message, result: Any) -> None:
+    """Send a handler's result as its request's reply. A result that cannot
+    be one fails the request with that error (WrongType, LimitExceeded)
+    instead of escaping into the client's I/O loop, which would end the
+    session; a request of a session that has ended is dropped (the broker
+    already told its requester the responder disconnected)."""
+    owner = msg._owner
+    try:
+        owner.respond(msg, result)
+    except errors.AckError:
+        log.debug("reply to a request of an ended session dropped")
+    except errors.RingcastError as exc:
+        log.error("handler for %r returned what cannot be a reply: %s", msg.subject, exc)
+        owner.fail(msg, exc)
 
 
 def _noop() -> None:

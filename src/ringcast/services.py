@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Tuple
 
 from . import errors
-from ._impl import Handler, Headers, Message, Ring
+from ._impl import Handler, Headers, Message, Ring, check_message
 from ._waiting import Source, _Signal
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class PendingRequest:
         raise errors.RingcastError("requests are responded to, not nacked")
 
     def respond(self, msg: Optional[Message], payload: Any, headers: Headers) -> None:
+        check_message(payload, headers)
         reply = Message(self.service.name, payload, headers)
         if not self._settle(reply):
             self.service.late_replies += 1
@@ -173,8 +174,32 @@ def answer(msg: Message, handler: Handler) -> None:
         log.exception("handler for %r raised", msg.subject)
         pending.fail(errors.ServiceError(f"{type(exc).__name__}: {exc}"))
         return
-    if result is not None and not pending.settled:
+    reply(msg, result)
+
+
+def check_reply(payload: Any, headers: Headers, limit: int) -> None:
+    """Refuse a reply that would not reach a remote party: not bytes-like,
+    bad headers, or over the broker's message limit (its reader would end
+    the session of whoever sent or receives it)."""
+    check_message(payload, headers)
+    size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    if size > limit:
+        raise errors.LimitExceeded(f"reply of {size} bytes exceeds the broker's limit of {limit}")
+
+
+def reply(msg: Message, result: Any) -> None:
+    """Respond with a handler's result (None: the handler responds itself).
+    A result that cannot be a reply (not bytes-like, too large for a remote
+    requester) fails the request with that error: the requester learns why,
+    and nothing escapes into the thread that ran the handler."""
+    pending = msg._owner
+    if result is None or pending.settled:
+        return
+    try:
         msg.respond(result)
+    except errors.RingcastError as exc:
+        log.error("handler for %r returned what cannot be a reply: %s", msg.subject, exc)
+        pending.fail(exc)
 
 
 class _Service:

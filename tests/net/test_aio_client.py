@@ -112,3 +112,18 @@ async def test_reconnects_after_a_broker_restart(endpoint):
 async def test_connect_without_a_broker_fails_cleanly(endpoint):
     with pytest.raises(errors.ConnectionLost):
         await aio.connect(endpoint.replace(":0", ":1"), timeout=0.3)
+
+
+async def test_a_reply_that_cannot_be_sent_fails_its_request_not_the_session(broker, conn):
+    async def later(msg):
+        return "not bytes either"
+
+    conn.serve("bad", lambda m: "not bytes" if m.payload == b"now" else later(m))
+    await conn.flush()
+    for payload in (b"now", b"later"):
+        with pytest.raises(errors.WrongType):
+            await conn.request("bad", payload, timeout=10)
+    conn.serve("good", lambda m: m.payload)
+    await conn.flush()
+    assert (await conn.request("good", b"ok", timeout=10)).payload == b"ok"
+    assert conn.proto.sessions == 1

@@ -385,3 +385,46 @@ def test_sleeping_broker_wakes_for_other_threads_and_ignores_a_peer_posing_as_it
     finally:
         broker.stop()
         router.close()
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_a_reply_that_cannot_be_sent_fails_its_request_not_the_session(shared, threaded):
+    """A handler returning a str, or more than the broker's message limit, or
+    raising with a huge message: the requester gets a typed error, the
+    responder keeps its session (its other handles are not reset)."""
+    router, broker, client = shared
+    with connect(broker.endpoints[0], timeout=10) as resp:
+        def handle(msg):
+            if msg.payload == b"str":
+                return "not bytes"
+            if msg.payload == b"big":
+                return b"x" * (broker.max_message + 1)
+            if msg.payload == b"raise":
+                raise ValueError("v" * (4 << 20))
+            return msg.payload.upper()
+
+        resp.serve("svc", handle, threaded=threaded)
+        resp.flush()
+        _serving(router, "svc")
+        with pytest.raises(errors.WrongType):
+            client.request("svc", b"str", timeout=10)
+        with pytest.raises(errors.LimitExceeded):
+            client.request("svc", b"big", timeout=10)
+        with pytest.raises(errors.ServiceError, match="ValueError: vvv"):
+            client.request("svc", b"raise", timeout=10)
+        assert client.request("svc", b"ok", timeout=10).payload == b"OK"
+        assert resp.sessions == 1
+
+
+def test_an_embedded_reply_a_remote_requester_cannot_read_fails_the_request(shared):
+    """Not blamed on the requester: its session stays, it gets the error."""
+    router, broker, client = shared
+    router.serve("bad", lambda m: "a str" if m.payload == b"str"
+                 else b"x" * (broker.max_message + 1))
+    router.serve("good", lambda m: m.payload)
+    with pytest.raises(errors.WrongType):
+        client.request("bad", b"str", timeout=10)
+    with pytest.raises(errors.LimitExceeded):
+        client.request("bad", b"big", timeout=10)
+    assert client.request("good", b"ok", timeout=10).payload == b"ok"
+    assert broker.counters.get("protocol_errors", 0) == 0
