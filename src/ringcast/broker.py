@@ -799,8 +799,7 @@ class Broker:
         except errors.RingcastError as exc:
             self._error(s, hid, exc)
             return
-        s.services[hid] = responder
-        responder.service.refill(responder)
+        s.services[hid] = responder   # it took up the service's backlog on joining
 
     def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, rid, name, timeout_ms, headers, payload = rec
