@@ -297,7 +297,7 @@ class Client:
         if h.id in self._inline and h.error is None:
             handler, proto = self._callbacks[h.id], self.proto
             for msg in h.take(1 << 30):
-                _answer_inline(proto, msg, handler)
+                _answer(msg, handler, proto)
         else:
             self._notify = True   # wake the threads waiting on the condition
 
@@ -601,11 +601,12 @@ class _DirectRequester:
             self._sock = None
 
 
-def _answer_inline(proto: ClientProtocol, msg: Message, handler: Handler) -> None:
-    """``_answer`` on the I/O thread, inside ``frame_received`` (the lock is
-    held, the request is from the current session): a returned reply is
-    written as ``msg.respond`` would, without its four calls down to the
-    protocol and the I/O thread's own wake-up check."""
+def _answer(msg: Message, handler: Handler, proto: Optional[ClientProtocol] = None) -> None:
+    """Run a handler on a request; its result is the reply, an exception
+    fails the request with ServiceError at the requester. With ``proto`` (on
+    the I/O thread inside ``frame_received``: the lock is held) a valid reply
+    in the current session is written straight into the urgent frame, without
+    ``msg.respond``'s four calls down to the protocol and its wake-up check."""
     try:
         result = handler(msg)
     except Exception as exc:
@@ -615,28 +616,15 @@ def _answer_inline(proto: ClientProtocol, msg: Message, handler: Handler) -> Non
     if result is None:
         return
     owner = msg._owner
-    if owner.stale or not proto.ready:
-        reply(msg, result)   # what respond does with those
-        return
-    try:
-        check_reply(result, None, proto.max_message)
-    except errors.RingcastError:
-        reply(msg, result)   # which fails the request with that error
-        return
-    proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
-
-
-def _answer(msg: Message, handler: Handler) -> None:
-    """Run a handler on a request; its result is the reply, an exception
-    fails the request with ServiceError at the requester."""
-    try:
-        result = handler(msg)
-    except Exception as exc:
-        log.exception("handler for %r raised", msg.subject)
-        msg._owner.fail(msg, exc)
-        return
-    if result is not None:
-        reply(msg, result)
+    if proto is not None and not owner.stale and proto.ready:
+        try:
+            check_reply(result, None, proto.max_message)
+        except errors.RingcastError:
+            pass   # reply() fails the request with it
+        else:
+            proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
+            return
+    reply(msg, result)
 
 
 class _Receiver(Receiving):
