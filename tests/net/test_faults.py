@@ -12,6 +12,7 @@ from .conftest import barrier, run_script, wait_for
 
 WORKER = """
 import sys
+from ringcast import errors
 from ringcast.client import connect
 url = sys.argv[1]
 with connect(url, heartbeat=0.2) as c:
@@ -21,7 +22,10 @@ with connect(url, heartbeat=0.2) as c:
         # handled: printed before the ack, so a kill in between shows as a
         # repeat, and the repeat must arrive flagged redelivered
         print(int(m.payload), int(m.redelivered), m.delivery_count, flush=True)
-        m.ack()
+        try:
+            m.ack()
+        except errors.AckError:   # its session ended meanwhile (a loaded machine can
+            pass                  # miss 0.6 s of heartbeats): it comes back redelivered
 """
 
 
