@@ -20,7 +20,11 @@ import ringcast
 # installed wheel in CI, the in-place build in a checkout.
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ringcast.__file__)))
 ENV = dict(os.environ, PYTHONPATH=_PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-HEARTBEAT = 0.2
+# The fixtures' broker and clients: a session ends after 3 x HEARTBEAT of
+# silence, which a process starved on a loaded 2-core runner could reach at
+# 0.2 s (ConnectionLost from a plain stats() call). Scripts that are killed on
+# purpose use 0.2 s themselves, so dead peers are still found quickly.
+HEARTBEAT = 0.5
 
 if sys.platform == "win32":  # ringcast.aio needs add_reader (see aio_client._open)
     with warnings.catch_warnings():  # event loop policies are deprecated in 3.14
