@@ -988,6 +988,17 @@ class Broker:
         for hid in list(s.subs) + list(s.consumers) + list(s.services):
             self._close_handle(s, hid)
         s.parked.clear()
+        # its requests still unanswered are withdrawn: nobody can read their
+        # answers, so no responder is handed one any more (every live request
+        # is in the deadline heap; a drop is rare enough to scan it)
+        withdrawn = 0
+        for _, _, pending in self._deadlines:
+            if pending.session is s and not pending.settled:
+                pending.settled = True
+                withdrawn += 1
+        if withdrawn:
+            self._live -= withdrawn
+            self.counters["requests_withdrawn"] += withdrawn
         self.counters["sessions_dropped"] += 1
         log.info("client %r disconnected: %s", s.name, why)
 

@@ -428,3 +428,36 @@ def test_an_embedded_reply_a_remote_requester_cannot_read_fails_the_request(shar
         client.request("bad", b"big", timeout=10)
     assert client.request("good", b"ok", timeout=10).payload == b"ok"
     assert broker.counters.get("protocol_errors", 0) == 0
+
+
+def test_requests_of_a_requester_that_left_are_withdrawn(shared, zsocket):
+    """A requester's session ends with requests still waiting for a busy
+    responder: nobody can read their answers, so none is handed out any more
+    (they are counted as withdrawn) instead of being worked on until their
+    deadline."""
+    import zmq
+
+    from ringcast import _codec as C
+
+    from .conftest import wait_for
+
+    router, broker, _ = shared
+    responder = router.serve("slow", capacity=1)   # read by nobody until the end
+    sock = zsocket(zmq.DEALER)
+    sock.connect(broker.endpoints[0])
+    w = C.Writer()
+    w.record(C.HELLO, C.PROTOCOL_VERSION, 1000, "leaver")
+    sock.send(w.take())
+    assert sock.poll(5000) and C.Reader(sock.recv()).next()[0] == C.WELCOME
+    for i in range(20):
+        w.record(C.REQ, i + 1, "slow", 10_000, None, b"%d" % i)
+    sock.send(w.take())
+    assert wait_for(lambda: router.stats()["services"]["slow"]["backlog"] == 19)
+    w.record(C.BYE)
+    sock.send(w.take())
+    assert wait_for(lambda: broker.counters.get("requests_withdrawn", 0) == 20)
+    with pytest.raises(errors.Timeout):
+        responder.recv(timeout=0.5)   # the one in its buffer is not handed out either
+    svc = router.stats()["services"]["slow"]
+    assert (svc["backlog"], svc["expired"]) == (0, 20)   # skipped as it drained
+    assert not broker._live
