@@ -11,7 +11,7 @@ import asyncio
 import collections
 import threading
 import time
-from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from . import errors
 from ._impl import Message
@@ -143,15 +143,29 @@ def _resolve(fut: "asyncio.Future[None]") -> None:
 
 
 class _Dispatcher:
-    """Runs callbacks of ready sources, one thread at a time (see module doc)."""
+    """Runs callbacks of ready sources, one thread at a time: the thread that
+    made one ready runs it (and any made ready meanwhile), in order. A thread
+    that must never run them -- a broker's loop, where one slow handler would
+    stall every remote client -- hands them to a worker thread instead."""
 
     def __init__(self) -> None:
         self._ready: Deque[Callable[[], None]] = collections.deque()
         self._lock = threading.Lock()
         self.owner: Optional[int] = None  # thread running callbacks now
+        self._handing_off: Set[int] = set()   # threads that never run callbacks
+        self._cond = threading.Condition()
+        self._kicked = False
+        self._closed = False
+        self._worker: Optional[threading.Thread] = None
 
     def schedule(self, run: Callable[[], None]) -> None:
         self._ready.append(run)
+        if self._handing_off and threading.get_ident() in self._handing_off:
+            self._kick()
+        else:
+            self._drain()
+
+    def _drain(self) -> None:
         while self._lock.acquire(blocking=False):
             self.owner = threading.get_ident()
             try:
@@ -162,6 +176,41 @@ class _Dispatcher:
                 self._lock.release()
             if not self._ready:
                 return
+
+    def hand_off(self, ident: int, on: bool = True) -> None:
+        """Thread ``ident`` hands callbacks to the worker (``on``) or runs
+        them itself again."""
+        if on:
+            self._handing_off.add(ident)
+        else:
+            self._handing_off.discard(ident)
+
+    def _kick(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._kicked = True
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, daemon=True,
+                                                name="ringcast-callbacks")
+                self._worker.start()
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._kicked and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._kicked = False
+            self._drain()
+
+    def close(self) -> None:
+        """Stop the worker (if any) once the callback it runs returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
 
 class Receiving:

@@ -243,6 +243,7 @@ class Broker:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
         # data_dir/fsync: where durable queues live (ignored when a router is given)
         self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
+        self._owns_router = router is None   # closed with the broker (logs, threads)
         self.max_capacity = max_capacity
         self.max_handles = max_handles
         self.heartbeat = heartbeat
@@ -338,11 +339,15 @@ class Broker:
             self._started.set()
             raise
         self._loop_ident = threading.get_ident()
+        # embedded callbacks and handlers made ready by remote clients run on
+        # the router's callback thread: one that blocks must not stall the loop
+        self.router._dispatcher.hand_off(self._loop_ident)
         log.info("ringcast broker listening on %s", ", ".join(self.endpoints))
         self._started.set()
         try:
             self._loop()
         finally:
+            self.router._dispatcher.hand_off(self._loop_ident, on=False)
             self._close()
 
     def _close(self) -> None:
@@ -350,6 +355,8 @@ class Broker:
             self._flush_out(s, force=True)
         for s in list(self._sessions.values()):
             self._drop(s, "broker stopping", notify=False)
+        if self._owns_router:
+            self.router.close()
         assert self._sock is not None
         with self._wake_lock:   # a _wake() from another thread sends on it under the lock
             self._wake_pending = True   # and none is sent from now on

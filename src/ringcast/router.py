@@ -406,6 +406,7 @@ class Router(CoreRouter):
             responder.close()
         for q in list(self._queues.values()):
             q.close()
+        self._dispatcher.close()
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join(2)
 

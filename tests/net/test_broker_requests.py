@@ -461,3 +461,33 @@ def test_requests_of_a_requester_that_left_are_withdrawn(shared, zsocket):
     svc = router.stats()["services"]["slow"]
     assert (svc["backlog"], svc["expired"]) == (0, 20)   # skipped as it drained
     assert not broker._live
+
+
+def test_a_blocking_embedded_handler_does_not_stall_the_broker(shared):
+    """Remote requests made an embedded handler ready on the broker's loop;
+    it ran there, so a handler that blocked stopped every remote client.
+    Handlers now run on the router's callback thread."""
+    router, broker, client = shared
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(msg):
+        entered.set()
+        gate.wait(10)
+        return b"late"
+
+    router.serve("slow", slow)
+    box = []
+    asker = threading.Thread(target=lambda: box.append(
+        client.request("slow", b"x", timeout=10).payload))
+    asker.start()
+    try:
+        assert entered.wait(10)
+        with connect(broker.endpoints[0], timeout=10) as other:
+            sub = other.subscribe("live.>")
+            other.flush()
+            other.publish("live.check", b"still serving")
+            assert sub.recv(timeout=5).payload == b"still serving"
+    finally:
+        gate.set()
+        asker.join(10)
+    assert box == [b"late"]
