@@ -224,6 +224,14 @@ def test_skip_steps_over_records_to_retry_the_first_refused_one():
         r.skip(1)
 
 
+def test_writer_ack_writes_the_generic_ack_record():
+    fast, generic = C.Writer(), C.Writer()
+    for hid, tag in [(1, 5), (300, 1 << 40)]:
+        fast.ack(hid, tag)
+        generic.record(C.ACK, hid, tag)
+    assert fast.records == 2 and fast.take() == generic.take()
+
+
 def test_acks_rejects_a_malformed_ack():
     r = C.Reader(_record(C.ACK, b"\x01\x02\x03"))
     with pytest.raises(errors.ProtocolError):

@@ -276,6 +276,15 @@ cdef class Writer:
         self._record(cmd, fields)
         return self.length
 
+    def ack(self, uint64_t handle, uint64_t tag):
+        """Append an ACK record: a consumer acks every message, so this one
+        skips ``record``'s argument tuple and format walk."""
+        cdef size_t start = self._begin(RC_ACK)
+        self._uv(handle)
+        self._uv(tag)
+        self._end(start)
+        return self.length
+
     def write_deliveries(self, uint64_t handle, list msgs):
         """QMSG records for queue deliveries, one native loop for a batch
         (the broker's consumer flush): tag, redelivered flag, delivery count.

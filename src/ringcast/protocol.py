@@ -205,7 +205,11 @@ class _Settler:
         return self.handle.proto
 
     def ack(self, msg: Message) -> None:
-        self._check()._urgent(C.ACK, self.handle.id, msg._tag)
+        proto = self._check() if self.stale else self.handle.proto
+        with proto.lock:   # _urgent, inlined: every consumed message comes here
+            if proto.ready:
+                proto.urgent_w.ack(self.handle.id, msg._tag)
+                proto.kick()
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
