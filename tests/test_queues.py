@@ -179,3 +179,16 @@ def test_try_send_many_takes_what_fits_and_never_waits(router):
     assert [c.recv(timeout=0).payload for _ in range(4)] == [b"0", b"1", b"2", b"3"]
     assert router.try_send_many("auto", [b"a"]) == 1          # declared on first use
     assert router.consume("auto").recv(timeout=0).payload == b"a"
+
+
+def test_ack_many_acks_a_run_and_reports_the_ones_it_cannot(router):
+    router.declare_queue("jobs")
+    for i in range(5):
+        router.send("jobs", b"%d" % i)
+    c = router.consume("jobs")
+    msgs = c.recv_many(5)
+    msgs[1].ack()                                    # already settled
+    failed = c.ack_many(msgs)
+    assert len(failed) == 1 and isinstance(failed[0], errors.AckError)
+    stats = router.stats()["queues"]["jobs"]
+    assert (stats["acked"], stats["unacked"], stats["depth"]) == (5, 0, 0)

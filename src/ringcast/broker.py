@@ -780,13 +780,15 @@ class Broker:
         return msg
 
     def _on_acks(self, s: _Session, hid: int, tags: List[int]) -> None:
+        msgs = []
         for tag in tags:
             msg = self._settle(s, hid, tag)
             if msg is not None:
-                try:
-                    msg.ack()
-                except errors.AckError as exc:  # taken back: the ack deadline passed
-                    self._error(s, 0, exc)
+                msgs.append(msg)
+        if msgs:
+            # taken back meanwhile (the ack deadline passed): reported, not acked
+            for exc in s.consumers[hid].ack_many(msgs):
+                self._error(s, 0, exc)
 
     def _on_nack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         msg = self._settle(s, rec[1], rec[2])

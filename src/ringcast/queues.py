@@ -649,6 +649,28 @@ class Consumer(Source):
         if q.log is not None and msg._id:
             q.log.settle(msg._id)
 
+    def ack_many(self, msgs: List[Message]) -> List[errors.AckError]:
+        """Ack a run of deliveries under one lock (the broker's runs of ACK
+        records); returns the errors of those that could not be acked
+        (unknown, settled, taken back), in order; the others are acked."""
+        q = self.queue
+        failed: List[errors.AckError] = []
+        ids: List[int] = []   # log ids of the durable ones acked
+        with q._lock:
+            for msg in msgs:
+                try:
+                    q._owed(self, msg)
+                except errors.AckError as exc:
+                    failed.append(exc)
+                    continue
+                if msg._id:
+                    ids.append(msg._id)
+            q.counters["acked"] += len(msgs) - len(failed)
+        if q.log is not None:
+            for id in ids:
+                q.log.settle(id)
+        return failed
+
     def nack(self, msg: Message, requeue: bool = True) -> None:
         q = self.queue
         with q._lock:
