@@ -69,3 +69,32 @@ def test_a_callback_may_still_wait_for_a_ring_another_thread_drains(router):
     assert published.wait(5)
     assert other.recv(timeout=5).payload == b"from-callback"
     starter.join(5)
+
+
+def test_a_thread_that_hands_callbacks_off_never_runs_them_and_a_raise_stops_nothing():
+    """The broker loop's mode: callbacks it makes ready run on the router's
+    callback thread, one at a time and in order, and one that raises (which
+    a publisher would have seen) does not end that thread."""
+    import threading
+
+    from ringcast._waiting import _Dispatcher
+
+    d = _Dispatcher()
+    me = threading.get_ident()
+    d.hand_off(me)
+    ran, done = [], threading.Event()
+
+    def boom():
+        raise RuntimeError("internal")
+
+    d.schedule(boom)
+    for i in range(3):
+        d.schedule(lambda i=i: ran.append((i, threading.get_ident())))
+    d.schedule(done.set)
+    assert done.wait(5)
+    assert [i for i, _ in ran] == [0, 1, 2]
+    assert all(ident != me for _, ident in ran)
+    d.hand_off(me, on=False)
+    d.schedule(lambda: ran.append(("here", threading.get_ident())))
+    assert ran[-1] == ("here", me)   # run by the caller again
+    d.close()

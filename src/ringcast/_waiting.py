@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from typing import Any, Callable, Deque, Iterator, List, Optional, Set, Tuple, TypeVar
@@ -17,6 +18,7 @@ from . import errors
 from ._impl import Message
 
 T = TypeVar("T")
+log = logging.getLogger("ringcast")
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
@@ -165,12 +167,19 @@ class _Dispatcher:
         else:
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, worker: bool = False) -> None:
         while self._lock.acquire(blocking=False):
             self.owner = threading.get_ident()
             try:
                 while self._ready:
-                    self._ready.popleft()()
+                    run = self._ready.popleft()
+                    if not worker:
+                        run()
+                        continue
+                    try:
+                        run()
+                    except Exception:   # what a publisher would have seen
+                        log.exception("a callback on the router's callback thread raised")
             finally:
                 self.owner = None
                 self._lock.release()
@@ -204,7 +213,7 @@ class _Dispatcher:
                 if self._closed:
                     return
                 self._kicked = False
-            self._drain()
+            self._drain(worker=True)
 
     def close(self) -> None:
         """Stop the worker (if any) once the callback it runs returns."""
