@@ -175,3 +175,29 @@ def test_a_handler_result_that_is_not_a_payload_fails_the_request(router):
         msg.respond({"not": "bytes"})     # the caller learns why; it may respond again
     msg.respond(b"fine")
     assert [r.payload for r in results] == [b"fine"]
+
+
+def test_a_threaded_handler_may_block_and_make_requests(router):
+    """serve(..., threaded=True): the handler has a thread of its own, so a
+    request inside it works (inline it is refused) and one that blocks holds
+    up nobody else."""
+    router.serve("inner", lambda m: b"inner:" + m.payload)
+    router.serve("outer", lambda m: router.request("inner", m.payload, timeout=5).payload,
+                 threaded=True)
+    assert router.request("outer", b"x", timeout=5).payload == b"inner:x"
+
+    gate, answered, results = threading.Event(), threading.Event(), []
+
+    def settle(result):
+        results.append(result)
+        answered.set()
+
+    slow = router.serve("slow", lambda m: gate.wait(10) and b"late", threaded=True)
+    router.request_cb("slow", b"", settle, timeout=10)   # returns at once
+    sub = router.subscribe("live")
+    router.publish("live", b"still here")
+    assert sub.recv(timeout=1).payload == b"still here" and results == []
+    gate.set()
+    assert answered.wait(10)
+    assert [r.payload for r in results] == [b"late"]
+    slow.close()   # its thread ends: Closed on the next recv

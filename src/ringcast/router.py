@@ -328,12 +328,16 @@ class Router(CoreRouter):
 
     # -- request/reply ---------------------------------------------------------------
     def serve(self, name: str, handler: Optional[Handler] = None, *,
-              capacity: int = 1024) -> Responder:
+              capacity: int = 1024, threaded: bool = False) -> Responder:
         """Answer requests to ``name``. ``handler(msg)`` returns the reply
         payload; without a handler, iterate the responder and ``msg.respond``.
-        Several responders of one name share its requests round-robin."""
+        Several responders of one name share its requests round-robin.
+
+        A handler runs as callbacks do (one at a time, in the thread that
+        made the request ready); ``threaded=True`` gives it a thread of its
+        own, for handlers that block or make requests themselves."""
         return self.attach_responder(
-            name, lambda service: Responder(self, service, handler, capacity))
+            name, lambda service: Responder(self, service, handler, capacity, threaded))
 
     def attach_responder(self, name: str, make: Callable[[_Service], R]) -> R:
         """Add ``make(service)`` to the responders of ``name``: how the broker

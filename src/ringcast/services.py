@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Tuple
 
 from . import errors
@@ -85,7 +86,7 @@ class Responder(Source):
     policy); ``handler`` answers them, or iterate and ``msg.respond(...)``."""
 
     def __init__(self, router: "Router", service: "_Service", handler: Optional[Handler],
-                 capacity: int) -> None:
+                 capacity: int, threaded: bool = False) -> None:
         self.name = service.name
         self.ring = Ring(capacity, "block")
         self._service = service
@@ -94,7 +95,10 @@ class Responder(Source):
         self._signal = _Signal()
         self._pending: Deque[PendingRequest] = collections.deque()  # parallel to the ring
         self.handled = 0
-        if handler is not None:
+        if handler is not None and threaded:
+            threading.Thread(target=self._run_threaded, args=(handler,), daemon=True,
+                             name=f"ringcast-serve-{self.name}").start()
+        elif handler is not None:
             self.ring.arm_ready(self._schedule)
 
     def _offer(self, payload: Any, headers: Headers, pending: PendingRequest) -> bool:
@@ -138,6 +142,17 @@ class Responder(Source):
             self.handled += 1
         if not self.ring.closed and not self.ring.arm_ready(self._schedule):
             self._schedule()
+
+    def _run_threaded(self, handler: Handler) -> None:
+        """``serve(..., threaded=True)``: this responder's own thread, so its
+        handler may block or make requests without holding up anyone."""
+        while True:
+            try:
+                msg = self.recv()
+            except errors.Closed:
+                return
+            answer(msg, handler)
+            self.handled += 1
 
     @property
     def pending(self) -> int:
