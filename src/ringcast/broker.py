@@ -124,17 +124,12 @@ class _WireRequest(PendingRequest):
         self.broker._call_soon(self._respond, payload, headers)
 
     def _respond(self, payload: Any, headers: Any) -> None:
-        """On the loop (``_on_rep`` calls it directly): ``_answer``, inlined."""
+        """On the loop (``_on_rep`` calls it directly)."""
         if self.settled:
             self.service.late_replies += 1
             return
         self.settled = True
-        broker = self.broker
-        broker._live -= 1
-        s = self.session
-        if s.alive:
-            s.out.record(C.REPLY, self.rid, headers, payload)
-            broker._dirty.add(s)
+        self.broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
@@ -263,7 +258,6 @@ class Broker:
         self._live = 0           # remote requests not answered yet (to prune the heap)
         self._dirty: Set[_Session] = set()                # sessions with output to send
         self._eager = False      # the frame being applied carried requests or answers
-        self._spun_input = False  # the last spin ended because input arrived
         self._owed: Set[_Session] = set()                 # ... with only credit, held back
         self._seq = itertools.count()
         self._subjects: Dict[str, str] = {}
@@ -403,11 +397,11 @@ class Broker:
                 until = last_input + spin
                 if self._owed:   # held-back credit is due by CREDIT_DELAY
                     until = min(until, now + CREDIT_DELAY)
-                busy = self._spin(sock, until)   # input arrived: no poll, no sleep
-                if busy and self._spun_input:
-                    # EVENTS said input: read its first part now, or _step
-                    # would ask EVENTS (a syscall) again before reading it
-                    first = recv(_NOBLOCK)
+                spun = self._spin(sock, until)   # input arrived: no poll, no sleep
+                if spun is True or spun is False:
+                    busy = spun
+                else:
+                    first, busy = spun, True
             if not busy:
                 timeout = 1 if self._owed else max(0, int((next_timer - now) * 1000) + 1)
                 if self._deadlines:
@@ -433,18 +427,18 @@ class Broker:
                 self.counters["internal_errors"] += 1
                 log.exception("internal error in the broker loop")
 
-    def _spin(self, sock: zmq.Socket, until: float) -> bool:
+    def _spin(self, sock: zmq.Socket, until: float) -> Union[bytes, bool]:
         """Wait for input without sleeping, until ``until``: a client that
         answers within the window is served with no thread wake-up here.
-        ``_spun_input`` tells whether it was input that ended the spin."""
+        Returns the first part of the input that ended the spin (read at once,
+        or _step would ask EVENTS, a syscall, again before reading it), else
+        whether other threads queued work."""
         clock = time.monotonic
-        self._spun_input = False
         while not _zget(sock, _EVENTS) & _POLLIN:
             if self._wake_pending or self._calls or self._stopping or clock() >= until:
                 # _wake_pending: another thread queued work (a ready ring: _mark)
                 return bool(self._wake_pending or self._calls)
-        self._spun_input = True
-        return True
+        return cast(bytes, sock.recv(_NOBLOCK))
 
     def _step(self, sock: zmq.Socket, now: float, first: Optional[bytes] = None) -> int:
         """One pass: read what arrived, apply it, move deliveries, send.
@@ -654,7 +648,7 @@ class Broker:
                 return
             s.parked.popleft()
             if not s.credit_due:
-                s.credit_since = time.monotonic()
+                s.credit_since = self._now
             s.credit_due += size
             self._dirty.add(s)
 
@@ -935,7 +929,7 @@ class Broker:
             # credit rides with other output (a reply, deliveries) when it can:
             # alone it waits up to CREDIT_DELAY unless it is a large share
             if force or len(s.out) or s.frames or s.credit_due * 4 >= self.window \
-                    or time.monotonic() - s.credit_since >= CREDIT_DELAY:
+                    or self._now - s.credit_since >= CREDIT_DELAY:
                 s.out.record(C.PCREDIT, s.credit_due)
                 s.credit_due = 0
             else:
