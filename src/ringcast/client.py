@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 
 import zmq
 
-from . import _codec as C
 from . import errors
 from ._impl import Message
 from ._waiting import Receiving
@@ -33,13 +32,11 @@ from .protocol import (
     _Handle,
     reply,
 )
-from .services import check_reply
 
 log = logging.getLogger("ringcast.client")
 # plain ints: pyzmq's enum arithmetic costs more than the calls it flags
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _RCVTIMEO = int(zmq.RCVTIMEO)
-_REP = C.REP
 # the backend's own send and getsockopt: pyzmq's wrappers around them (keyword
 # handling; an enum built for every EVENTS answer) cost more than the calls
 _zsend = zmq.backend.Socket.send
@@ -258,10 +255,7 @@ class Client:
                 if err is not None:
                     log.warning("session ended by the broker: %s", err)
                     return self._reconnect(sock, waiter, errors.ConnectionLost(str(err))), False
-                if self._notify:
-                    with self._cond:
-                        self._notify = False
-                        self._cond.notify_all()
+                self._wake_waiters()
                 for out in proto.data_to_send(now):
                     _zsend(sock, out)
                 # test before reading: a recv that raises Again costs ~3-7 us
@@ -274,11 +268,15 @@ class Client:
             return self._reconnect(sock, waiter, errors.ConnectionLost(
                 f"client error: {exc}")), False
         finally:
-            if self._notify:
-                with self._cond:
-                    self._notify = False
-                    self._cond.notify_all()
+            self._wake_waiters()
         return sock, False   # 256 frames: more may be waiting
+
+    def _wake_waiters(self) -> None:
+        """Threads waiting in recv: messages arrived for them (``_delivered``)."""
+        if self._notify:
+            with self._cond:
+                self._notify = False
+                self._cond.notify_all()
 
     def _reconnect(self, sock: zmq.Socket, waiter: "_IOWait",
                    exc: errors.RingcastError) -> zmq.Socket:
@@ -295,9 +293,9 @@ class Client:
     def _delivered(self, h: _Handle) -> None:
         # called by the protocol on the I/O thread, lock held
         if h.id in self._inline and h.error is None:
-            handler, proto = self._callbacks[h.id], self.proto
+            handler = self._callbacks[h.id]
             for msg in h.take(1 << 30):
-                _answer(msg, handler, proto)
+                _answer(msg, handler)
         else:
             self._notify = True   # wake the threads waiting on the condition
 
@@ -484,18 +482,17 @@ class _IOWait:
 
     def __init__(self, wake: socket.socket) -> None:
         self._wake = wake.fileno()
-        self._fd = -1
         self._poll: Any = None
 
     def watch(self, sock: zmq.Socket) -> None:
-        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        fd = cast(int, sock.getsockopt(zmq.FD))
         if hasattr(select, "poll"):
             self._poll = select.poll()
-            self._poll.register(self._fd, select.POLLIN)
+            self._poll.register(fd, select.POLLIN)
             self._poll.register(self._wake, select.POLLIN)
         else:   # Windows: zmq_poll over the two descriptors (sockets there)
             self._poll = zmq.Poller()
-            self._poll.register(self._fd, zmq.POLLIN)
+            self._poll.register(fd, zmq.POLLIN)
             self._poll.register(self._wake, zmq.POLLIN)
 
     def wait(self, ms: int) -> bool:
@@ -601,30 +598,17 @@ class _DirectRequester:
             self._sock = None
 
 
-def _answer(msg: Message, handler: Handler, proto: Optional[ClientProtocol] = None) -> None:
+def _answer(msg: Message, handler: Handler) -> None:
     """Run a handler on a request; its result is the reply, an exception
-    fails the request with ServiceError at the requester. With ``proto`` (on
-    the I/O thread inside ``frame_received``: the lock is held) a valid reply
-    in the current session is written straight into the urgent frame, without
-    ``msg.respond``'s four calls down to the protocol and its wake-up check."""
+    fails the request with ServiceError at the requester."""
     try:
         result = handler(msg)
     except Exception as exc:
         log.exception("handler for %r raised", msg.subject)
         msg._owner.fail(msg, exc)
         return
-    if result is None:
-        return
-    owner = msg._owner
-    if proto is not None and not owner.stale and proto.ready:
-        try:
-            check_reply(result, None, proto.max_message)
-        except errors.RingcastError:
-            pass   # reply() fails the request with it
-        else:
-            proto.urgent_w.record(_REP, owner.handle.id, msg._tag, None, result)
-            return
-    reply(msg, result)
+    if result is not None:
+        reply(msg, result)
 
 
 class _Receiver(Receiving):
