@@ -907,10 +907,7 @@ cdef class Reader:
                 run = None
                 m = Message.__new__(Message)
                 handle = self._uv()
-                if cmd == RC_MSG:
-                    m.seq = self._uv()
-                    m.delivery_count = 1
-                elif cmd == RC_QMSG:
+                if cmd == RC_QMSG:
                     m._tag = self._uv()
                     flags = self._uv()
                     m.redelivered = (flags & 1) != 0
@@ -922,7 +919,7 @@ cdef class Reader:
                 m.subject = self._subject()
                 m.headers = self._headers()
                 m.payload = self._payload()
-                if cmd != RC_MSG and owners is not None:
+                if owners is not None:
                     o = PyDict_GetItem(owners, handle)
                     if o != NULL:
                         m.owner = <object>o
