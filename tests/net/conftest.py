@@ -148,6 +148,18 @@ def barrier(client, timeout=10):
     return client.stats(timeout)
 
 
+def take(source, n, batch=1000, ack=False, timeout=10):
+    """The payloads of the next ``n`` messages of a subscription or consumer,
+    in order; a consumer's are acked as they come with ``ack``."""
+    got = []
+    while len(got) < n:
+        for m in source.recv_many(batch, timeout=timeout):
+            got.append(m.payload)
+            if ack:
+                m.ack()
+    return got
+
+
 def wait_for(pred, timeout=10.0, interval=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

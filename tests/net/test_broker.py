@@ -10,7 +10,7 @@ from ringcast import _codec as C
 from ringcast import errors
 from ringcast.client import connect
 
-from .conftest import HEARTBEAT, BrokerProcess, barrier, run_script, wait_for
+from .conftest import HEARTBEAT, BrokerProcess, barrier, run_script, take, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -322,12 +322,7 @@ def test_sends_to_a_full_block_queue_wait_at_the_broker_and_all_land_once(broker
     client.send("bq", b"last", {"k": "v"})   # headers: applied one by one, after the run
     assert wait_for(lambda: client.stats()["counters"].get("publisher_waits", 0) >= 1)
     with connect(broker.url, heartbeat=HEARTBEAT) as worker:
-        jobs = worker.consume("bq", prefetch=3)
-        got = []
-        while len(got) < 51:
-            for m in jobs.recv_many(3, timeout=10):
-                got.append(m.payload)
-                m.ack()
+        got = take(worker.consume("bq", prefetch=3), 51, 3, ack=True)
     assert got == [b"%d" % i for i in range(50)] + [b"last"]
     client.flush(timeout=10)
     assert client.stats()["queues"]["bq"]["acked"] == 51

@@ -145,7 +145,7 @@ def test_spinning_broker_process_serves_and_stops_promptly(procs):
     publishes and SIGTERM all still get through."""
     import time
 
-    from .conftest import HEARTBEAT, BrokerProcess
+    from .conftest import HEARTBEAT, BrokerProcess, take
 
     broker = BrokerProcess("tcp://127.0.0.1:0", "--spin-us", "5000").start()
     try:
@@ -158,10 +158,7 @@ def test_spinning_broker_process_serves_and_stops_promptly(procs):
             for i in range(1000):
                 c.publish("spin.x", b"%d" % i)
             c.flush()
-            got = []
-            while len(got) < 1000:
-                got += [m.payload for m in sub.recv_many(1000, timeout=10)]
-            assert got == [b"%d" % i for i in range(1000)]
+            assert take(sub, 1000) == [b"%d" % i for i in range(1000)]
         t = time.monotonic()
     finally:
         broker.stop()   # SIGTERM, waits for the exit

@@ -9,7 +9,7 @@ from ringcast._impl import USE_EXTENSIONS as NATIVE
 from ringcast.client import connect
 
 from . import conftest
-from .conftest import HEARTBEAT, BrokerProcess
+from .conftest import HEARTBEAT, BrokerProcess, take
 
 
 @pytest.fixture
@@ -29,16 +29,10 @@ def test_pure_core_broker_serves_all_three_patterns(pure_broker):
         for i in range(300):
             c.publish("orders.placed", b"%d" % i)
         c.flush()
-        got = []
-        while len(got) < 300:
-            got += [m.payload for m in sub.recv_many(300, timeout=10)]
+        got = take(sub, 300, 300)
         assert got == [b"%d" % i for i in range(300)]
         jobs = c.consume("ship", prefetch=64)
-        taken = []
-        while len(taken) < 300:
-            for m in jobs.recv_many(64, timeout=10):
-                taken.append(m.payload)
-                m.ack()
+        taken = take(jobs, 300, 64, ack=True)
         assert taken == got
         assert c.request("stock", b"lamp", timeout=10).payload == b"stock:lamp"
         stats = c.stats()
