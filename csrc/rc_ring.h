@@ -4,7 +4,9 @@
  * `pos & mask`, so capacity is always a power of two. Sequence numbers
  * are separate from positions: a message dropped by `drop_newest`
  * consumes a sequence number but no slot, which is how a consumer sees
- * the gap. Portable C99: no GNU extensions (MSVC, clang, gcc).
+ * the gap. A ring may also be bounded in payload bytes (soft: a message is
+ * admitted while the bytes held are below the bound, so the ring holds at
+ * most the bound plus one message). Portable C99: no GNU extensions (MSVC, clang, gcc).
  */
 #ifndef RC_RING_H
 #define RC_RING_H
@@ -26,6 +28,7 @@ typedef struct rc_slot {
     void *subject;  /* PyObject* (str), owned reference */
     void *payload;  /* PyObject*, owned reference */
     void *headers;  /* PyObject* (dict) or NULL, owned reference */
+    uint64_t size;  /* payload bytes, counted against the ring's byte bound */
 } rc_slot;
 
 /* Smallest power of two >= n (n >= 1), capped at RC_RING_MAX_CAPACITY. */

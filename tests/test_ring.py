@@ -349,6 +349,102 @@ def test_close_wakes_armed_waiters_and_keeps_unread_messages(impl):
     assert (ready.n, space.n) == (1, 1)
 
 
+# -- byte bounds ----------------------------------------------------------------
+# ``max_bytes`` bounds the payload bytes a ring holds, softly: a message is
+# taken while the ring holds less than the bound, so it never holds more than
+# the bound plus one message and never refuses a lone message.
+
+def test_byte_bound_refuses_under_block_until_bytes_are_taken(impl):
+    ring = impl.Ring(64, "block", max_bytes=100)
+    for i in range(10):
+        assert ring.put("s", b"%02d" % i * 5) == 1            # 10 bytes each
+    assert (ring.nbytes, len(ring), ring.free) == (100, 10, 0)
+    assert ring.put("s", b"x") == -1
+    space = Calls()
+    assert ring.arm_space(space) is True
+    assert ring.pop().payload == b"00" * 5
+    assert space.n == 1 and ring.nbytes == 90 and ring.free == 64 - 9
+    assert ring.put("s", b"y" * 50) == 1                     # below the bound: taken
+    assert ring.nbytes == 140 and ring.put("s", b"z") == -1
+    assert ring.dropped == 0 and ring.offered == 11
+
+
+def test_byte_bound_takes_a_lone_message_larger_than_itself(impl):
+    ring = impl.Ring(8, "block", max_bytes=10)
+    assert ring.put("s", b"x" * 1000) == 1
+    assert ring.put("s", b"x") == -1
+    assert ring.pop_payloads() == [b"x" * 1000] and ring.nbytes == 0
+
+
+def test_drop_oldest_evicts_until_below_the_byte_bound(impl):
+    ring = impl.Ring(64, "drop_oldest", max_bytes=100)
+    for i in range(10):
+        ring.put("s", bytes([i]) * 10)
+    assert ring.put("s", b"b" * 60) == 1                     # evicts one, then fits
+    assert (ring.nbytes, ring.dropped) == (150, 1)
+    assert ring.put("s", b"c") == 1                          # evicts down to < 100 first
+    assert ring.nbytes == 91 and ring.dropped == 7
+    msgs = ring.pop_many()
+    assert [m.payload for m in msgs] == [bytes([i]) * 10 for i in (7, 8, 9)] + [b"b" * 60, b"c"]
+    assert [m.seq for m in msgs] == [8, 9, 10, 11, 12]       # the gap is the 7 dropped
+
+
+def test_drop_newest_discards_once_the_byte_bound_is_reached(impl):
+    ring = impl.Ring(64, "drop_newest", max_bytes=20)
+    assert [ring.put("s", b"x" * 10) for _ in range(3)] == [1, 1, 0]
+    assert (ring.nbytes, ring.dropped, ring.last_seq) == (20, 1, 3)
+    ring.pop()
+    assert ring.put("s", b"y") == 1 and ring.pop_many()[-1].seq == 4
+
+
+def test_pop_many_can_stop_at_a_byte_count(impl):
+    ring = impl.Ring(16, "block")
+    for i in range(8):
+        ring.put("s", bytes([i]) * 10)
+    assert [m.payload[0] for m in ring.pop_many(100, 25)] == [0, 1, 2]   # 0, 10, 20 < 25
+    assert [m.payload[0] for m in ring.pop_many(2, 1000)] == [3, 4]
+    assert len(ring.pop_many(100, 0)) == 3                               # 0: no byte stop
+
+
+@pytest.mark.parametrize("how", ["pop", "pop_many", "pop_payloads", "clear"])
+def test_every_take_returns_its_bytes(impl, how):
+    ring = impl.Ring(8, "block", max_bytes=1000)
+    ring.put("s", b"x" * 7)
+    ring.put("s", b"y" * 5)
+    getattr(ring, how)()
+    assert ring.nbytes == (5 if how == "pop" else 0)
+
+
+def test_byte_bound_counts_buffer_payloads_in_bytes_and_other_objects_as_none(impl):
+    import array
+
+    ring = impl.Ring(8, "block", max_bytes=1 << 20)
+    ring.put("s", bytearray(10))
+    ring.put("s", memoryview(array.array("i", [1, 2, 3])))   # 3 items, 12 bytes
+    ring.put("s", ("not", "bytes"))                          # the bare ring carries anything
+    assert ring.nbytes == 22
+    ring.clear()
+    assert ring.nbytes == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "10", None, 1 << 63])
+def test_max_bytes_must_be_a_non_negative_int(impl, bad):
+    with pytest.raises(LimitExceeded):
+        impl.Ring(8, "block", max_bytes=bad)
+
+
+def test_router_block_checks_bytes_before_delivering_anywhere(impl):
+    r = impl.CoreRouter()
+    small = impl.Ring(64, "block", max_bytes=30)
+    other = impl.Ring(64, "block")
+    r.add("a", small)
+    r.add("a", other)
+    assert r.try_publish_many("a", [b"x" * 10] * 5) == 3     # 0, 10, 20 < 30: three go
+    assert r.blocked_ring is small
+    assert r.try_publish("a", b"x") == -1
+    assert (len(small), len(other)) == (3, 3)
+
+
 # -- stamped rings and persistent hooks (durable queues use them) ------------
 
 def test_stamped_ring_records_the_enqueue_time(impl):
@@ -506,6 +602,24 @@ def test_refcounts_when_full(impl, policy):
 
 
 @native
+def test_refcounts_when_a_byte_bound_evicts_several(impl):
+    ring = impl.Ring(8, "drop_oldest", max_bytes=25)
+    subj, headers = subject(), {"k": "v"}
+    olds = [bytearray(10) for _ in range(3)]
+    big = bytearray(30)
+    base = _refs(subj, headers, *olds, big)
+    for old in olds:
+        ring.put(subj, old, headers)
+    del old
+    ring.put(subj, big, headers)       # holds 30 >= 25: the next put evicts all
+    ring.put(subj, b"z", headers)
+    assert ring.dropped == 4 and len(ring) == 1
+    assert _refs(subj, headers, *olds, big) == [base[0] + 1, base[1] + 1] + base[2:]
+    ring.clear()
+    assert _refs(subj, headers, *olds, big) == base
+
+
+@native
 def test_refcounts_released_when_the_ring_is_deallocated(impl):
     ring = impl.Ring(8, "drop_oldest")
     subj, headers = subject(), {"k": "v"}
@@ -536,26 +650,39 @@ def test_message_releases_its_references(impl):
 # -- model test -------------------------------------------------------------
 
 class RingModel:
-    """What a ring must do, in terms of collections.deque."""
+    """What a ring must do, in terms of collections.deque: bounded in slots
+    and, with ``max_bytes``, softly in payload bytes (full once it holds at
+    least ``max_bytes``)."""
 
-    def __init__(self, capacity, policy):
+    def __init__(self, capacity, policy, max_bytes=0):
         self.capacity = capacity
         self.policy = policy
+        self.max_bytes = max_bytes
         self.items = collections.deque()
         self.next_seq = 1
         self.dropped = 0
         self.offered = 0
 
+    @property
+    def nbytes(self):
+        return sum(len(p) for _, p in self.items)
+
+    def full(self):
+        return len(self.items) == self.capacity or (
+            self.max_bytes and self.nbytes >= self.max_bytes)
+
     def put(self, payload):
-        if len(self.items) == self.capacity:
+        if self.full():
             if self.policy == "block":
                 return -1
             self.offered += 1
-            self.dropped += 1
             if self.policy == "drop_newest":
+                self.dropped += 1
                 self.next_seq += 1
                 return 0
-            self.items.popleft()
+            while self.full():
+                self.items.popleft()
+                self.dropped += 1
         else:
             self.offered += 1
         self.items.append((self.next_seq, payload))
@@ -585,18 +712,20 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(policy=st.sampled_from(POLICIES), requested=st.integers(1, 9), ops=ops)
-def test_ring_behaves_like_a_bounded_deque(impl, policy, requested, ops):
-    ring = impl.Ring(requested, policy)
-    model = RingModel(ring.capacity, policy)
+@settings(max_examples=400, deadline=None)
+@given(policy=st.sampled_from(POLICIES), requested=st.integers(1, 9), ops=ops,
+       max_bytes=st.sampled_from([0, 0, 1, 12, 40]))
+def test_ring_behaves_like_a_bounded_deque(impl, policy, requested, ops, max_bytes):
+    ring = impl.Ring(requested, policy, max_bytes=max_bytes)
+    model = RingModel(ring.capacity, policy, max_bytes)
     assert ring.capacity >= requested and ring.capacity & (ring.capacity - 1) == 0
     counter = 0
 
     def payloads(k):
+        # distinct objects of 0..16 bytes, so byte bounds bite at odd places
         nonlocal counter
         counter += k
-        return [("p", i) for i in range(counter - k, counter)]
+        return [b"%d" % i + b"." * (i * 7 % 15) for i in range(counter - k, counter)]
 
     for op in ops:
         kind = op[0]
@@ -624,7 +753,10 @@ def test_ring_behaves_like_a_bounded_deque(impl, policy, requested, ops):
             assert ring.clear() == len(model.items)
             model.items.clear()
         assert len(ring) == len(model.items)
-        assert ring.free == model.capacity - len(model.items)
+        assert ring.free == (0 if model.full() else model.capacity - len(model.items))
+        assert ring.nbytes == model.nbytes
+        if max_bytes:   # soft bound: at most one message beyond it
+            assert ring.nbytes < max_bytes + 17
         assert ring.dropped == model.dropped
         assert ring.offered == model.offered
         assert ring.last_seq == model.next_seq - 1

@@ -9,6 +9,7 @@ cdef extern from "rc_ring.h":
         void *subject
         void *payload
         void *headers
+        uint64_t size
     enum:
         RC_BLOCK
         RC_DROP_OLDEST
@@ -62,6 +63,8 @@ cdef class Ring:
     cdef uint64_t rpos          # next position to read
     cdef uint64_t next_seq      # sequence number of the next offered message
     cdef readonly int policy
+    cdef readonly uint64_t max_bytes   # bound on payload bytes held (0: none)
+    cdef readonly uint64_t nbytes      # payload bytes held
     cdef readonly uint64_t dropped
     cdef readonly uint64_t offered
     cdef readonly bint closed
@@ -71,8 +74,13 @@ cdef class Ring:
     cdef object on_ready
     cdef object on_space
 
+    # Full in slots, or holding at least max_bytes: the next message is
+    # refused, dropped or makes room, by policy. The byte bound is soft (a
+    # message is admitted while the ring is below it), so a ring never holds
+    # more than max_bytes plus one message, and never refuses a lone message.
     cdef inline bint full(self):
-        return self.wpos - self.rpos >= self.capacity
+        return (self.wpos - self.rpos >= self.capacity
+                or (self.max_bytes != 0 and self.nbytes >= self.max_bytes))
 
     cdef inline uint64_t used(self):
         return self.wpos - self.rpos
@@ -83,6 +91,8 @@ cdef class Ring:
     # Move the oldest slot into *out (references transferred to the caller).
     # Returns 0 when empty.
     cdef int take(self, rc_slot *out) noexcept
+    # How many of items[:n] a block-policy publish can store now.
+    cdef Py_ssize_t room(self, list items, Py_ssize_t n) except -1
     # Fire on_ready if armed (call after a push, outside any slot update).
     cdef object fire_ready(self)
     cdef object fire_space(self)

@@ -8,6 +8,8 @@ changes happen with the GIL held and without calling back into Python
 halfway, which is what makes concurrent publishers safe.
 """
 cimport cython
+from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_FULL_RO
+from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_DECREF, Py_XDECREF
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
@@ -16,6 +18,20 @@ from ringcast.errors import RingcastError, LimitExceeded
 
 _POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
 _POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
+
+
+cdef inline uint64_t payload_size(object payload) except? 0:
+    """Bytes of a bytes-like payload, as a byte bound counts them (0 for
+    other objects: the ring itself carries anything)."""
+    if type(payload) is bytes:
+        return <uint64_t>PyBytes_GET_SIZE(payload)
+    if not PyObject_CheckBuffer(payload):
+        return 0
+    cdef Py_buffer view
+    PyObject_GetBuffer(payload, &view, PyBUF_FULL_RO)
+    cdef uint64_t n = <uint64_t>view.len
+    PyBuffer_Release(&view)
+    return n
 
 
 def policy_code(name):
@@ -106,9 +122,11 @@ cdef class Message:
 
 
 cdef class Ring:
-    """Fixed-capacity, sequence-numbered ring with a per-ring overflow policy."""
+    """Fixed-capacity, sequence-numbered ring with a per-ring overflow policy,
+    optionally also bounded in payload bytes (``max_bytes``, 0: unbounded):
+    slots bound how many messages wait, bytes bound what they weigh."""
 
-    def __cinit__(self, capacity=8192, policy="block", stamped=False):
+    def __cinit__(self, capacity=8192, policy="block", stamped=False, max_bytes=0):
         if isinstance(policy, str):
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
@@ -117,6 +135,9 @@ cdef class Ring:
             raise LimitExceeded(
                 f"ring capacity must be an int in 1..{RC_RING_MAX_CAPACITY}, got {capacity!r}"
             )
+        if type(max_bytes) is not int or max_bytes < 0 or max_bytes >= 1 << 63:
+            raise LimitExceeded(f"max_bytes must be an int >= 0 (0: no bound), got {max_bytes!r}")
+        self.max_bytes = max_bytes
         self.capacity = rc_ring_round_capacity(capacity)
         self.mask = self.capacity - 1
         self.slots = <rc_slot *>calloc(self.capacity, sizeof(rc_slot))
@@ -150,6 +171,9 @@ cdef class Ring:
 
     @property
     def free(self):
+        """Slots a publish may fill now (0 while the byte bound is reached)."""
+        if self.max_bytes != 0 and self.nbytes >= self.max_bytes:
+            return 0
         return self.capacity - (self.wpos - self.rpos)
 
     @property
@@ -177,22 +201,39 @@ cdef class Ring:
         cdef rc_slot *slot
         cdef rc_slot old
         cdef bint evicted = False
-        self.offered += 1
-        if self.wpos - self.rpos >= self.capacity:
+        cdef uint64_t size = payload_size(payload)
+        if self.full():
             if self.policy == RC_BLOCK:
-                self.offered -= 1
                 return -1
             if self.policy == RC_DROP_NEWEST:
+                self.offered += 1
                 self.next_seq += 1
                 self.dropped += 1
                 return 0
             # drop_oldest: evict the oldest slot, release it after the update
             old = self.slots[self.rpos & self.mask]
             self.rpos += 1
+            self.nbytes -= old.size
             self.dropped += 1
             evicted = True
+            if self.full():
+                # the byte bound needs more room: evict (each release
+                # leaves the ring consistent, as it may run arbitrary code)
+                Py_XDECREF(<PyObject *>old.subject)
+                Py_XDECREF(<PyObject *>old.payload)
+                Py_XDECREF(<PyObject *>old.headers)
+                evicted = False
+                while self.full():
+                    self.take(&old)
+                    self.dropped += 1
+                    Py_XDECREF(<PyObject *>old.subject)
+                    Py_XDECREF(<PyObject *>old.payload)
+                    Py_XDECREF(<PyObject *>old.headers)
+        self.offered += 1
         slot = &self.slots[self.wpos & self.mask]
         slot.seq = self.next_seq
+        slot.size = size
+        self.nbytes += size
         slot.stamp = rc_now_ns() if self.stamped else 0
         Py_INCREF(subject)
         Py_INCREF(payload)
@@ -216,7 +257,21 @@ cdef class Ring:
             return 0
         out[0] = self.slots[self.rpos & self.mask]
         self.rpos += 1
+        self.nbytes -= out.size
         return 1
+
+    cdef Py_ssize_t room(self, list items, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i, slots = <Py_ssize_t>(self.capacity - (self.wpos - self.rpos))
+        cdef uint64_t held = self.nbytes
+        if n > slots:
+            n = slots
+        if self.max_bytes == 0:
+            return n
+        for i in range(n):
+            if held >= self.max_bytes:
+                return i
+            held += payload_size(items[i])
+        return n
 
     cdef Message slot_message(self, rc_slot *slot):
         """A Message of a slot's contents; the slot keeps its references."""
@@ -272,7 +327,7 @@ cdef class Ring:
 
     def arm_space(self, callback):
         """Call ``callback()`` once, when room next appears; False if there is room now."""
-        if self.wpos - self.rpos < self.capacity:
+        if not self.full():
             return False
         self.on_space = callback
         return True
@@ -313,12 +368,15 @@ cdef class Ring:
             self.fire_space()
         return m
 
-    def pop_many(self, Py_ssize_t max_count=1 << 30):
-        """Up to ``max_count`` oldest messages, as a list."""
+    def pop_many(self, Py_ssize_t max_count=1 << 30, uint64_t max_bytes=0):
+        """Up to ``max_count`` oldest messages, as a list; with ``max_bytes``,
+        stop once that many payload bytes were taken."""
         cdef rc_slot s
         cdef list out = []
         cdef Py_ssize_t i = 0
-        while i < max_count and self.take(&s):
+        cdef uint64_t taken = 0
+        while i < max_count and (max_bytes == 0 or taken < max_bytes) and self.take(&s):
+            taken += s.size
             out.append(self.make_message(&s))
             i += 1
         if i and self.on_space is not None:
@@ -369,5 +427,6 @@ cdef class Ring:
         self.fire_space()
 
     def __repr__(self):
-        return (f"<Ring {self.wpos - self.rpos}/{self.capacity} "
+        bound = f" bytes={self.nbytes}/{self.max_bytes}" if self.max_bytes else ""
+        return (f"<Ring {self.wpos - self.rpos}/{self.capacity}{bound} "
                 f"policy={self.policy_name} dropped={self.dropped}>")

@@ -15,6 +15,21 @@ RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST = 0, 1, 2
 MAX_CAPACITY = 1 << 26
 _POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
 _POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
+# a slot: (seq, stamp, subject, payload, headers, payload bytes)
+_Slot = Tuple[int, int, str, Any, Any, int]
+
+
+def payload_size(payload: Any) -> int:
+    """Bytes of a bytes-like payload, as a byte bound counts them (0 for
+    other objects: the ring itself carries anything)."""
+    if type(payload) is bytes:
+        return len(payload)
+    try:
+        view = memoryview(payload)
+    except TypeError:
+        return 0
+    with view:
+        return view.nbytes
 
 
 def policy_code(name: Any) -> int:
@@ -88,7 +103,8 @@ class Message:
 
 
 class Ring:
-    def __init__(self, capacity: int = 8192, policy: Any = "block", stamped: bool = False) -> None:
+    def __init__(self, capacity: int = 8192, policy: Any = "block", stamped: bool = False,
+                 max_bytes: int = 0) -> None:
         if isinstance(policy, str):
             policy = policy_code(policy)
         if policy not in (RC_BLOCK, RC_DROP_OLDEST, RC_DROP_NEWEST):
@@ -96,9 +112,13 @@ class Ring:
         if type(capacity) is not int or capacity < 1 or capacity > MAX_CAPACITY:
             raise LimitExceeded(
                 f"ring capacity must be an int in 1..{MAX_CAPACITY}, got {capacity!r}")
+        if type(max_bytes) is not int or max_bytes < 0 or max_bytes >= 1 << 63:
+            raise LimitExceeded(f"max_bytes must be an int >= 0 (0: no bound), got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self.capacity = 1 << (capacity - 1).bit_length()
         self.policy = policy
-        self._slots: List[Optional[Tuple[int, int, str, Any, Any]]] = [None] * self.capacity
+        self._slots: List[Optional[_Slot]] = [None] * self.capacity
         self._wpos = self._rpos = 0
         self._next_seq = 1
         self.dropped = 0
@@ -111,7 +131,12 @@ class Ring:
 
     policy_name = property(lambda self: _POLICY_NAMES[self.policy])
     last_seq = property(lambda self: self._next_seq - 1)
-    free = property(lambda self: self.capacity - (self._wpos - self._rpos))
+
+    @property
+    def free(self) -> int:
+        if self.max_bytes and self.nbytes >= self.max_bytes:
+            return 0
+        return self.capacity - (self._wpos - self._rpos)
 
     def __len__(self) -> int:
         return self._wpos - self._rpos
@@ -130,38 +155,57 @@ class Ring:
             slot = self._slots[pos % self.capacity]
             assert slot is not None
             if slot[0] > seq:
-                s, stamp, subject, payload, headers = slot
+                s, stamp, subject, payload, headers, _ = slot
                 out.append(Message(subject, payload, headers, s, timestamp_ns=stamp))
         return out
 
     def full(self) -> bool:
-        return self._wpos - self._rpos >= self.capacity
+        return (self._wpos - self._rpos >= self.capacity
+                or bool(self.max_bytes and self.nbytes >= self.max_bytes))
 
     def push(self, subject: str, payload: Any, headers: Any) -> int:
+        size = payload_size(payload)
         if self.full():
             if self.policy == RC_BLOCK:
                 return -1
             self.offered += 1
-            self.dropped += 1
             if self.policy == RC_DROP_NEWEST:
+                self.dropped += 1
                 self._next_seq += 1
                 return 0
-            self._slots[self._rpos % self.capacity] = None
-            self._rpos += 1
+            while self.full():
+                self._take()
+                self.dropped += 1
         else:
             self.offered += 1
         stamp = time.time_ns() if self.stamped else 0
-        self._slots[self._wpos % self.capacity] = (self._next_seq, stamp, subject, payload, headers)
+        self._slots[self._wpos % self.capacity] = (
+            self._next_seq, stamp, subject, payload, headers, size)
+        self.nbytes += size
         self._next_seq += 1
         self._wpos += 1
         return 1
 
-    def _take(self) -> Optional[Tuple[int, int, str, Any, Any]]:
+    def room(self, items: List[Any], n: int) -> int:
+        """How many of ``items[:n]`` a block-policy publish can store now."""
+        n = min(n, self.capacity - (self._wpos - self._rpos))
+        if not self.max_bytes:
+            return n
+        held = self.nbytes
+        for i in range(n):
+            if held >= self.max_bytes:
+                return i
+            held += payload_size(items[i])
+        return n
+
+    def _take(self) -> Optional[_Slot]:
         if self._rpos == self._wpos:
             return None
         i = self._rpos % self.capacity
         slot, self._slots[i] = self._slots[i], None
         self._rpos += 1
+        assert slot is not None
+        self.nbytes -= slot[5]
         return slot
 
     def fire_ready(self) -> None:
@@ -224,17 +268,19 @@ class Ring:
         slot = self._take()
         if slot is None:
             return None
-        seq, stamp, subject, payload, headers = slot
+        seq, stamp, subject, payload, headers, _ = slot
         self._after_pop(1)
         return Message(subject, payload, headers, seq, timestamp_ns=stamp)
 
-    def pop_many(self, max_count: int = 1 << 30) -> List[Message]:
+    def pop_many(self, max_count: int = 1 << 30, max_bytes: int = 0) -> List[Message]:
         out: List[Message] = []
-        while len(out) < max_count:
+        taken = 0
+        while len(out) < max_count and (not max_bytes or taken < max_bytes):
             slot = self._take()
             if slot is None:
                 break
-            seq, stamp, subject, payload, headers = slot
+            seq, stamp, subject, payload, headers, size = slot
+            taken += size
             out.append(Message(subject, payload, headers, seq, timestamp_ns=stamp))
         self._after_pop(len(out))
         return out
@@ -263,5 +309,6 @@ class Ring:
         self.fire_space()
 
     def __repr__(self) -> str:
-        return (f"<Ring {len(self)}/{self.capacity} policy={self.policy_name} "
+        bound = f" bytes={self.nbytes}/{self.max_bytes}" if self.max_bytes else ""
+        return (f"<Ring {len(self)}/{self.capacity}{bound} policy={self.policy_name} "
                 f"dropped={self.dropped}>")

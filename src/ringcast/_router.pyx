@@ -316,7 +316,7 @@ cdef class CoreRouter:
             for j in range(nr):
                 r = <Ring>rings[j]
                 if r.policy == RC_BLOCK:
-                    room = <Py_ssize_t>(r.capacity - r.used())
+                    room = r.room(items, n)
                     if room < n:
                         n = room
                         self.blocked_ring = r

@@ -144,9 +144,9 @@ class CoreRouter:
             self._cache[subject] = hit
         return list(hit)
 
-    def _blocked(self, rings: List[Ring], need: int) -> Optional[Ring]:
+    def _blocked(self, rings: List[Ring]) -> Optional[Ring]:
         for r in rings:
-            if r.policy == RC_BLOCK and r.free < need:
+            if r.policy == RC_BLOCK and r.full():
                 return r
         return None
 
@@ -174,7 +174,7 @@ class CoreRouter:
         _check_payload(payload)
         _check_headers(headers)
         rings = self.match(subject)
-        blocked = self._blocked(rings, 1)
+        blocked = self._blocked(rings)
         if blocked is not None:
             self.blocked_ring = blocked
             return -1
@@ -194,9 +194,11 @@ class CoreRouter:
         rings = self.match(subject)
         n = len(items)
         for r in rings:
-            if r.policy == RC_BLOCK and r.free < n:
-                n = r.free
-                self.blocked_ring = r
+            if r.policy == RC_BLOCK:
+                room = r.room(items, n)
+                if room < n:
+                    n = room
+                    self.blocked_ring = r
         for r in rings:
             for p in items[:n]:
                 if r.push(subject, p, headers) > 0:
