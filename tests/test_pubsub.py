@@ -168,6 +168,39 @@ def test_publish_many_waits_for_room_under_block(router):
     assert done == [200] and got == payloads
 
 
+def test_byte_bound_blocks_the_publisher_until_bytes_are_read(router):
+    sub = router.subscribe("big", capacity=1024, max_bytes=64 << 10)
+    chunk = 16 << 10
+    for i in range(4):
+        assert router.publish("big", bytes([i]) * chunk, timeout=0) == 1
+    with pytest.raises(errors.WouldBlock):
+        router.publish("big", b"more", timeout=0)           # 64 KiB held: full
+    stats = router.stats()["subscriptions"][0]
+    assert (stats["bytes"], stats["max_bytes"], stats["pending"]) == (64 << 10, 64 << 10, 4)
+    total = 40
+    t = threading.Thread(target=lambda: [router.publish("big", bytes([i]) * chunk, timeout=10)
+                                         for i in range(4, total)])
+    t.start()
+    got = []
+    while len(got) < total:
+        got.extend(sub.recv_payloads())
+        if len(got) < total:
+            got.append(sub.recv(timeout=5).payload)
+        assert sub.ring.nbytes <= (64 << 10) + chunk
+    t.join(5)
+    assert got == [bytes([i]) * chunk for i in range(total)] and sub.dropped == 0
+
+
+def test_byte_bound_with_drop_oldest_keeps_the_newest_bytes(router):
+    sub = router.subscribe("big", capacity=1024, overflow="drop_oldest", max_bytes=1 << 20)
+    for i in range(100):
+        router.publish("big", b"%03d" % i + bytes(64 << 10))
+    msgs = sub.recv_many(1000)
+    assert len(msgs) == 16 and sub.dropped == 84              # 16 x 64 KiB = 1 MiB
+    assert [m.payload[:3] for m in msgs] == [b"%03d" % i for i in range(84, 100)]
+    assert msgs[0].seq == 85
+
+
 def test_concurrent_publishers_lose_nothing(router):
     sub = router.subscribe("t.*", capacity=1 << 16)
     threads, per_thread = 4, 5000

@@ -162,6 +162,36 @@ def test_full_queue_blocks_sender_until_consumed(router):
     assert done.is_set() and got == [b"1", b"2", b"3"]
 
 
+def test_queue_byte_bound_blocks_senders_and_shows_in_stats(router):
+    router.declare_queue("blobs", max_bytes=100)
+    assert router.try_send_many("blobs", [b"x" * 40] * 5) == 3   # 0, 40, 80 < 100
+    with pytest.raises(errors.WouldBlock):
+        router.send("blobs", b"y", timeout=0)
+    stats = router.stats()["queues"]["blobs"]
+    assert (stats["bytes"], stats["max_bytes"], stats["depth"]) == (120, 100, 3)
+    c = router.consume("blobs", prefetch=1)
+    m = c.recv(timeout=5)
+    m.ack()
+    router.send("blobs", b"y", timeout=5)                         # room again
+    got = []
+    for _ in range(3):
+        m = c.recv(timeout=5)
+        got.append(m.payload)
+        m.ack()
+    assert got == [b"x" * 40, b"x" * 40, b"y"]
+
+
+def test_a_queue_stages_a_bounded_number_of_bytes_for_delivery(router):
+    # messages leave the intake ring for delivery in runs of at most about 1 MiB,
+    # so a consumer does not drain a byte-bounded ring into unbounded memory
+    q = router.declare_queue("blobs", max_bytes=64 << 20)
+    router.send_many("blobs", [bytes(256 << 10)] * 16)       # 4 MiB
+    c = router.consume("blobs", prefetch=1)
+    c.recv(timeout=5).ack()
+    assert q.ring.nbytes == 12 * (256 << 10)                  # 4 left the ring, not 16
+    assert q.stats()["depth"] == 15
+
+
 def test_unknown_queue_lookup(router):
     with pytest.raises(errors.NotFound):
         router.queue("missing")

@@ -163,9 +163,10 @@ class Router:
 
     def subscribe(self, pattern: str, *, capacity: int = _sync._DEFAULT_CAPACITY,
                   overflow: str = "block",
-                  callback: Optional[Callable[[Message], Any]] = None) -> Subscription:
+                  callback: Optional[Callable[[Message], Any]] = None,
+                  max_bytes: int = 0) -> Subscription:
         return Subscription(self.sync.subscribe(pattern, capacity=capacity, overflow=overflow,
-                                                callback=callback))
+                                                callback=callback, max_bytes=max_bytes))
 
     def publish_nowait(self, subject: str, payload: Any, headers: Headers = None) -> int:
         """Publish or raise ``WouldBlock`` at once when a block buffer is full."""

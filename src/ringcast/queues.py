@@ -36,7 +36,8 @@ MSG_ID_HEADER = "msg-id"
 #: header carrying a per-message time-to-live in milliseconds
 TTL_HEADER = "ttl-ms"
 
-_REFILL = 256  # messages moved from the intake ring per refill
+_REFILL = 256  # messages moved from the intake ring per refill...
+_REFILL_BYTES = 1 << 20  # ...or payload bytes: the ring's byte bound stays meaningful
 #: file in a durable queue's directory holding its definition
 DEFINITION = "queue.json"
 
@@ -44,10 +45,11 @@ DEFINITION = "queue.json"
 class QueueOptions:
     """How a queue behaves; fixed when it is declared."""
 
-    __slots__ = ("capacity", "overflow", "dead_letter", "durable", "fsync", "max_deliver",
-                 "ttl", "on_expire", "ack_deadline", "dedup_window", "segment_bytes")
+    __slots__ = ("capacity", "max_bytes", "overflow", "dead_letter", "durable", "fsync",
+                 "max_deliver", "ttl", "on_expire", "ack_deadline", "dedup_window",
+                 "segment_bytes")
 
-    def __init__(self, *, capacity: int = 65536, overflow: str = "block",
+    def __init__(self, *, capacity: int = 65536, max_bytes: int = 0, overflow: str = "block",
                  dead_letter: Optional[str] = None, durable: bool = False,
                  fsync: Optional[str] = None, max_deliver: int = 0, ttl: Optional[float] = None,
                  on_expire: str = "dead_letter", ack_deadline: Optional[float] = None,
@@ -61,6 +63,7 @@ class QueueOptions:
         if max_deliver < 0:
             raise errors.LimitExceeded(f"max_deliver must be >= 0, got {max_deliver!r}")
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.overflow = overflow
         self.dead_letter = dead_letter
         self.durable = durable
@@ -90,7 +93,8 @@ class Queue:
         self._router = router
         self._signal = _Signal()
         # Stamped so TTLs and the log know each message's enqueue time.
-        self.ring = Ring(options.capacity, options.overflow, stamped=True)
+        self.ring = Ring(options.capacity, options.overflow, stamped=True,
+                         max_bytes=options.max_bytes)
         # Taken off the ring (or recovered from the log), in order, not yet delivered.
         self._ready: Deque[Message] = collections.deque()
         # Given back by nack, a closing consumer or a missed ack deadline: served first.
@@ -364,7 +368,7 @@ class Queue:
     def _refill(self) -> None:
         """Move up to _REFILL admitted messages from the intake ring to _ready."""
         while not self._ready:
-            msgs = self.ring.pop_many(_REFILL)
+            msgs = self.ring.pop_many(_REFILL, _REFILL_BYTES)
             if not msgs:
                 return
             self._ready.extend(self._taken(msgs))
@@ -578,6 +582,8 @@ class Queue:
             "unacked": self.unacked,
             "consumers": len(self.consumers),
             "capacity": self.ring.capacity,
+            "bytes": self.ring.nbytes,
+            "max_bytes": self.ring.max_bytes,
             "overflow": self.ring.policy_name,
             "dropped": int(self.ring.dropped),
             "bind": list(self.bind),
@@ -716,7 +722,7 @@ def saved_definitions(data_dir: str) -> List[Dict[str, Any]]:
 _WIRE_TYPES: Dict[str, Callable[[str], Any]] = {
     "dead_letter": str, "durable": lambda v: v in ("1", "true", "True"), "fsync": str,
     "max_deliver": int, "ttl": float, "on_expire": str, "ack_deadline": float,
-    "dedup_window": float, "segment_bytes": int,
+    "dedup_window": float, "segment_bytes": int, "max_bytes": int,
 }
 
 

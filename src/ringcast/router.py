@@ -53,9 +53,9 @@ class Subscription(Source):
     """
 
     def __init__(self, router: "Router", pattern: str, capacity: int, overflow: str,
-                 callback: Optional[Handler]) -> None:
+                 callback: Optional[Handler], max_bytes: int = 0) -> None:
         self.pattern = pattern
-        self.ring = Ring(capacity, overflow)
+        self.ring = Ring(capacity, overflow, max_bytes=max_bytes)
         self._router = router
         self._signal = _Signal()
         self._callback = callback
@@ -139,6 +139,8 @@ class Subscription(Source):
             "pattern": self.pattern,
             "pending": self.pending,
             "capacity": self.ring.capacity,
+            "bytes": self.ring.nbytes,
+            "max_bytes": self.ring.max_bytes,
             "overflow": self.ring.policy_name,
             "offered": self.ring.offered,
             "dropped": self.dropped,
@@ -183,13 +185,19 @@ class Router(CoreRouter):
 
     # -- pub/sub -----------------------------------------------------------------
     def subscribe(self, pattern: str, *, capacity: int = _DEFAULT_CAPACITY,
-                  overflow: str = "block", callback: Optional[Handler] = None) -> Subscription:
+                  overflow: str = "block", callback: Optional[Handler] = None,
+                  max_bytes: int = 0) -> Subscription:
         """Receive every message published on a subject matching ``pattern``
-        (``*`` one token, ``>`` one or more trailing tokens)."""
+        (``*`` one token, ``>`` one or more trailing tokens).
+
+        The buffer holds up to ``capacity`` messages and, when ``max_bytes``
+        is set, about that many payload bytes (a message is taken while the
+        buffer is below it); ``overflow`` says what happens beyond either.
+        """
         self._check_open()
         check_pattern(pattern)
         policy_code(overflow)
-        sub = Subscription(self, pattern, capacity, overflow, callback)
+        sub = Subscription(self, pattern, capacity, overflow, callback, max_bytes)
         with self._lock:
             self.add(pattern, sub.ring)
             self._subs[id(sub)] = sub
@@ -251,7 +259,8 @@ class Router(CoreRouter):
         """Create the queue ``name`` (idempotent; later calls may add binds).
 
         Messages published on a subject matching a ``bind`` pattern land in it
-        too. Options (see ``QueueOptions``): ``capacity``, ``overflow``,
+        too. Options (see ``QueueOptions``): ``capacity``, ``max_bytes``
+        (payload bytes waiting, 0: no bound), ``overflow``,
         ``dead_letter`` (queue name), ``durable`` (log to ``data_dir``),
         ``fsync``, ``max_deliver``, ``ttl`` (seconds), ``on_expire``
         (``dead_letter``/``drop``), ``ack_deadline`` (seconds),
