@@ -51,6 +51,9 @@ FRAME_TARGET = 64 << 10
 DEFAULT_WINDOW = 4 << 20
 #: largest buffer (ring slots) a client may ask for, per subscription or queue
 DEFAULT_MAX_CAPACITY = 1 << 20
+#: payload bytes one client's subscription or queue may hold at the broker
+#: (NATS's default pending-bytes limit per subscription is the same)
+DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 #: subscriptions + consumers + responders one session may hold
 DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
@@ -231,6 +234,7 @@ class Broker:
     def __init__(self, bind: Union[str, Sequence[str]] = (DEFAULT_ENDPOINT,), *,
                  router: Optional[Router] = None, data_dir: Optional[str] = None,
                  fsync: str = "interval", max_capacity: int = DEFAULT_MAX_CAPACITY,
+                 max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
                  max_handles: int = DEFAULT_MAX_HANDLES, heartbeat: float = 1.0,
                  max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
                  max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
@@ -240,6 +244,7 @@ class Broker:
         self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
         self._owns_router = router is None   # closed with the broker (logs, threads)
         self.max_capacity = max_capacity
+        self.max_buffer_bytes = max_buffer_bytes
         self.max_handles = max_handles
         self.heartbeat = heartbeat
         self.max_frame = max_frame
@@ -655,27 +660,33 @@ class Broker:
     def _error(self, s: _Session, ref: int, exc: errors.RingcastError) -> None:
         s.out.record(C.ERR, ref, exc.code or errors.RingcastError.code, str(exc))
 
-    def _admit(self, s: _Session, hid: Optional[int], capacity: int) -> None:
-        """Refuse what would let one client take the broker's memory."""
+    def _admit(self, s: _Session, hid: Optional[int], capacity: int,
+               max_bytes: int = 0) -> int:
+        """Refuse what would let one client take the broker's memory; returns
+        the byte bound of the buffer (the broker's when the client set none)."""
         if capacity > self.max_capacity:
             raise errors.LimitExceeded(
                 f"capacity {capacity} is over this broker's limit of {self.max_capacity}")
+        if self.max_buffer_bytes and max_bytes > self.max_buffer_bytes:
+            raise errors.LimitExceeded(
+                f"max_bytes {max_bytes} is over this broker's limit of {self.max_buffer_bytes}")
         if hid is not None and hid not in s.subs and hid not in s.consumers \
                 and hid not in s.services \
                 and len(s.subs) + len(s.consumers) + len(s.services) >= self.max_handles:
             raise errors.LimitExceeded(
                 f"a session may hold at most {self.max_handles} subscriptions, "
                 f"consumers and responders")
+        return max_bytes or self.max_buffer_bytes
 
     # -- command handlers (return False to leave the record for a retry) -------------------
     def _on_sub(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, pattern, capacity, overflow, window = rec
         try:
-            self._admit(s, hid, capacity)
+            max_bytes = self._admit(s, hid, capacity)
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             sub = self.router.subscribe(pattern, capacity=max(1, capacity),
-                                        overflow=_OVERFLOW[overflow])
+                                        overflow=_OVERFLOW[overflow], max_bytes=max_bytes)
         except errors.RingcastError as exc:
             self._error(s, hid, exc)
             return
@@ -730,12 +741,12 @@ class Broker:
     def _on_declare(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, ref, name, capacity, overflow, bind, options = rec
         try:
-            self._admit(s, None, capacity)
+            opts = queue_options_from_wire(options)
+            opts["max_bytes"] = self._admit(s, None, capacity, opts.get("max_bytes", 0))
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
-                                      overflow=_OVERFLOW[overflow],
-                                      **queue_options_from_wire(options))
+                                      overflow=_OVERFLOW[overflow], **opts)
         except errors.RingcastError as exc:
             self._error(s, ref, exc)
             return
@@ -1019,6 +1030,9 @@ class Broker:
             "delivered": rs.get("delivered"),
             "subjects": dict(self._counts),
             "dropped": sum(int(x.get("dropped", 0)) for x in subs),
+            # payload bytes waiting in subscription and queue buffers here
+            "buffered_bytes": sum(int(x.get("bytes", 0)) for x in subs)
+            + sum(int(q.get("bytes", 0)) for q in rs.get("queues", {}).values()),
             "subscriptions": subs,
             "queues": rs.get("queues", {}),
             "services": rs.get("services", {}),

@@ -43,6 +43,9 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1.0)")
     p.add_argument("--max-frame", type=int, default=None, help="bytes per ZeroMQ frame")
     p.add_argument("--max-message", type=int, default=None, help="bytes per message payload")
+    p.add_argument("--max-buffer-bytes", type=int, default=None, metavar="BYTES",
+                   help="payload bytes a client's subscription or queue may hold here "
+                        "(default 64 MiB; 0: bounded by capacity only)")
     p.add_argument("--data-dir", default=None,
                    help="directory of the durable queues' logs (needed for durable=True)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
@@ -74,7 +77,7 @@ def keep_freed_heap() -> bool:
 
 def _broker(args: argparse.Namespace) -> int:
     from . import _codec
-    from .broker import Broker
+    from .broker import DEFAULT_MAX_BUFFER_BYTES, Broker
 
     keep_freed_heap()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -82,7 +85,9 @@ def _broker(args: argparse.Namespace) -> int:
     broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
                     data_dir=args.data_dir, fsync=args.fsync, spin=args.spin_us / 1e6,
                     max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
-                    max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE)
+                    max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE,
+                    max_buffer_bytes=(DEFAULT_MAX_BUFFER_BYTES if args.max_buffer_bytes is None
+                                      else args.max_buffer_bytes))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

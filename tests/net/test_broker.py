@@ -293,6 +293,44 @@ def test_drops_are_counted_and_memory_bounded_with_a_stalled_subscriber(broker, 
         assert stats["subjects"]["feed"] == 20000
 
 
+def test_buffers_are_bounded_in_bytes_too(endpoint):
+    """A stalled subscriber of 8192 slots would hold 8192 large payloads; the
+    broker's byte bound keeps it near 1 MiB, drops the oldest and counts them."""
+    b = BrokerProcess(endpoint, "--max-buffer-bytes", str(1 << 20)).start()
+    try:
+        with connect(b.url, heartbeat=HEARTBEAT) as pub, \
+                connect(b.url, heartbeat=HEARTBEAT) as slow:
+            stalled = slow.subscribe("feed", capacity=8192, overflow="drop_oldest", window=4)
+            barrier(slow)
+            n, size = 400, 64 << 10
+            for i in range(n):
+                pub.publish("feed", b"%05d" % i + bytes(size - 5))
+            pub.flush(timeout=30)
+            stats = pub.stats()
+            (sub_stats,) = [x for x in stats["subscriptions"] if x["pattern"] == "feed"]
+            assert sub_stats["max_bytes"] == 1 << 20
+            assert 0 < sub_stats["bytes"] <= (1 << 20) + size
+            assert stats["buffered_bytes"] == sub_stats["bytes"]
+            assert sub_stats["dropped"] >= n - 4 - 17
+            got = []
+            while not got or got[-1].payload[:5] != b"%05d" % (n - 1):
+                got += stalled.recv_many(100, timeout=5)
+            assert stalled.dropped == sub_stats["dropped"] == n - len(got)
+            seqs = [m.seq for m in got]
+            assert seqs == sorted(seqs) and seqs[-1] == n   # the gaps are the drops
+
+            # queues: the broker's bound is the default and the ceiling
+            pub.declare_queue("q1")
+            pub.declare_queue("q2", max_bytes=4096)
+            with pytest.raises(errors.LimitExceeded, match="max_bytes"):
+                pub.declare_queue("q3", max_bytes=2 << 20)
+            queues = pub.stats()["queues"]
+            assert (queues["q1"]["max_bytes"], queues["q2"]["max_bytes"]) == (1 << 20, 4096)
+            assert "q3" not in queues
+    finally:
+        b.stop()
+
+
 def test_block_policy_pushes_back_on_the_publisher(broker, client):
     with connect(broker.url, heartbeat=HEARTBEAT) as slow:
         sub = slow.subscribe("orders", capacity=1024, overflow="block", window=1024)
