@@ -42,6 +42,7 @@ DEFAULT_MAX_FRAME: int
 DEFAULT_MAX_MESSAGE: int
 DEFAULT_MAX_SUBJECT: int
 MAX_HEADERS: int
+CREDIT_BYTES: int
 
 @final
 class Writer:
@@ -154,6 +155,8 @@ class Deliveries:
     def first_seq(self) -> int: ...
     @property
     def last_seq(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
     def take(self, max_count: int = ...) -> List[Message]: ...
     def take_payloads(self, max_count: int = ...) -> List[bytes]: ...
 

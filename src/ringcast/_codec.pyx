@@ -118,6 +118,10 @@ DEFAULT_MAX_FRAME = 4 << 20
 DEFAULT_MAX_MESSAGE = 1 << 20
 DEFAULT_MAX_SUBJECT = 1024
 MAX_HEADERS = 64 << 10
+#: a client that has taken this many bytes of MSG records of a subscription
+#: since its last CREDIT grants one as soon as it holds none of them
+#: (docs/protocol.md, "Flow"): what lets a broker bound bytes in flight
+CREDIT_BYTES = 64 << 10
 
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
     if type(s) is not str:
@@ -902,6 +906,7 @@ cdef class Reader:
                     out.append((RC_MSG, handle, run))
                 run.count += 1
                 run.last_seq = seq
+                run.end = self.e
                 self.pos = self.e
             elif cmd == RC_QMSG or cmd == RC_RQST:
                 run = None
@@ -952,6 +957,12 @@ cdef class Deliveries:
     cdef readonly Py_ssize_t count
     cdef readonly uint64_t first_seq
     cdef readonly uint64_t last_seq
+    cdef size_t end     # where the run's last record ends in the frame
+
+    @property
+    def nbytes(self):
+        """Encoded bytes of the records not taken yet."""
+        return self.end - self.r.pos if self.count else 0
 
     cdef inline int _next(self) except -1:
         self.r._open()

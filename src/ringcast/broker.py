@@ -83,6 +83,57 @@ _zsend = zmq.backend.Socket.send
 _zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 
+class _Flow:
+    """What the broker may still send to one remote subscription: the
+    messages the client granted (its window), and, when the subscription is
+    bounded in bytes, bytes sent that the client has not taken yet, so that a
+    window of 8192 messages of 1 MiB is not 8 GiB on its way to one client."""
+
+    __slots__ = ("credit", "max_bytes", "inflight", "sent")
+
+    def __init__(self, credit: int, max_bytes: int) -> None:
+        self.credit = credit
+        # 0: messages only. Never below a few CREDIT_BYTES: a client grants
+        # CREDIT early only once it took that many bytes (its window of
+        # messages may be far away), so a smaller bound could wait forever.
+        self.max_bytes = max(max_bytes, 4 * C.CREDIT_BYTES) if max_bytes else 0
+        self.inflight = 0
+        self.sent: Deque[List[int]] = collections.deque()   # [messages, bytes] per write
+
+    def room(self) -> int:
+        """Bytes that may be written now (> 0), 0 to wait for CREDIT."""
+        if self.credit <= 0:
+            return 0
+        if not self.max_bytes:
+            return FRAME_TARGET
+        return max(0, min(FRAME_TARGET, self.max_bytes - self.inflight))
+
+    def wrote(self, n: int, nbytes: int) -> None:
+        self.credit -= n
+        if self.max_bytes:
+            self.inflight += nbytes
+            self.sent.append([n, nbytes])
+
+    def granted(self, n: int) -> bool:
+        """CREDIT: the client took ``n`` more messages, the oldest sent.
+        True when this lets a stalled subscription move again."""
+        stalled = not self.room()
+        self.credit = min(self.credit + n, MAX_CREDIT)
+        sent = self.sent
+        while n and sent:
+            k, b = sent[0]
+            if k <= n:
+                sent.popleft()
+                self.inflight -= b
+                n -= k
+            else:   # part of a write: its bytes pro rata
+                part = b * n // k
+                sent[0] = [k - n, b - part]
+                self.inflight -= part
+                n = 0
+        return stalled
+
+
 class _Session:
     """One connected client (one ROUTER identity)."""
 
@@ -98,7 +149,7 @@ class _Session:
         self.credit_due = 0      # publish credit to give back (bytes)
         self.credit_since = 0.0  # when it became due
         self.subs: Dict[int, Any] = {}           # handle -> Subscription
-        self.sub_credit: Dict[int, int] = {}
+        self.flows: Dict[int, _Flow] = {}        # handle -> what may be sent to it
         self.consumers: Dict[int, Any] = {}      # handle -> Consumer
         self.delivered: Dict[int, Dict[int, Message]] = {}   # handle -> tag -> msg (queues)
         self.services: Dict[int, _RemoteResponder] = {}
@@ -692,7 +743,7 @@ class Broker:
             return
         self._close_handle(s, hid)
         s.subs[hid] = sub
-        s.sub_credit[hid] = min(window, MAX_CREDIT)
+        s.flows[hid] = _Flow(min(window, MAX_CREDIT), max_bytes)
         self._arm_sub(s, hid)
 
     def _arm_sub(self, s: _Session, hid: int) -> None:
@@ -716,11 +767,9 @@ class Broker:
 
     def _on_credit(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, n = rec
-        if hid in s.sub_credit:
-            was = s.sub_credit[hid]
-            s.sub_credit[hid] = min(was + n, MAX_CREDIT)
-            if was <= 0:
-                self._ready.append((s, hid))
+        flow = s.flows.get(hid)
+        if flow is not None and flow.granted(n):
+            self._ready.append((s, hid))
 
     def _on_close(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         self._close_handle(s, rec[1])
@@ -728,7 +777,7 @@ class Broker:
     def _close_handle(self, s: _Session, hid: int) -> None:
         sub = s.subs.pop(hid, None)
         if sub is not None:
-            s.sub_credit.pop(hid, None)
+            s.flows.pop(hid, None)
             sub.close()
         consumer = s.consumers.pop(hid, None)
         if consumer is not None:
@@ -903,12 +952,15 @@ class Broker:
     def _flush_sub(self, s: _Session, hid: int) -> None:
         sub = s.subs[hid]
         ring = sub.ring
+        flow = s.flows[hid]
+        out = s.out
         while True:
-            credit = s.sub_credit[hid]
-            if credit <= 0:
+            room = flow.room()
+            if not room:
                 return   # CREDIT from the client re-marks it
-            n = s.out.write_ring(ring, hid, credit, FRAME_TARGET)
-            s.sub_credit[hid] = credit - n
+            before = len(out)
+            n = out.write_ring(ring, hid, flow.credit, min(before + room, FRAME_TARGET))
+            flow.wrote(n, len(out) - before)
             if len(s.out) >= FRAME_TARGET:
                 s.frames.append(s.out.take())
                 if len(s.frames) > 8:

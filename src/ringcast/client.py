@@ -381,7 +381,7 @@ class Client:
         """Receive messages on subjects matching ``pattern``. ``capacity`` and
         ``overflow`` configure the buffer held for you at the broker;
         ``window`` bounds messages in flight to this process (default: the
-        capacity, up to 65536)."""
+        capacity, up to 65536), and the broker's byte bound the bytes."""
         h = self.proto.subscribe(pattern, capacity, overflow, window)
         if callback is not None:
             self._callbacks[h.id] = callback

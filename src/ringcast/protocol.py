@@ -109,6 +109,7 @@ class RemoteSubscription(_Handle):
         self.pattern = pattern
         self.window = window
         self.consumed = 0     # taken since the last CREDIT
+        self.consumed_bytes = 0   # their encoded bytes
         self.last_seq = 0
         self.dropped = 0      # sequence gaps seen: messages the broker dropped by policy
         self.count = 0        # messages in the inbox (it holds encoded runs)
@@ -116,6 +117,7 @@ class RemoteSubscription(_Handle):
     def reset(self) -> None:
         # messages already received stay readable; only the flow state restarts
         self.consumed = 0
+        self.consumed_bytes = 0
         self.last_seq = 0
 
     def deliver(self, run: Any) -> None:
@@ -134,12 +136,14 @@ class RemoteSubscription(_Handle):
         inbox = self.inbox
         while inbox and len(out) < max_count:
             run = inbox[0]
+            held = run.nbytes
             try:
                 got = (run.take_payloads if payloads else run.take)(max_count - len(out))
             except errors.RingcastError:
                 inbox.popleft()   # a corrupt run is dropped whole, and reported
                 self.count -= run.count
                 raise
+            self.consumed_bytes += held - run.nbytes
             out += got
             if not run.count:
                 inbox.popleft()
@@ -151,10 +155,14 @@ class RemoteSubscription(_Handle):
         return out
 
     def _taken(self, n: int) -> None:
+        # half the window taken; or, holding nothing more, enough bytes taken
+        # that the broker may be waiting on its bound of bytes in flight
         self.consumed += n
-        if self.consumed * 2 >= self.window:
+        if self.consumed * 2 >= self.window or (
+                not self.count and self.consumed_bytes >= C.CREDIT_BYTES):
             self.proto._urgent(C.CREDIT, self.id, self.consumed)
             self.consumed = 0
+            self.consumed_bytes = 0
 
 
 class RemoteConsumer(_Handle):

@@ -25,6 +25,16 @@ with connect(url, heartbeat=0.2) as c:
 print("sent", n, flush=True)
 """
 
+PUBLISHER_BIG = """
+import sys
+from ringcast.client import connect
+url, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with connect(url, heartbeat=0.2) as c:
+    for i in range(n):
+        c.publish("big", b"%05d" % i + bytes(size - 5), timeout=30)
+    c.flush(30)
+"""
+
 SUBSCRIBER = """
 import sys
 from ringcast.client import connect
@@ -294,13 +304,14 @@ def test_drops_are_counted_and_memory_bounded_with_a_stalled_subscriber(broker, 
 
 
 def test_buffers_are_bounded_in_bytes_too(endpoint):
-    """A stalled subscriber of 8192 slots would hold 8192 large payloads; the
-    broker's byte bound keeps it near 1 MiB, drops the oldest and counts them."""
+    """A stalled subscriber of 8192 slots (and a window of 8192) would hold
+    8192 large payloads at the broker and as many more in flight; the broker's
+    byte bound keeps each near 1 MiB, drops the oldest and counts them."""
     b = BrokerProcess(endpoint, "--max-buffer-bytes", str(1 << 20)).start()
     try:
         with connect(b.url, heartbeat=HEARTBEAT) as pub, \
                 connect(b.url, heartbeat=HEARTBEAT) as slow:
-            stalled = slow.subscribe("feed", capacity=8192, overflow="drop_oldest", window=4)
+            stalled = slow.subscribe("feed", capacity=8192, overflow="drop_oldest")
             barrier(slow)
             n, size = 400, 64 << 10
             for i in range(n):
@@ -311,7 +322,9 @@ def test_buffers_are_bounded_in_bytes_too(endpoint):
             assert sub_stats["max_bytes"] == 1 << 20
             assert 0 < sub_stats["bytes"] <= (1 << 20) + size
             assert stats["buffered_bytes"] == sub_stats["bytes"]
-            assert sub_stats["dropped"] >= n - 4 - 17
+            in_flight = 1 + (1 << 20) // size
+            assert sub_stats["dropped"] >= n - 2 * in_flight
+            assert stalled.pending <= in_flight
             got = []
             while not got or got[-1].payload[:5] != b"%05d" % (n - 1):
                 got += stalled.recv_many(100, timeout=5)
@@ -327,6 +340,31 @@ def test_buffers_are_bounded_in_bytes_too(endpoint):
             queues = pub.stats()["queues"]
             assert (queues["q1"]["max_bytes"], queues["q2"]["max_bytes"]) == (1 << 20, 4096)
             assert "q3" not in queues
+    finally:
+        b.stop()
+
+
+def test_large_messages_flow_through_a_small_byte_bound_in_order(endpoint, procs):
+    """Block policy, 64 KiB messages, a 256 KiB bound and a window of 8192
+    messages: the broker stops at the bound of bytes in flight long before the
+    client has taken half its window, so the client must grant credit once it
+    has taken what it holds (else this would stall for good)."""
+    b = BrokerProcess(endpoint, "--max-buffer-bytes", str(256 << 10)).start()
+    try:
+        with connect(b.url, heartbeat=HEARTBEAT) as sub_client:
+            sub = sub_client.subscribe("big", capacity=8192, overflow="block")
+            barrier(sub_client)
+            n, size = 120, 64 << 10
+            pub = run_script(PUBLISHER_BIG, b.url, n, size)
+            procs.append(pub)
+            got = []
+            while len(got) < n:
+                m = sub.recv(timeout=10)
+                got.append(m.payload[:5])
+                assert len(m.payload) == size and sub.pending <= 5
+            assert got == [b"%05d" % i for i in range(n)]
+            assert sub.dropped == 0
+            assert pub.wait(10) == 0
     finally:
         b.stop()
 
