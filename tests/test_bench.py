@@ -145,7 +145,8 @@ def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines, extra):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("scenario,baselines", [
-    ("reqrep", ["ringcast --spin-us 1000", "pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"]),
+    ("reqrep", ["ringcast --spin-us 0", "ringcast --spin-us 1000", "pyzmq REQ/REP",
+                "zmq.proxy ROUTER/DEALER"]),
     ("reqrep-pipelined", ["pyzmq DEALER/ROUTER", "zmq.proxy ROUTER/DEALER"]),
 ])
 def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines):

@@ -48,3 +48,24 @@ def test_credit_is_capped():
     flow = _Flow(MAX_CREDIT, 0)
     flow.granted(1 << 40)
     assert flow.credit == MAX_CREDIT
+
+
+def test_a_cli_broker_spins_only_while_requests_are_owed():
+    from ringcast.broker import REPLY_SPIN_MAX, Broker
+
+    adaptive, embedded, fixed = (Broker("tcp://127.0.0.1:0", spin=spin)
+                                 for spin in (None, 0.0, 0.002))
+    try:
+        assert adaptive._spin_window() == 0.0          # nothing owed: sleep at once
+        adaptive._live, adaptive._answer_time = 1, 0.0002
+        assert adaptive._spin_window() == 0.0004       # twice as long as answers take
+        adaptive._answer_time = REPLY_SPIN_MAX / 2
+        assert adaptive._spin_window() == REPLY_SPIN_MAX
+        adaptive._answer_time = 0.002
+        assert adaptive._spin_window() == 0.0          # slower services: not worth a spin
+        assert embedded._spin_window() == 0.0
+        fixed._live = 0
+        assert fixed._spin_window() == 0.002
+    finally:
+        for b in (adaptive, embedded, fixed):
+            b.router.close()

@@ -8,6 +8,7 @@ from ._ring import Message
 from ._router import CoreRouter
 
 PROTOCOL_VERSION: int
+PROTOCOL_VERSION_MIN: int
 
 HELLO: int
 PUB: int

@@ -29,6 +29,7 @@ from ringcast.errors import LimitExceeded, ProtocolError, UnknownCommand, WrongT
 
 cdef extern from "rc_codec.h":
     int RC_PROTO_VERSION
+    int RC_PROTO_VERSION_MIN
     int RC_REC_HDR
     int RC_UVARINT_MAX
     void rc_u32le_put(unsigned char *p, uint32_t v) nogil
@@ -66,6 +67,7 @@ cdef extern from "rc_codec.h":
         RC_STATSREP
 
 PROTOCOL_VERSION = RC_PROTO_VERSION
+PROTOCOL_VERSION_MIN = RC_PROTO_VERSION_MIN
 
 # Command bytes, for Python code (the record loops here use the C names)
 HELLO = RC_HELLO

@@ -171,7 +171,8 @@ cdef class Ring:
 
     @property
     def free(self):
-        """Slots a publish may fill now (0 while the byte bound is reached)."""
+        """Free slots; 0 while the byte bound is reached (below it, a slot
+        takes a message of any size: the bound is soft)."""
         if self.max_bytes != 0 and self.nbytes >= self.max_bytes:
             return 0
         return self.capacity - (self.wpos - self.rpos)

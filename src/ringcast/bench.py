@@ -663,7 +663,7 @@ END = "bench.end"
 IDLE = 3.0            # seconds without a message before a receiver gives up
 FIRST_WAIT = 30.0     # ... and for the first message (a loaded machine starts slowly)
 SERVICE = "bench.echo"
-SPIN = 0.001          # the reqrep scenario's second broker spins this long after input
+SPIN = 0.001          # the reqrep scenario's always-spinning broker spins this long after input
 QUEUE = "bench.work"
 
 
@@ -689,9 +689,11 @@ def _send_stream(opts: Options, send_one: Callable[[], None],
     return sent, t0
 
 
-def _broker_child(ctl: "_ChildControl", sample: bool = False, spin: float = 0.0) -> Any:
+def _broker_child(ctl: "_ChildControl", sample: bool = False,
+                  spin: Optional[float] = None) -> Any:
     """A ringcast broker, in a process tuned as ``ringcast broker`` tunes its
-    own; with ``sample``, returns its RSS over time on stop."""
+    own (``spin`` None: its default); with ``sample``, returns its RSS over
+    time on stop."""
     from .broker import Broker
     from .cli import keep_freed_heap
 
@@ -1593,7 +1595,8 @@ def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> 
 
 
 @scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99), "
-          "sleeping and spinning (--spin-us 1000); "
+          "as `ringcast broker` runs by default, never spinning (--spin-us 0) and "
+          "always spinning (--spin-us 1000); "
           "baselines pyzmq REQ/REP direct, REQ -> ROUTER/DEALER proxy -> REP, and "
           "nats-server + nats-py request() where installed",
           group="broker")
@@ -1606,11 +1609,13 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
                           [("requester", _rc_requester_child, (url, opts))],
                           peers=[("responder", _rc_responder_child, (url,))])
     rows.append(_latency_row(name, "ringcast", opts, res))
-    with _server("broker", _broker_child, False, SPIN) as url:
-        (res,) = _measure(f"{name} ringcast --spin-us", opts, progress,
-                          [("requester", _rc_requester_child, (url, opts))],
-                          peers=[("responder", _rc_responder_child, (url,))])
-    rows.append(_latency_row(name, f"ringcast --spin-us {int(SPIN * 1e6)}", opts, res))
+    for spin in (0.0, SPIN):
+        label = f"ringcast --spin-us {int(spin * 1e6)}"
+        with _server("broker", _broker_child, False, spin) as url:
+            (res,) = _measure(f"{name} {label}", opts, progress,
+                              [("requester", _rc_requester_child, (url, opts))],
+                              peers=[("responder", _rc_responder_child, (url,))])
+        rows.append(_latency_row(name, label, opts, res))
     ep = free_tcp_endpoint()
     (res,) = _measure(f"{name} pyzmq", opts, progress, [("req", _zmq_req_child, (ep, opts))],
                       peers=[("rep", _zmq_rep_child, (ep, True))])

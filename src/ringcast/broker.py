@@ -59,8 +59,12 @@ DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
 #: after input, the loop polls this long (seconds) before it sleeps: a reply
-#: or the next request arriving within it costs no wake-up of the broker
+#: or the next request arriving within it costs no wake-up of the broker.
+#: 0 for an embedded broker (it would hold its host's GIL); ``ringcast broker``
+#: passes None: spin only while remote requests are owed, for twice as long as
+#: answers have been taking, and not at all when that is over REPLY_SPIN_MAX
 DEFAULT_SPIN = 0.0
+REPLY_SPIN_MAX = 0.001
 #: publish credit owed to a client waits this long for other output to ride on
 CREDIT_DELAY = 0.001
 #: requests for one responder leave in frames of about this many bytes, so that
@@ -110,7 +114,7 @@ class _Flow:
 
     def wrote(self, n: int, nbytes: int) -> None:
         self.credit -= n
-        if self.max_bytes:
+        if self.max_bytes and n:
             self.inflight += nbytes
             self.sent.append([n, nbytes])
 
@@ -137,9 +141,11 @@ class _Flow:
 class _Session:
     """One connected client (one ROUTER identity)."""
 
-    def __init__(self, ident: bytes, name: str, heartbeat: float, now: float) -> None:
+    def __init__(self, ident: bytes, name: str, heartbeat: float, now: float,
+                 version: int = C.PROTOCOL_VERSION) -> None:
         self.ident = ident
         self.name = name
+        self.version = version   # what the client speaks (WELCOME echoes it)
         self.heartbeat = heartbeat
         self.last_rx = now
         self.last_tx = now
@@ -162,7 +168,7 @@ class _WireRequest(PendingRequest):
     """A request from a remote client. Its answer is written straight into
     the requester's session: no reply Message, no callback per request."""
 
-    __slots__ = ("broker", "session", "rid")
+    __slots__ = ("broker", "session", "rid", "born")
 
     def __init__(self, broker: "Broker", service: _Service, deadline: float,
                  session: _Session, rid: int) -> None:
@@ -170,6 +176,7 @@ class _WireRequest(PendingRequest):
         self.broker = broker
         self.session = session
         self.rid = rid
+        self.born = broker._now
 
     # Settled only on the broker loop (answers from other threads are handed
     # to it), so an answer racing the deadline is applied once, never twice.
@@ -183,7 +190,9 @@ class _WireRequest(PendingRequest):
             self.service.late_replies += 1
             return
         self.settled = True
-        self.broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
+        broker = self.broker
+        broker._answer_time += (broker._now - self.born - broker._answer_time) / 8
+        broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
@@ -289,12 +298,16 @@ class Broker:
                  max_handles: int = DEFAULT_MAX_HANDLES, heartbeat: float = 1.0,
                  max_frame: int = C.DEFAULT_MAX_FRAME, max_message: int = C.DEFAULT_MAX_MESSAGE,
                  max_subject: int = C.DEFAULT_MAX_SUBJECT, window: int = DEFAULT_WINDOW,
-                 spin: float = DEFAULT_SPIN, context: Optional[zmq.Context] = None) -> None:
+                 spin: Optional[float] = DEFAULT_SPIN,
+                 context: Optional[zmq.Context] = None) -> None:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
         # data_dir/fsync: where durable queues live (ignored when a router is given)
         self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
         self._owns_router = router is None   # closed with the broker (logs, threads)
         self.max_capacity = max_capacity
+        if max_buffer_bytes < 0:
+            raise errors.LimitExceeded(f"max_buffer_bytes must be >= 0 (0: no bound), "
+                                       f"got {max_buffer_bytes}")
         self.max_buffer_bytes = max_buffer_bytes
         self.max_handles = max_handles
         self.heartbeat = heartbeat
@@ -302,8 +315,11 @@ class Broker:
         self.max_message = max_message
         self.max_subject = max_subject
         self.window = max(window, max_frame)
-        # seconds to keep polling without sleeping after input (0: never spin)
-        self.spin = max(0.0, spin)
+        # seconds to keep polling without sleeping after input (0: never
+        # spin; None: while requests are owed, see DEFAULT_SPIN)
+        self.spin = None if spin is None else max(0.0, spin)
+        self._answer_time = 0.0   # moving average: seconds from a request to its reply
+        self._queue_names: Set[str] = set()   # queues known to exist (see _implicit_queue)
         self.endpoints: List[str] = []
         self._ctx = context or zmq.Context.instance()
         self._sessions: Dict[bytes, _Session] = {}
@@ -443,12 +459,12 @@ class Broker:
         rcvtimeo = -1
         next_timer = 0.0
         tick = min(self.heartbeat / 4, 0.25)
-        spin = self.spin
         last_input = 0.0
         while not self._stopping:
             first: Optional[bytes] = None
             busy = bool(self._ready or self._calls or self._retry or self._dirty)
             now = time.monotonic()
+            spin = self._spin_window()
             if not busy and now - last_input < spin:
                 until = last_input + spin
                 if self._owed:   # held-back credit is due by CREDIT_DELAY
@@ -482,6 +498,15 @@ class Broker:
             except Exception:  # a bug must not take every client's broker down
                 self.counters["internal_errors"] += 1
                 log.exception("internal error in the broker loop")
+
+    def _spin_window(self) -> float:
+        """Seconds to poll without sleeping after input (see DEFAULT_SPIN)."""
+        if self.spin is not None:
+            return self.spin
+        window = 2 * self._answer_time
+        if not self._live or window > REPLY_SPIN_MAX:
+            return 0.0   # nothing owed, or answers come too late to wait for
+        return window
 
     def _spin(self, sock: zmq.Socket, until: float) -> Union[bytes, bool]:
         """Wait for input without sleeping, until ``until``: a client that
@@ -615,10 +640,10 @@ class Broker:
             if rec is None or rec[0] != C.HELLO:
                 raise errors.ConnectionLost("no session: send HELLO first")
             _, version, hb_ms, name = rec
-            if version != C.PROTOCOL_VERSION:
+            if not C.PROTOCOL_VERSION_MIN <= version <= C.PROTOCOL_VERSION:
                 raise errors.VersionMismatch(
                     f"protocol version {version} not supported; this broker speaks "
-                    f"{C.PROTOCOL_VERSION}")
+                    f"{C.PROTOCOL_VERSION_MIN} to {C.PROTOCOL_VERSION}")
         except errors.RingcastError as exc:
             # answered, never remembered: a hostile peer costs no broker memory
             self.counters["refused_frames"] += 1
@@ -627,11 +652,11 @@ class Broker:
             self._send(ident, w.take())
             return
         hb = min(max(hb_ms / 1000.0, 0.05), 60.0)
-        s = _Session(ident, name, hb, now)
+        s = _Session(ident, name, hb, now, version)
         self._sessions[ident] = s
         self._dirty.add(s)
         self.counters["sessions"] += 1
-        s.out.record(C.WELCOME, C.PROTOCOL_VERSION, int(hb * 1000), self.max_frame,
+        s.out.record(C.WELCOME, version, int(hb * 1000), self.max_frame,
                      self.max_message, self.max_subject, self.window, f"ringcast-{os.getpid()}")
         log.info("client %r connected", name)
 
@@ -657,6 +682,7 @@ class Broker:
                 queue, payloads = reader.sends()
                 if queue is not None:
                     try:
+                        self._implicit_queue(queue)
                         taken = self.router.try_send_many(queue, payloads)
                     except errors.RingcastError:
                         batch_sends = False   # one by one: each refused SEND answered alone
@@ -743,7 +769,9 @@ class Broker:
             return
         self._close_handle(s, hid)
         s.subs[hid] = sub
-        s.flows[hid] = _Flow(min(window, MAX_CREDIT), max_bytes)
+        # a version 1 client grants credit only at half its window: holding
+        # it to bytes in flight could stop its subscription for good
+        s.flows[hid] = _Flow(min(window, MAX_CREDIT), max_bytes if s.version >= 2 else 0)
         self._arm_sub(s, hid)
 
     def _arm_sub(self, s: _Session, hid: int) -> None:
@@ -796,14 +824,23 @@ class Broker:
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
                                       overflow=_OVERFLOW[overflow], **opts)
+            self._queue_names.add(name)
         except errors.RingcastError as exc:
             self._error(s, ref, exc)
             return
         s.out.record(C.OK, ref)
 
+    def _implicit_queue(self, name: str) -> None:
+        """A queue a client uses without declaring it is declared here, with
+        this broker's byte bound (the router's own default has none)."""
+        if name not in self._queue_names:
+            self.router.declare_queue(name, max_bytes=self.max_buffer_bytes)
+            self._queue_names.add(name)
+
     def _on_send(self, s: _Session, rec: Tuple[Any, ...]) -> Optional[bool]:
         _, queue, headers, payload = rec
         try:
+            self._implicit_queue(queue)
             self.router.send(queue, payload, headers, timeout=0)
         except errors.WouldBlock:
             return self._park(s, self.router.queue(queue).ring)
@@ -815,6 +852,7 @@ class Broker:
         _, hid, queue, prefetch = rec
         try:
             self._admit(s, hid, 0)
+            self._implicit_queue(queue)
             consumer = self.router.consume(queue, prefetch=max(1, prefetch))
         except errors.RingcastError as exc:
             self._error(s, hid, exc)

@@ -36,6 +36,13 @@ def register(name: str, help: str, setup: Setup, run: Run) -> None:
 
 
 # -- broker ------------------------------------------------------------------------------
+def _bytes_arg(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: no bound), not {n}")
+    return n
+
+
 def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", action="append", metavar="ENDPOINT",
                    help=f"tcp:// or ipc:// endpoint to listen on, repeatable "
@@ -43,16 +50,18 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1.0)")
     p.add_argument("--max-frame", type=int, default=None, help="bytes per ZeroMQ frame")
     p.add_argument("--max-message", type=int, default=None, help="bytes per message payload")
-    p.add_argument("--max-buffer-bytes", type=int, default=None, metavar="BYTES",
+    p.add_argument("--max-buffer-bytes", type=_bytes_arg, default=None, metavar="BYTES",
                    help="payload bytes a client's subscription or queue may hold here "
                         "(default 64 MiB; 0: bounded by capacity only)")
     p.add_argument("--data-dir", default=None,
                    help="directory of the durable queues' logs (needed for durable=True)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                    help="default fsync policy of durable queues (docs/reliability.md)")
-    p.add_argument("--spin-us", type=int, default=0, metavar="US",
+    p.add_argument("--spin-us", type=int, default=None, metavar="US",
                    help="after input, poll this many microseconds before sleeping: lower "
-                        "request latency for a core kept busy (default 0: never spin)")
+                        "request latency for a core kept busy (0: never spin; default: "
+                        "while requests are owed, about as long as answers take, "
+                        "up to 1000)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -83,7 +92,8 @@ def _broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
-                    data_dir=args.data_dir, fsync=args.fsync, spin=args.spin_us / 1e6,
+                    data_dir=args.data_dir, fsync=args.fsync,
+                    spin=None if args.spin_us is None else args.spin_us / 1e6,
                     max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
                     max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE,
                     max_buffer_bytes=(DEFAULT_MAX_BUFFER_BYTES if args.max_buffer_bytes is None

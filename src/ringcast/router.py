@@ -250,8 +250,8 @@ class Router(CoreRouter):
                     f"publish from inside a callback into {sub.pattern!r}, a full "
                     f"block-policy subscription ({ring!r}) whose callbacks run on this "
                     f"very thread: waiting for room would wait on itself. Give that "
-                    f"subscription a drop_oldest/drop_newest policy or more capacity, or "
-                    f"publish from another thread")
+                    f"subscription a drop_oldest/drop_newest policy or more capacity "
+                    f"(or max_bytes), or publish from another thread")
 
     # -- queues --------------------------------------------------------------------
     def declare_queue(self, name: str, *, bind: Union[str, Sequence[str]] = (),

@@ -332,14 +332,20 @@ def test_buffers_are_bounded_in_bytes_too(endpoint):
             seqs = [m.seq for m in got]
             assert seqs == sorted(seqs) and seqs[-1] == n   # the gaps are the drops
 
-            # queues: the broker's bound is the default and the ceiling
+            # queues: the broker's bound is the default and the ceiling, also for
+            # queues that a SEND or a CONSUME names before anyone declares them
             pub.declare_queue("q1")
             pub.declare_queue("q2", max_bytes=4096)
+            pub.declare_queue("q0", max_bytes=0)
             with pytest.raises(errors.LimitExceeded, match="max_bytes"):
                 pub.declare_queue("q3", max_bytes=2 << 20)
+            pub.send("sent-to", b"x")
+            pub.consume("consumed-from")
+            pub.flush(timeout=10)
             queues = pub.stats()["queues"]
-            assert (queues["q1"]["max_bytes"], queues["q2"]["max_bytes"]) == (1 << 20, 4096)
-            assert "q3" not in queues
+            assert {name: q["max_bytes"] for name, q in queues.items()} == {
+                "q1": 1 << 20, "q2": 4096, "q0": 1 << 20,
+                "sent-to": 1 << 20, "consumed-from": 1 << 20}
     finally:
         b.stop()
 
@@ -365,6 +371,43 @@ def test_large_messages_flow_through_a_small_byte_bound_in_order(endpoint, procs
             assert got == [b"%05d" % i for i in range(n)]
             assert sub.dropped == 0
             assert pub.wait(10) == 0
+    finally:
+        b.stop()
+
+
+def test_a_version_1_client_is_not_held_to_bytes_in_flight(endpoint, zsocket):
+    """Version 1 clients grant credit only at half their window: the broker
+    must not stop at its bound of bytes in flight for them (they would wait
+    for good), while a version 2 session without CREDIT stops there."""
+    b = BrokerProcess(endpoint, "--max-buffer-bytes", str(256 << 10)).start()
+    try:
+        received = {}
+        socks = {}
+        for version in (1, 2):
+            s = zsocket(zmq.DEALER)
+            s.connect(b.url)
+            w = C.Writer()
+            w.record(C.HELLO, version, 10000, f"v{version}")
+            s.send(w.take())
+            (welcome,) = C.Reader(s.recv()).events()
+            assert welcome[:2] == (C.WELCOME, version)
+            # v1: block policy, so all 40 must come; v2: drop_oldest, never blocks
+            w.record(C.SUB, 1, f"big{version}", 8192, 0 if version == 1 else 1, 8192)
+            w.record(C.STATS, 7)
+            s.send(w.take())
+            assert any(e[0] == C.STATSREP for e in C.Reader(s.recv()).events())
+            socks[version], received[version] = s, 0
+        with connect(b.url, heartbeat=HEARTBEAT) as pub:
+            for i in range(40):
+                pub.publish("big2", bytes(40_000))
+                pub.publish("big1", bytes(40_000))
+            for version, s in socks.items():      # read all that comes; never grant
+                while s.poll(500):
+                    for e in C.Reader(s.recv()).events():
+                        if e[0] == C.MSG:
+                            received[version] += e[2].count
+        assert received[1] == 40
+        assert 6 <= received[2] <= 8                   # 256 KiB of 40 kB records
     finally:
         b.stop()
 

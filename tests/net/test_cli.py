@@ -103,3 +103,9 @@ def test_broker_process_heap_tuning_is_accepted_by_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=ENV, timeout=30)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_broker_refuses_a_negative_buffer_bound():
+    p = ringcast_cmd("broker", "--bind", "tcp://127.0.0.1:0", "--max-buffer-bytes", "-1")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2 and "--max-buffer-bytes" in err and "listening" not in out
