@@ -8,7 +8,7 @@ import random
 import pytest
 import zmq
 
-from .conftest import barrier, run_script, wait_for
+from .conftest import HEARTBEAT, barrier, run_script, wait_for
 
 WORKER = """
 import sys
@@ -168,12 +168,14 @@ def test_missed_ack_deadline_over_the_wire():
     from ringcast.broker import Broker
     from ringcast.client import connect
 
-    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.2)
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=HEARTBEAT)
     broker.start()
     try:
-        with connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as slow, \
-                connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as fast:
-            slow.declare_queue("jobs", ack_deadline=0.2)
+        with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=5) as slow, \
+                connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=5) as fast:
+            # slow never acks in time; fast must, from its delivery to its ack
+            # reaching the broker: a second on a loaded runner, not 0.2 s
+            slow.declare_queue("jobs", ack_deadline=1.0)
             held = slow.consume("jobs", prefetch=1)
             slow.send("jobs", b"job-1")
             slow.flush()
@@ -183,6 +185,9 @@ def test_missed_ack_deadline_over_the_wire():
             assert (again.payload, again.redelivered, again.delivery_count) == (b"job-1", True, 2)
             again.ack()
             first.ack()  # too late: refused at the broker
+            # two connections: slow's stats say nothing of fast's ack; fast's
+            # own STATS round trip follows its ack
+            barrier(fast)
             assert wait_for(lambda: slow.stats()["queues"]["jobs"]["late_acks"] == 1)
             q = slow.stats()["queues"]["jobs"]
             assert q["ack_timeouts"] == 1 and q["acked"] == 1  # one success, not two
