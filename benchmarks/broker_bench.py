@@ -232,7 +232,9 @@ def rc_aio_responder(url, q, concurrency):
 
     async def main():
         c = await aio.connect(url)
-        c.serve("echo", lambda m: m.payload, concurrency=concurrency)
+        # not the sync round's "echo": its responder's session can outlive its
+        # process (a BYE lost at exit) and be handed requests of this round
+        c.serve("echo.aio", lambda m: m.payload, concurrency=concurrency)
         await c.flush()
         q.put("ready")
         await asyncio.get_running_loop().run_in_executor(None, q.get)
@@ -259,7 +261,7 @@ def bench_rc_pipelined(url, n, size, inflight=1000, concurrency=256):
         async def worker():
             while left[0] > 0:
                 left[0] -= 1
-                await c.request("echo", payload, timeout=30)
+                await c.request("echo.aio", payload, timeout=30)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(inflight)))
