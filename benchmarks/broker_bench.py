@@ -212,13 +212,18 @@ def bench_rc_reqrep(url, n, size):
     q.get(timeout=30)
     lat = []
     payload = b"x" * size
-    with connect(url) as c:
-        for _ in range(n):
-            t = time.perf_counter()
-            c.request("echo", payload)
-            lat.append(time.perf_counter() - t)
+    try:
+        with connect(url) as c:
+            for _ in range(n):
+                t = time.perf_counter()
+                c.request("echo", payload)
+                lat.append(time.perf_counter() - t)
+    finally:   # as in bench_rc_pipelined: no responder outlives a failure
         q.put("done")
-    r.join()
+        r.join(10)
+        if r.is_alive():
+            r.terminate()
+            r.join()
     return statistics.median(lat[n // 10:]) * 1e6
 
 
@@ -227,7 +232,9 @@ def rc_aio_responder(url, q, concurrency):
 
     async def main():
         c = await aio.connect(url)
-        c.serve("echo", lambda m: m.payload, concurrency=concurrency)
+        # not the sync round's "echo": its responder's session can outlive its
+        # process (a BYE lost at exit) and be handed requests of this round
+        c.serve("echo.aio", lambda m: m.payload, concurrency=concurrency)
         await c.flush()
         q.put("ready")
         await asyncio.get_running_loop().run_in_executor(None, q.get)
@@ -254,7 +261,7 @@ def bench_rc_pipelined(url, n, size, inflight=1000, concurrency=256):
         async def worker():
             while left[0] > 0:
                 left[0] -= 1
-                await c.request("echo", payload, timeout=30)
+                await c.request("echo.aio", payload, timeout=30)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(inflight)))
@@ -262,10 +269,17 @@ def bench_rc_pipelined(url, n, size, inflight=1000, concurrency=256):
         await c.close()
         return n / dt
 
-    rate = asyncio.run(main())
-    q.put("done")
-    r.join()
-    return rate
+    try:
+        return asyncio.run(main())
+    finally:
+        # also when a request failed: a responder left running would reconnect
+        # to the stopped broker forever ("session lost" every 3 s) and hold
+        # this process at exit, which joins its children
+        q.put("done")
+        r.join(10)
+        if r.is_alive():
+            r.terminate()
+            r.join()
 
 
 def bench_rss_soak(url, seconds, size):

@@ -976,16 +976,24 @@ class Broker:
     def _flush_ready(self) -> None:
         ready, self._ready = self._ready, collections.deque()
         seen: Set[Tuple[bytes, int]] = set()
-        for s, hid in ready:
-            key = (s.ident, hid)
-            if key in seen or not s.alive:
-                continue
-            seen.add(key)
-            self._dirty.add(s)
-            if hid in s.subs:
-                self._flush_sub(s, hid)
-            elif hid in s.consumers:
-                self._flush_consumer(s, hid)
+        try:
+            while ready:
+                s, hid = ready.popleft()
+                key = (s.ident, hid)
+                if key in seen or not s.alive:
+                    continue
+                seen.add(key)
+                self._dirty.add(s)
+                if hid in s.subs:
+                    self._flush_sub(s, hid)
+                elif hid in s.consumers:
+                    self._flush_consumer(s, hid)
+        finally:
+            # an error on one handle (counted by the loop) must not lose the
+            # others: their ring callbacks fired once and will not again
+            if ready:
+                ready.extend(self._ready)
+                self._ready = ready
 
     def _flush_sub(self, s: _Session, hid: int) -> None:
         sub = s.subs[hid]
@@ -1003,6 +1011,8 @@ class Broker:
                 s.frames.append(s.out.take())
                 if len(s.frames) > 8:
                     self._flush_out(s)
+                    if not s.alive:   # the flush dropped it (peer gone, not reading)
+                        return
                     if len(s.frames) > 8:   # pipe full: come back next loop
                         self._ready.append((s, hid))
                         return

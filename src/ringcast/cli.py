@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -72,9 +73,15 @@ def keep_freed_heap() -> bool:
     free, and faults the pages in again on the next frame: with payloads over
     512 bytes (outside pymalloc) that was a page fault every few messages and a
     quarter of the broker's CPU. A process that is a broker keeps up to 64 MiB
-    free instead. Not done by an embedded ``Broker``: the host owns its heap.
+    free instead. Not done by an embedded ``Broker``: the host owns its heap,
+    nor when the environment tunes glibc's trimming itself (``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_TOP_PAD_`` or their ``GLIBC_TUNABLES``): mallopt would override it.
     Returns whether the allocator took the settings."""
     if not sys.platform.startswith("linux"):
+        return False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")) \
+            or "glibc.malloc.trim_threshold" in tunables or "glibc.malloc.top_pad" in tunables:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -35,9 +35,10 @@ if sys.platform == "win32":  # ringcast.aio needs add_reader (see aio_client._op
 class BrokerProcess:
     """``python -m ringcast broker`` in a subprocess; ``url`` is where it listens."""
 
-    def __init__(self, bind, *extra):
+    def __init__(self, bind, *extra, env=None):
         self.bind = bind
         self.extra = extra
+        self.env = dict(ENV, **(env or {}))
         self.proc = None
         self.url = None
 
@@ -45,7 +46,7 @@ class BrokerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ringcast", "broker", "--bind", self.bind,
              "--heartbeat", str(HEARTBEAT), *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True)
         deadline = time.monotonic() + timeout
         line = self.proc.stdout.readline()
         if not line.startswith("ringcast broker listening on ") or time.monotonic() > deadline:

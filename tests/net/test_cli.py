@@ -103,6 +103,11 @@ def test_broker_process_heap_tuning_is_accepted_by_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=ENV, timeout=30)
     assert out.stdout.strip() == "True", out.stderr
+    # the environment's own glibc tuning wins (tests/net/test_bad_input.py uses it)
+    for env in ({"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.top_pad=0"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(ENV, **env), timeout=30)
+        assert out.stdout.strip() == "False", (env, out.stderr)
 
 
 def test_broker_refuses_a_negative_buffer_bound():

@@ -8,7 +8,7 @@ import random
 import pytest
 import zmq
 
-from .conftest import barrier, run_script, wait_for
+from .conftest import HEARTBEAT, barrier, run_script, wait_for
 
 WORKER = """
 import sys
@@ -168,12 +168,14 @@ def test_missed_ack_deadline_over_the_wire():
     from ringcast.broker import Broker
     from ringcast.client import connect
 
-    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.2)
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=HEARTBEAT)
     broker.start()
     try:
-        with connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as slow, \
-                connect(broker.endpoints[0], heartbeat=0.2, timeout=5) as fast:
-            slow.declare_queue("jobs", ack_deadline=0.2)
+        with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=5) as slow, \
+                connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=5) as fast:
+            # slow never acks in time; fast must, from its delivery to its ack
+            # reaching the broker: a second on a loaded runner, not 0.2 s
+            slow.declare_queue("jobs", ack_deadline=1.0)
             held = slow.consume("jobs", prefetch=1)
             slow.send("jobs", b"job-1")
             slow.flush()
@@ -183,6 +185,9 @@ def test_missed_ack_deadline_over_the_wire():
             assert (again.payload, again.redelivered, again.delivery_count) == (b"job-1", True, 2)
             again.ack()
             first.ack()  # too late: refused at the broker
+            # two connections: slow's stats say nothing of fast's ack; fast's
+            # own STATS round trip follows its ack
+            barrier(fast)
             assert wait_for(lambda: slow.stats()["queues"]["jobs"]["late_acks"] == 1)
             q = slow.stats()["queues"]["jobs"]
             assert q["ack_timeouts"] == 1 and q["acked"] == 1  # one success, not two
@@ -192,3 +197,57 @@ def test_missed_ack_deadline_over_the_wire():
             assert held.recv(timeout=5).payload == b"job-2"  # and it still consumes
     finally:
         broker.stop()
+
+
+def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypatch):
+    """The broker flushes a subscriber's output while still writing its
+    deliveries (more than 8 frames of them); when that drops the session
+    (its peer is gone or does not read), the flush must stop there, and the
+    other handles made ready in the same pass must still be served. It once
+    went on into the dropped subscription (KeyError) and the pass's other
+    ready handles were lost for good: a benchmark subscriber of the next
+    round waited forever beside the previous round's vanished one."""
+    from ringcast import _codec as C
+    from ringcast import broker as broker_mod
+    from ringcast.broker import Broker
+    from ringcast.client import connect
+    from ringcast.router import Router
+
+    router = Router()
+    broker = Broker("tcp://127.0.0.1:0", router=router, heartbeat=HEARTBEAT).start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10) as good:
+            sub = good.subscribe("feed.good")
+            barrier(good)
+            gone = zsocket(zmq.DEALER)
+            gone.setsockopt(zmq.IDENTITY, b"gone")
+            gone.connect(broker.endpoints[0])
+            w = C.Writer()
+            w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "gone")
+            gone.send(w.take())
+            assert gone.poll(10000) and C.Reader(gone.recv()).events()[0][0] == C.WELCOME
+            w.record(C.SUB, 1, "feed.>", 4096, 0, 0)   # no credit yet: nothing is sent
+            gone.send(w.take())
+            assert wait_for(lambda: len(router.stats()["subscriptions"]) == 2)
+            # 1 MB waits for it: 16 frames once it grants credit
+            router.publish_many("feed.bulk", [b"x" * 1000] * 1000)
+
+            zsend = broker_mod._zsend
+
+            def vanished(sock, data, flags=0):   # the ROUTER's answer once a peer is gone
+                if data == b"gone":
+                    raise zmq.ZMQError(zmq.EHOSTUNREACH)
+                return zsend(sock, data, flags)
+
+            monkeypatch.setattr(broker_mod, "_zsend", vanished)
+            # one frame, one pass: its credit readies the bulk, its publish the good sub
+            w.record(C.CREDIT, 1, 4096)
+            w.pub("feed.good", b"after")
+            gone.send(w.take())
+            assert sub.recv(timeout=10).payload == b"after"
+            assert broker.counters["sessions_dropped"] == 1
+            assert broker.counters.get("internal_errors", 0) == 0
+            assert good.stats()["clients"] == 1
+    finally:
+        broker.stop()
+        router.close()
