@@ -398,7 +398,7 @@ def test_a_version_1_client_is_not_held_to_bytes_in_flight(endpoint, zsocket):
             assert any(e[0] == C.STATSREP for e in C.Reader(s.recv()).events())
             socks[version], received[version] = s, 0
         with connect(b.url, heartbeat=HEARTBEAT) as pub:
-            for i in range(40):
+            for _ in range(40):
                 pub.publish("big2", bytes(40_000))
                 pub.publish("big1", bytes(40_000))
             for version, s in socks.items():      # read all that comes; never grant
