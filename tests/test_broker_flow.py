@@ -50,19 +50,22 @@ def test_credit_is_capped():
     assert flow.credit == MAX_CREDIT
 
 
-def test_a_cli_broker_spins_only_while_requests_are_owed():
-    from ringcast.broker import REPLY_SPIN_MAX, Broker
+def test_a_cli_broker_spins_around_request_traffic_only():
+    from ringcast.broker import REQUEST_SPIN, Broker
 
     adaptive, embedded, fixed = (Broker("tcp://127.0.0.1:0", spin=spin)
                                  for spin in (None, 0.0, 0.002))
     try:
-        assert adaptive._spin_window() == 0.0          # nothing owed: sleep at once
+        adaptive._now = 100.0
+        assert adaptive._spin_window() == 0.0          # no request traffic: sleep at once
         adaptive._live, adaptive._answer_time = 1, 0.0002
-        assert adaptive._spin_window() == 0.0004       # twice as long as answers take
-        adaptive._answer_time = REPLY_SPIN_MAX / 2
-        assert adaptive._spin_window() == REPLY_SPIN_MAX
+        assert adaptive._spin_window() == 0.0004       # owed: twice as long as answers take
         adaptive._answer_time = 0.002
         assert adaptive._spin_window() == 0.0          # slower services: not worth a spin
+        adaptive._live, adaptive._answered = 0, 100.0 - REQUEST_SPIN / 2
+        assert adaptive._spin_window() == REQUEST_SPIN  # just answered: the next one is near
+        adaptive._answered = 100.0 - 2 * REQUEST_SPIN
+        assert adaptive._spin_window() == 0.0
         assert embedded._spin_window() == 0.0
         fixed._live = 0
         assert fixed._spin_window() == 0.002

@@ -61,10 +61,12 @@ MAX_BACKLOG = 256
 #: after input, the loop polls this long (seconds) before it sleeps: a reply
 #: or the next request arriving within it costs no wake-up of the broker.
 #: 0 for an embedded broker (it would hold its host's GIL); ``ringcast broker``
-#: passes None: spin only while remote requests are owed, for twice as long as
-#: answers have been taking, and not at all when that is over REPLY_SPIN_MAX
+#: passes None: spin around request traffic only, up to REQUEST_SPIN after an
+#: answer went out (a synchronous requester's next request comes soon), and
+#: while requests are owed for twice as long as answers have been taking when
+#: that is under REQUEST_SPIN
 DEFAULT_SPIN = 0.0
-REPLY_SPIN_MAX = 0.001
+REQUEST_SPIN = 0.001
 #: publish credit owed to a client waits this long for other output to ride on
 CREDIT_DELAY = 0.001
 #: requests for one responder leave in frames of about this many bytes, so that
@@ -319,6 +321,7 @@ class Broker:
         # spin; None: while requests are owed, see DEFAULT_SPIN)
         self.spin = None if spin is None else max(0.0, spin)
         self._answer_time = 0.0   # moving average: seconds from a request to its reply
+        self._answered = -1.0     # when the last answer to a remote request went out
         self._queue_names: Set[str] = set()   # queues known to exist (see _implicit_queue)
         self.endpoints: List[str] = []
         self._ctx = context or zmq.Context.instance()
@@ -503,10 +506,13 @@ class Broker:
         """Seconds to poll without sleeping after input (see DEFAULT_SPIN)."""
         if self.spin is not None:
             return self.spin
-        window = 2 * self._answer_time
-        if not self._live or window > REPLY_SPIN_MAX:
-            return 0.0   # nothing owed, or answers come too late to wait for
-        return window
+        if self._live:
+            window = 2 * self._answer_time
+            if window <= REQUEST_SPIN:
+                return window
+        if self._now - self._answered < REQUEST_SPIN:
+            return REQUEST_SPIN
+        return 0.0   # no request traffic, or answers come too late to wait for
 
     def _spin(self, sock: zmq.Socket, until: float) -> Union[bytes, bool]:
         """Wait for input without sleeping, until ``until``: a client that
@@ -925,6 +931,7 @@ class Broker:
     def _answer(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         """Write the answer to a remote request (on the loop thread)."""
         self._live -= 1
+        self._answered = self._now
         if s.alive:
             s.out.record(*rec)
             self._dirty.add(s)

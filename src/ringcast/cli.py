@@ -61,8 +61,7 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spin-us", type=int, default=None, metavar="US",
                    help="after input, poll this many microseconds before sleeping: lower "
                         "request latency for a core kept busy (0: never spin; default: "
-                        "while requests are owed, about as long as answers take, "
-                        "up to 1000)")
+                        "around request traffic only, up to 1000 after an answer)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
