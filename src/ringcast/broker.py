@@ -570,10 +570,15 @@ class Broker:
             fn(*args)
         if self._retry:
             retry, self._retry = self._retry, set()
-            for ident in retry:
-                s = self._sessions.get(ident)
-                if s is not None:
-                    self._resume(s)
+            try:
+                while retry:
+                    s = self._sessions.get(retry.pop())
+                    if s is not None:
+                        self._resume(s)
+            finally:
+                # an error in one (counted by the loop) must not strand the
+                # others: the space callbacks that listed them fired once
+                self._retry |= retry
         if self._ready:
             self._flush_ready()
         if self._deadlines and self._deadlines[0][0] <= now:

@@ -251,3 +251,47 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
     finally:
         broker.stop()
         router.close()
+
+
+def test_an_error_resuming_one_parked_producer_strands_no_other(monkeypatch):
+    """Producers parked on a full block queue are resumed together once it has
+    room; a bug in resuming one (an internal error, counted) must not lose the
+    others' parked frames: their wake-up fired once and does not fire again."""
+    from ringcast.broker import Broker
+    from ringcast.client import connect
+    from ringcast.router import Router
+
+    router = Router()
+    broker = Broker("tcp://127.0.0.1:0", router=router, heartbeat=HEARTBEAT).start()
+    resume = Broker._resume
+    failed = []
+
+    def flaky(self, s):   # the first one resumed fails (a bug, say)
+        if not failed:
+            failed.append(s.name)
+            raise RuntimeError("injected")
+        return resume(self, s)
+
+    try:
+        url = broker.endpoints[0]
+        router.declare_queue("bq", capacity=2)
+        router.send_many("bq", [b"fill-1", b"fill-2"])
+        with connect(url, heartbeat=HEARTBEAT, name="p1") as p1, \
+                connect(url, heartbeat=HEARTBEAT, name="p2") as p2:
+            p1.send("bq", b"from-p1")
+            p2.send("bq", b"from-p2")
+            assert wait_for(lambda: broker.counters.get("publisher_waits", 0) >= 2)
+            monkeypatch.setattr(Broker, "_resume", flaky)
+            consumer = router.consume("bq")
+            got = []
+            while len(got) < 3:
+                m = consumer.recv(timeout=10)
+                got.append(m.payload)
+                m.ack()
+            other = b"from-p2" if failed == ["p1"] else b"from-p1"
+            assert got == [b"fill-1", b"fill-2", other]
+            assert broker.counters["internal_errors"] == 1
+            (p1 if failed == ["p1"] else p2).close(timeout=0)   # its send stays parked
+    finally:
+        broker.stop()
+        router.close()
