@@ -113,10 +113,10 @@ class Connection:
                 "first") from None
         self.proto.connection_made(time.monotonic())
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, linger: int = 0) -> None:
         if self._sock is not None:
             self._loop.remove_reader(self._fd)
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger)
             self._sock = None
 
     def _reconnect(self, exc: errors.RingcastError) -> None:
@@ -142,7 +142,8 @@ class Connection:
         if self._sock is not None:
             for frame in self.proto.bye():
                 self._sock.send(frame)
-            self._close_socket()
+            self._close_socket(linger=200)   # BYE goes out; the broker need not
+                                             # wait three heartbeats to forget us
         for h in list(self.proto.handles.values()):
             h.closed = True
         self._wake_everyone()

@@ -127,3 +127,20 @@ async def test_a_reply_that_cannot_be_sent_fails_its_request_not_the_session(bro
     await conn.flush()
     assert (await conn.request("good", b"ok", timeout=10)).payload == b"ok"
     assert conn.proto.sessions == 1
+
+
+async def test_close_says_goodbye(broker):
+    """The broker learns of a closed connection from its BYE, at once, not
+    after three missed heartbeats (30 s here): the socket lingers for it."""
+    from ringcast.client import connect
+
+    with connect(broker.url, heartbeat=HEARTBEAT) as watcher:
+        for _ in range(5):
+            c = await aio.connect(broker.url, heartbeat=10.0)
+            assert watcher.stats()["clients"] == 2
+            await c.close()
+            for _ in range(100):
+                if watcher.stats()["clients"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert watcher.stats()["clients"] == 1
