@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 import ringcast
+from ringcast import _codec as C
 
 # Child processes import the very ringcast this test run imports: the
 # installed wheel in CI, the in-place build in a checkout.
@@ -140,6 +141,26 @@ def zsocket():
     yield make
     for s in socks:
         s.close(linger=0)
+
+
+def hello(sock, name="raw", version=C.PROTOCOL_VERSION, heartbeat_ms=10000):
+    """Speak the handshake by hand on a connected DEALER; returns WELCOME."""
+    w = C.Writer()
+    w.record(C.HELLO, version, heartbeat_ms, name)
+    sock.send(w.take())
+    assert sock.poll(10000), "no answer to HELLO"
+    welcome = C.Reader(sock.recv()).events()[0]
+    assert welcome[0] == C.WELCOME, welcome
+    return welcome
+
+
+def raw_session(zsocket, url, name="raw", identity=None, **kw):
+    """A DEALER with a session, for tests that write records themselves."""
+    sock = zsocket(zmq.DEALER)
+    if identity is not None:
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(url)
+    return sock, hello(sock, name, **kw)
 
 
 def barrier(client, timeout=10):

@@ -10,7 +10,16 @@ from ringcast import _codec as C
 from ringcast import errors
 from ringcast.client import connect
 
-from .conftest import HEARTBEAT, BrokerProcess, barrier, run_script, take, wait_for
+from .conftest import (
+    HEARTBEAT,
+    BrokerProcess,
+    barrier,
+    hello,
+    raw_session,
+    run_script,
+    take,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,15 +207,6 @@ def test_broker_restart_clients_reconnect_and_resubscribe(transport, endpoint, p
             b2.stop()
 
 
-def _hello(sock):
-    w = C.Writer()
-    w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "raw")
-    sock.send(w.take())
-    (evs,) = [C.Reader(sock.recv()).events()]
-    assert evs[0][0] == C.WELCOME
-    return evs[0]
-
-
 def _err(sock):
     assert sock.poll(5000), "no reply from the broker"
     evs = C.Reader(sock.recv()).events()
@@ -224,7 +224,7 @@ def test_garbage_client_is_cut_off_while_a_good_client_keeps_working(broker, cli
     assert isinstance(_err(bad), errors.RingcastError)        # refused, nothing kept
     bad.send(b"\x7f\x00\x00\x00\x00")
     assert isinstance(_err(bad), errors.UnknownCommand)
-    _hello(bad)
+    hello(bad)
     bad.send(b"\x02\xff\xff\x00\x00garbage")                   # record runs past the frame
     assert isinstance(_err(bad), errors.ProtocolError)
     bad.send(b"\x10\x00\x00\x00\x00")                          # after that: no session
@@ -253,7 +253,7 @@ def test_oversize_frames_and_messages_are_rejected(endpoint, client_factory=None
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(b.url)
-        welcome = _hello(s)
+        welcome = hello(s)
         assert welcome[3:5] == (65536, 1024)
         # a message over max_message inside an acceptable frame: error reply
         w = C.Writer()
@@ -384,13 +384,9 @@ def test_a_version_1_client_is_not_held_to_bytes_in_flight(endpoint, zsocket):
         received = {}
         socks = {}
         for version in (1, 2):
-            s = zsocket(zmq.DEALER)
-            s.connect(b.url)
+            s, welcome = raw_session(zsocket, b.url, f"v{version}", version=version)
+            assert welcome[1] == version
             w = C.Writer()
-            w.record(C.HELLO, version, 10000, f"v{version}")
-            s.send(w.take())
-            (welcome,) = C.Reader(s.recv()).events()
-            assert welcome[:2] == (C.WELCOME, version)
             # v1: block policy, so all 40 must come; v2: drop_oldest, never blocks
             w.record(C.SUB, 1, f"big{version}", 8192, 0 if version == 1 else 1, 8192)
             w.record(C.STATS, 7)

@@ -226,21 +226,15 @@ def test_session_dropped_mid_frame_applies_none_of_the_rest(shared, zsocket, mon
     when that drops the responder's session (it does not read) and the frame
     is the same session's, the records after it must not be applied to the
     dropped session: a subscription made there would never be closed."""
-    import zmq
 
     from ringcast import _codec as C
     from ringcast import broker as broker_mod
 
-    from .conftest import wait_for
+    from .conftest import raw_session, wait_for
 
     router, broker, client = shared
-    sock = zsocket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, b"not-reading")
-    sock.connect(broker.endpoints[0])
+    sock, _ = raw_session(zsocket, broker.endpoints[0], identity=b"not-reading")
     w = C.Writer()
-    w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "raw")
-    sock.send(w.take())
-    assert sock.poll(10000) and C.Reader(sock.recv()).events()[0][0] == C.WELCOME
 
     send = broker._send
     monkeypatch.setattr(broker_mod, "MAX_BACKLOG", 0)   # the first refused frame drops it
@@ -432,20 +426,15 @@ def test_requests_of_a_requester_that_left_are_withdrawn(shared, zsocket):
     responder: nobody can read their answers, so none is handed out any more
     (they are counted as withdrawn) instead of being worked on until their
     deadline."""
-    import zmq
 
     from ringcast import _codec as C
 
-    from .conftest import wait_for
+    from .conftest import raw_session, wait_for
 
     router, broker, _ = shared
     responder = router.serve("slow", capacity=1)   # read by nobody until the end
-    sock = zsocket(zmq.DEALER)
-    sock.connect(broker.endpoints[0])
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "leaver", heartbeat_ms=1000)
     w = C.Writer()
-    w.record(C.HELLO, C.PROTOCOL_VERSION, 1000, "leaver")
-    sock.send(w.take())
-    assert sock.poll(5000) and C.Reader(sock.recv()).next()[0] == C.WELCOME
     for i in range(20):
         w.record(C.REQ, i + 1, "slow", 10_000, None, b"%d" % i)
     sock.send(w.take())

@@ -8,7 +8,7 @@ import random
 import pytest
 import zmq
 
-from .conftest import HEARTBEAT, barrier, run_script, wait_for
+from .conftest import HEARTBEAT, barrier, raw_session, run_script, wait_for
 
 WORKER = """
 import sys
@@ -219,13 +219,8 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
         with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10) as good:
             sub = good.subscribe("feed.good")
             barrier(good)
-            gone = zsocket(zmq.DEALER)
-            gone.setsockopt(zmq.IDENTITY, b"gone")
-            gone.connect(broker.endpoints[0])
+            gone, _ = raw_session(zsocket, broker.endpoints[0], "gone", identity=b"gone")
             w = C.Writer()
-            w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "gone")
-            gone.send(w.take())
-            assert gone.poll(10000) and C.Reader(gone.recv()).events()[0][0] == C.WELCOME
             w.record(C.SUB, 1, "feed.>", 4096, 0, 0)   # no credit yet: nothing is sent
             gone.send(w.take())
             assert wait_for(lambda: len(router.stats()["subscriptions"]) == 2)
