@@ -189,13 +189,14 @@ def test_no_confirmed_message_is_lost_over_repeated_kill_9(tmp_path):
 def test_a_restarted_router_rebuilds_durable_queues_before_anyone_declares(tmp_path):
     with open_router(tmp_path) as r:
         r.declare_queue("shipping", bind="orders.*", durable=True, max_deliver=4,
-                        dead_letter="shipping.dlq")
+                        dead_letter="shipping.dlq", max_bytes=1 << 20)
         r.declare_queue("shipping", bind="returns.*")  # a later bind is remembered too
         r.publish("orders.placed", b"o1")
         r.declare_queue("scratch")  # not durable: gone after a restart
     with open_router(tmp_path) as r:
         q = r.queue("shipping")
         assert q.options.max_deliver == 4 and q.bind == ("orders.*", "returns.*")
+        assert q.ring.max_bytes == 1 << 20
         assert "scratch" not in r.stats()["queues"]
         assert r.publish("returns.made", b"r1") == 1
         got = drain(r.consume("shipping"))
