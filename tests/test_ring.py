@@ -406,6 +406,25 @@ def test_pop_many_can_stop_at_a_byte_count(impl):
     assert len(ring.pop_many(100, 0)) == 3                               # 0: no byte stop
 
 
+def test_eviction_survives_payloads_that_push_when_released(impl):
+    """drop_oldest releases what it evicts; a payload's finaliser may push into
+    the same ring meanwhile. Room is checked again after every release, so
+    the counts and the byte bound hold whatever the finalisers did."""
+    ring = impl.Ring(16, "drop_oldest", max_bytes=100)
+
+    class Pushy(bytearray):
+        def __del__(self):
+            ring.put("inner", b"i" * 30)
+
+    for _ in range(3):
+        ring.put("s", Pushy(b"x" * 40))
+    assert ring.put("s", b"B" * 10) == 1
+    held = [m.payload for m in ring.pop_many()]
+    assert ring.offered == len(held) + ring.dropped == ring.last_seq
+    assert sum(map(len, held)) <= 100 + 40 and held[-1] in (b"B" * 10, b"i" * 30)
+    assert ring.nbytes == 0
+
+
 @pytest.mark.parametrize("how", ["pop", "pop_many", "pop_payloads", "clear"])
 def test_every_take_returns_its_bytes(impl, how):
     ring = impl.Ring(8, "block", max_bytes=1000)

@@ -201,7 +201,6 @@ cdef class Ring:
     cdef int push(self, object subject, object payload, object headers) except -2:
         cdef rc_slot *slot
         cdef rc_slot old
-        cdef bint evicted = False
         cdef uint64_t size = payload_size(payload)
         if self.full():
             if self.policy == RC_BLOCK:
@@ -211,25 +210,15 @@ cdef class Ring:
                 self.next_seq += 1
                 self.dropped += 1
                 return 0
-            # drop_oldest: evict the oldest slot, release it after the update
-            old = self.slots[self.rpos & self.mask]
-            self.rpos += 1
-            self.nbytes -= old.size
-            self.dropped += 1
-            evicted = True
-            if self.full():
-                # the byte bound needs more room: evict (each release
-                # leaves the ring consistent, as it may run arbitrary code)
+            # drop_oldest: evict until there is room (slots and bytes). Each
+            # release may run arbitrary code, which may push here too: the
+            # ring is consistent at each one and room is checked again after.
+            while self.full():
+                self.take(&old)
+                self.dropped += 1
                 Py_XDECREF(<PyObject *>old.subject)
                 Py_XDECREF(<PyObject *>old.payload)
                 Py_XDECREF(<PyObject *>old.headers)
-                evicted = False
-                while self.full():
-                    self.take(&old)
-                    self.dropped += 1
-                    Py_XDECREF(<PyObject *>old.subject)
-                    Py_XDECREF(<PyObject *>old.payload)
-                    Py_XDECREF(<PyObject *>old.headers)
         self.offered += 1
         slot = &self.slots[self.wpos & self.mask]
         slot.seq = self.next_seq
@@ -247,10 +236,6 @@ cdef class Ring:
             slot.headers = <PyObject *>headers
         self.next_seq += 1
         self.wpos += 1
-        if evicted:
-            Py_XDECREF(<PyObject *>old.subject)
-            Py_XDECREF(<PyObject *>old.payload)
-            Py_XDECREF(<PyObject *>old.headers)
         return 1
 
     cdef int take(self, rc_slot *out) noexcept:
