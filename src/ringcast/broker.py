@@ -38,7 +38,7 @@ import zmq
 from . import _codec as C
 from . import errors
 from ._impl import USE_EXTENSIONS, Message
-from .queues import queue_options_from_wire
+from .queues import Queue, queue_options_from_wire
 from .router import Router
 from .services import PendingRequest, _Service, check_reply
 
@@ -318,11 +318,10 @@ class Broker:
         self.max_subject = max_subject
         self.window = max(window, max_frame)
         # seconds to keep polling without sleeping after input (0: never
-        # spin; None: while requests are owed, see DEFAULT_SPIN)
+        # spin; None: around request traffic, see DEFAULT_SPIN)
         self.spin = None if spin is None else max(0.0, spin)
         self._answer_time = 0.0   # moving average: seconds from a request to its reply
         self._answered = -1.0     # when the last answer to a remote request went out
-        self._queue_names: Set[str] = set()   # queues known to exist (see _implicit_queue)
         self.endpoints: List[str] = []
         self._ctx = context or zmq.Context.instance()
         self._sessions: Dict[bytes, _Session] = {}
@@ -693,8 +692,8 @@ class Broker:
                 queue, payloads = reader.sends()
                 if queue is not None:
                     try:
-                        self._implicit_queue(queue)
-                        taken = self.router.try_send_many(queue, payloads)
+                        q = self._queue(queue)
+                        taken = q.try_put_many(payloads, None)
                     except errors.RingcastError:
                         batch_sends = False   # one by one: each refused SEND answered alone
                         reader.seek(start)
@@ -702,7 +701,7 @@ class Broker:
                     if taken < len(payloads):   # a block-policy queue is full
                         reader.seek(start)
                         reader.skip(taken)
-                        return self._park(s, self.router.queue(queue).ring)
+                        return self._park(s, q.ring)
                     continue
             rec = reader.next()
             assert rec is not None
@@ -835,26 +834,23 @@ class Broker:
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             self.router.declare_queue(name, bind=bind, capacity=max(1, capacity),
                                       overflow=_OVERFLOW[overflow], **opts)
-            self._queue_names.add(name)
         except errors.RingcastError as exc:
             self._error(s, ref, exc)
             return
         s.out.record(C.OK, ref)
 
-    def _implicit_queue(self, name: str) -> None:
-        """A queue a client uses without declaring it is declared here, with
-        this broker's byte bound (the router's own default has none)."""
-        if name not in self._queue_names:
-            self.router.declare_queue(name, max_bytes=self.max_buffer_bytes)
-            self._queue_names.add(name)
+    def _queue(self, name: str) -> Queue:
+        """A queue a client uses, declared on first use with this broker's
+        byte bound (the router's own default has none)."""
+        return self.router.ensure_queue(name, max_bytes=self.max_buffer_bytes)
 
     def _on_send(self, s: _Session, rec: Tuple[Any, ...]) -> Optional[bool]:
         _, queue, headers, payload = rec
         try:
-            self._implicit_queue(queue)
-            self.router.send(queue, payload, headers, timeout=0)
+            q = self._queue(queue)
+            q.put(payload, headers, 0)
         except errors.WouldBlock:
-            return self._park(s, self.router.queue(queue).ring)
+            return self._park(s, q.ring)
         except errors.RingcastError as exc:
             self._error(s, 0, exc)
         return None
@@ -863,7 +859,7 @@ class Broker:
         _, hid, queue, prefetch = rec
         try:
             self._admit(s, hid, 0)
-            self._implicit_queue(queue)
+            self._queue(queue)
             consumer = self.router.consume(queue, prefetch=max(1, prefetch))
         except errors.RingcastError as exc:
             self._error(s, hid, exc)
@@ -1019,8 +1015,8 @@ class Broker:
             before = len(out)
             n = out.write_ring(ring, hid, flow.credit, min(before + room, FRAME_TARGET))
             flow.wrote(n, len(out) - before)
-            if len(s.out) >= FRAME_TARGET:
-                s.frames.append(s.out.take())
+            if len(out) >= FRAME_TARGET:
+                s.frames.append(out.take())
                 if len(s.frames) > 8:
                     self._flush_out(s)
                     if not s.alive:   # the flush dropped it (peer gone, not reading)

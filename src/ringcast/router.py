@@ -297,6 +297,11 @@ class Router(CoreRouter):
                 q.save_definition()
             return q
 
+    def ensure_queue(self, name: str, **options: Any) -> Queue:
+        """The queue ``name``, declared with ``options`` when it does not
+        exist yet: what using a queue before declaring it does."""
+        return self._queues.get(name) or self.declare_queue(name, **options)
+
     def queue(self, name: str) -> Queue:
         try:
             return self._queues[name]
@@ -308,8 +313,7 @@ class Router(CoreRouter):
         """Put one message on a queue (declared on first use). Returns False
         when a ``msg-id`` header repeats one seen within the dedup window
         (the message was already accepted once)."""
-        q = self._queues.get(queue) or self.declare_queue(queue)
-        return q.put(payload, headers, timeout)
+        return self.ensure_queue(queue).put(payload, headers, timeout)
 
     def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
                   timeout: Optional[float] = None) -> int:
@@ -317,7 +321,7 @@ class Router(CoreRouter):
         returns how many were enqueued. A ``msg-id`` header applies to every
         message of the batch: the queue keeps the first one not seen within the
         dedup window (only ``send`` reports a duplicate by its return value)."""
-        q = self._queues.get(queue) or self.declare_queue(queue)
+        q = self.ensure_queue(queue)
         return q.put_many(payloads if isinstance(payloads, list) else list(payloads),
                           headers, timeout)
 
@@ -325,12 +329,11 @@ class Router(CoreRouter):
         """As ``send_many`` without headers, never waiting for room: how many
         were enqueued before a ``block`` queue filled up (the broker's runs of
         SEND records; it parks the rest)."""
-        q = self._queues.get(queue) or self.declare_queue(queue)
-        return q.try_put_many(payloads, None)
+        return self.ensure_queue(queue).try_put_many(payloads, None)
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         """A competing consumer of ``queue`` (declared on first use)."""
-        q = self._queues.get(queue) or self.declare_queue(queue)
+        q = self.ensure_queue(queue)
         consumer = Consumer(q, prefetch)
         q.consumers.append(consumer)
         return consumer
