@@ -53,6 +53,8 @@ class _Handle:
     new session. ``record`` is the (cmd, *fields) that declares it."""
 
     kind = "handle"
+    #: the delivery record this kind of handle takes (MSG, QMSG or RQST)
+    delivery = -1
 
     def __init__(self, proto: "ClientProtocol", hid: int, record: Tuple[Any, ...]) -> None:
         self.proto = proto
@@ -70,6 +72,11 @@ class _Handle:
     @property
     def pending(self) -> int:
         return len(self.inbox)
+
+    def deliver(self, msgs: Any) -> None:
+        """Keep what a ``delivery`` record brought: here a list of Messages
+        (QMSG); subscriptions and responders take their own shapes."""
+        self.inbox.extend(msgs)
 
     def take(self, max_count: int, payloads: bool = False) -> List[Any]:
         """Up to ``max_count`` messages (or their payloads) from the inbox
@@ -102,6 +109,7 @@ class RemoteSubscription(_Handle):
     application takes messages, so at most ``window`` are in flight."""
 
     kind = "subscription"
+    delivery = _MSG
 
     def __init__(self, proto: "ClientProtocol", hid: int, pattern: str, capacity: int,
                  overflow: str, window: int) -> None:
@@ -170,6 +178,7 @@ class RemoteConsumer(_Handle):
     It settles its messages: ``msg.ack()`` and ``msg.nack()`` land here."""
 
     kind = "consumer"
+    delivery = _QMSG
 
     def __init__(self, proto: "ClientProtocol", hid: int, queue: str, prefetch: int) -> None:
         super().__init__(proto, hid, (C.CONSUME, hid, queue, prefetch))
@@ -186,11 +195,15 @@ class RemoteService(_Handle):
     """A responder registered at the broker; requests arrive in the inbox."""
 
     kind = "responder"
+    delivery = _RQST
 
     def __init__(self, proto: "ClientProtocol", hid: int, name: str, concurrency: int) -> None:
         super().__init__(proto, hid, (C.SERVE, hid, name, concurrency))
         self.name = name
         self.owner = _Settler(self)
+
+    def deliver(self, msg: Any) -> None:   # one request per RQST record
+        self.inbox.append(msg)
 
     def reset(self) -> None:
         super().reset()
@@ -528,23 +541,18 @@ class ClientProtocol:
                 return errors.ProtocolError(f"undecodable frame from the broker: {exc}")
             result: Optional[errors.RingcastError] = None
             handles = self.handles
-            # most frequent first: replies (requesters), requests (responders),
-            # deliveries, credit; module constants as locals
+            # most frequent first: replies (requesters), deliveries (requests
+            # for responders too), credit; module constants as locals
             for ev in events:
                 cmd = ev[0]
                 if cmd == _REPLY:
                     entry = self.requests.pop(ev[1], None)
                     if entry is not None:   # else: a late reply to one given up on
                         settles.append((entry[1], C.message(entry[0], ev[3], ev[2])))
-                elif cmd == _RQST:
+                elif cmd == _RQST or cmd == _MSG or cmd == _QMSG:
                     h = handles.get(ev[1])
-                    if isinstance(h, RemoteService):
-                        h.inbox.append(ev[2])
-                        self.on_deliver(h)
-                elif cmd == _MSG:
-                    h = handles.get(ev[1])
-                    if isinstance(h, RemoteSubscription):
-                        h.deliver(ev[2])
+                    if h is not None and h.delivery == cmd:   # else: not for a live handle
+                        h.deliver(ev[2])                      # of that kind: ignored
                         self.on_deliver(h)
                 elif cmd == _PCREDIT:
                     self.credit += ev[1]
@@ -552,11 +560,6 @@ class ClientProtocol:
                         self.kick()              # (the per-thread requester) has none
                     if self.on_credit is not _noop:
                         self.on_credit()
-                elif cmd == _QMSG:
-                    h = handles.get(ev[1])
-                    if isinstance(h, RemoteConsumer):
-                        h.inbox.extend(ev[2])
-                        self.on_deliver(h)
                 elif cmd == _REPLYERR:
                     entry = self.requests.pop(ev[1], None)
                     if entry is not None:
