@@ -25,6 +25,7 @@ import zmq
 
 from . import errors
 from ._impl import Message
+from ._zsock import EVENTS, NOBLOCK, POLLIN, zget, zsend
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -38,12 +39,6 @@ from .protocol import (
 log = logging.getLogger("ringcast.aio")
 #: how often, with requests in flight, overdue ones are looked for (seconds)
 REQUEST_SWEEP = 0.01
-# plain ints, and the backend's own send and getsockopt: pyzmq's wrappers
-# around them (keyword handling; an enum built for every EVENTS answer) cost
-# more than the calls, once per pump
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_zsend = zmq.backend.Socket.send
-_zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 
 class Connection:
@@ -177,9 +172,9 @@ class Connection:
             return
         now = time.monotonic()
         for frame in self.proto.data_to_send(now, eager=True):
-            _zsend(sock, frame)
-        while _zget(sock, _EVENTS) & _POLLIN:
-            frame = sock.recv(_NOBLOCK, copy=True)
+            zsend(sock, frame)
+        while zget(sock, EVENTS) & POLLIN:
+            frame = sock.recv(NOBLOCK, copy=True)
             err = self.proto.frame_received(frame, now)
             if err is not None:
                 self._reconnect(errors.ConnectionLost(str(err)))

@@ -31,13 +31,14 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import zmq
 
 from . import _codec as C
 from . import errors
 from ._impl import USE_EXTENSIONS, Message
+from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
 from .queues import Queue, queue_options_from_wire
 from .router import Router
 from .services import PendingRequest, _Service, check_reply
@@ -77,16 +78,9 @@ MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
 _ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE, C.REQ))
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
-# plain ints: pyzmq's enum arithmetic costs more than the calls it flags
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_RCVMORE, _SNDMORE, _RCVTIMEO = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.RCVTIMEO)
 #: routing id of the loop's own wake-up socket (an inproc DEALER connected to
 #: the ROUTER); the ROUTER refuses a later peer claiming it (no handover)
 _WAKE_ID = b"\x00ringcast-wake"
-# the backend's own send and getsockopt: pyzmq's wrappers around them (keyword
-# handling; an enum built for every EVENTS answer) cost more than the calls
-_zsend = zmq.backend.Socket.send
-_zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 
 class _Flow:
@@ -484,7 +478,7 @@ class Broker:
                     # sleep in the recv of the next message's first part (its
                     # sender's identity): no zmq_poll, no EVENTS check after it
                     if timeout != rcvtimeo:
-                        setopt(_RCVTIMEO, timeout)
+                        setopt(RCVTIMEO, timeout)
                         rcvtimeo = timeout
                     try:
                         first = cast(bytes, recv())
@@ -520,11 +514,11 @@ class Broker:
         or _step would ask EVENTS, a syscall, again before reading it), else
         whether other threads queued work."""
         clock = time.monotonic
-        while not _zget(sock, _EVENTS) & _POLLIN:
+        while not zget(sock, EVENTS) & POLLIN:
             if self._wake_pending or self._calls or self._stopping or clock() >= until:
                 # _wake_pending: another thread queued work (a ready ring: _mark)
                 return bool(self._wake_pending or self._calls)
-        return cast(bytes, sock.recv(_NOBLOCK))
+        return cast(bytes, sock.recv(NOBLOCK))
 
     def _step(self, sock: zmq.Socket, now: float, first: Optional[bytes] = None) -> int:
         """One pass: read what arrived, apply it, move deliveries, send.
@@ -536,17 +530,17 @@ class Broker:
         ident = first
         while True:
             if ident is None:
-                if n >= 512 or not _zget(sock, _EVENTS) & _POLLIN:
+                if n >= 512 or not zget(sock, EVENTS) & POLLIN:
                     break
-                ident = recv(_NOBLOCK)
+                ident = recv(NOBLOCK)
             # [identity, frame] from a client (a ROUTER always delivers both
             # parts at once); more parts are a protocol error
-            frame = recv(_NOBLOCK)
+            frame = recv(NOBLOCK)
             n += 1
-            if _zget(sock, _RCVMORE):
+            if zget(sock, RCVMORE):
                 parts = 2
-                while _zget(sock, _RCVMORE):
-                    recv(_NOBLOCK)
+                while zget(sock, RCVMORE):
+                    recv(NOBLOCK)
                     parts += 1
                 self._refuse(ident, errors.ProtocolError(
                     f"a message must be one frame, not {parts - 1}"))
@@ -1068,8 +1062,8 @@ class Broker:
         try:
             # as two sends: a ROUTER takes a message's later parts once it took
             # the first, and this skips send_multipart's flag arithmetic
-            _zsend(self._sock, ident, _NOBLOCK | _SNDMORE)
-            _zsend(self._sock, frame, _NOBLOCK)
+            zsend(self._sock, ident, NOBLOCK | SNDMORE)
+            zsend(self._sock, frame, NOBLOCK)
             return True
         except zmq.Again:
             return False

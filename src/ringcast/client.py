@@ -23,6 +23,7 @@ import zmq
 from . import errors
 from ._impl import Message
 from ._waiting import Receiving
+from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVTIMEO, zget, zsend
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -34,13 +35,6 @@ from .protocol import (
 )
 
 log = logging.getLogger("ringcast.client")
-# plain ints: pyzmq's enum arithmetic costs more than the calls it flags
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_RCVTIMEO = int(zmq.RCVTIMEO)
-# the backend's own send and getsockopt: pyzmq's wrappers around them (keyword
-# handling; an enum built for every EVENTS answer) cost more than the calls
-_zsend = zmq.backend.Socket.send
-_zget = cast(Callable[[zmq.Socket, int], int], zmq.backend.Socket.get)
 
 Handler = Callable[[Message], Any]
 
@@ -195,7 +189,7 @@ class Client:
                 # input first: woken by its FD, the frame is read and answered
                 # before the timer and the sends of other threads' work
                 if not clean:
-                    if _zget(sock, _EVENTS) & _POLLIN:
+                    if zget(sock, EVENTS) & POLLIN:
                         sock, clean = self._receive(sock, waiter)
                     else:
                         clean = True
@@ -207,7 +201,7 @@ class Client:
                     clean = False
                     continue
                 for frame in proto.data_to_send(now):
-                    _zsend(sock, frame)
+                    zsend(sock, frame)
                     clean = False
                 if self._closing:
                     break
@@ -225,7 +219,7 @@ class Client:
                             pass
                 clean = False   # woken by its FD (or a kick, a timer): ask EVENTS
             for frame in proto.bye():
-                _zsend(sock, frame)
+                zsend(sock, frame)
         except zmq.ZMQError as exc:
             if not self._closing:
                 log.error("client I/O stopped: %s", exc)
@@ -248,7 +242,7 @@ class Client:
         try:
             for _ in range(256):
                 try:
-                    frame = recv(_NOBLOCK, copy=True)
+                    frame = recv(NOBLOCK, copy=True)
                 except zmq.Again:   # not expected after EVENTS; it checked as well
                     return sock, True
                 err = proto.frame_received(frame, now)
@@ -257,9 +251,9 @@ class Client:
                     return self._reconnect(sock, waiter, errors.ConnectionLost(str(err))), False
                 self._wake_waiters()
                 for out in proto.data_to_send(now):
-                    _zsend(sock, out)
+                    zsend(sock, out)
                 # test before reading: a recv that raises Again costs ~3-7 us
-                if not _zget(sock, _EVENTS) & _POLLIN:
+                if not zget(sock, EVENTS) & POLLIN:
                     return sock, True
         except zmq.ZMQError:
             raise
@@ -567,7 +561,7 @@ class _DirectRequester:
         while True:
             now = clock()
             for frame in proto.data_to_send(now, eager=True):
-                _zsend(sock, frame)
+                zsend(sock, frame)
             left = deadline - now
             if left <= 0:
                 return None
@@ -575,7 +569,7 @@ class _DirectRequester:
             # reset only when it would wait past the deadline (by more than
             # the 1 ms rounding) or time out early: usually once per timeout
             if not ms <= self._rcvtimeo <= ms + 1:
-                sock.setsockopt(_RCVTIMEO, ms)
+                sock.setsockopt(RCVTIMEO, ms)
                 self._rcvtimeo = ms
             try:
                 frame = recv()

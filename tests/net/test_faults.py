@@ -227,14 +227,14 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
             # 1 MB waits for it: 16 frames once it grants credit
             router.publish_many("feed.bulk", [b"x" * 1000] * 1000)
 
-            zsend = broker_mod._zsend
+            zsend = broker_mod.zsend
 
             def vanished(sock, data, flags=0):   # the ROUTER's answer once a peer is gone
                 if data == b"gone":
                     raise zmq.ZMQError(zmq.EHOSTUNREACH)
                 return zsend(sock, data, flags)
 
-            monkeypatch.setattr(broker_mod, "_zsend", vanished)
+            monkeypatch.setattr(broker_mod, "zsend", vanished)
             # one frame, one pass: its credit readies the bulk, its publish the good sub
             w.record(C.CREDIT, 1, 4096)
             w.pub("feed.good", b"after")
