@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define RC_PROTO_VERSION 2      /* what this side speaks (docs/protocol.md) */
+#define RC_PROTO_VERSION 3      /* what this side speaks (docs/protocol.md) */
 #define RC_PROTO_VERSION_MIN 1  /* oldest a broker still serves */
 #define RC_REC_HDR 5          /* cmd byte + u32 length */
 #define RC_UVARINT_MAX 10     /* bytes in the longest uint64 varint */

@@ -282,10 +282,38 @@ def test_writer_rejects_bad_types():
     w = C.Writer()
     with pytest.raises(errors.WrongType):
         w.pub("s", "not bytes")
+    with pytest.raises(errors.WrongType, match="buffer protocol, not int"):
+        w.pub("s", 5)
     with pytest.raises(errors.WrongType):
         w.pub("s", b"x", {"k": 1})
     with pytest.raises(errors.UnknownCommand):
         w.record(0x55)
+    assert w.take() == b""   # nothing half-written
+
+
+def test_writer_refuses_headers_a_reader_would_refuse():
+    w = C.Writer()
+    w.pub("s", b"x", {"k": "v" * (C.MAX_HEADERS - 10)})
+    assert C.Reader(w.take()).next()[2] == {"k": "v" * (C.MAX_HEADERS - 10)}
+    with pytest.raises(errors.LimitExceeded, match="headers exceed"):
+        w.pub("s", b"x", {"k": "v" * C.MAX_HEADERS})
+    assert w.take() == b""
+
+
+def test_a_trailing_field_added_by_a_later_version_may_be_absent():
+    """SUB's max_bytes came with protocol version 3: an older client's SUB
+    (five fields) decodes with 0 there, a newer one's with its value."""
+    w = C.Writer()
+    w.record(C.SUB, 1, "a.>", 64, 0, 32)
+    w.record(C.SUB, 2, "b.>", 64, 1, 32, 4096)
+    r = C.Reader(w.take())
+    assert r.next() == (C.SUB, 1, "a.>", 64, 0, 32, 0)
+    assert r.next() == (C.SUB, 2, "b.>", 64, 1, 32, 4096)
+    for fields in [(1, "a", 64, 0), (1, "a", 64, 0, 32, 4096, 7)]:
+        with pytest.raises(ValueError, match="takes 6 fields"):
+            w.record(C.SUB, *fields)
+    with pytest.raises(errors.ProtocolError, match="trailing bytes"):   # only one may follow
+        C.Reader(_record(C.SUB, b"\x01\x01a\x40\x00\x20\x05\x06")).next()
 
 
 def test_write_ring_encodes_a_pure_python_ring_the_same_as_a_native_one():

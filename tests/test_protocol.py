@@ -39,4 +39,5 @@ def test_subscription_window_defaults_to_the_capacity_up_to_the_broker_cap():
     assert proto.subscribe("b.>", 1 << 20, "drop_oldest").window == 1 << 16
     assert proto.subscribe("c.>", 1 << 20, "block", window=64).window == 64
     sub_records = [h.record for h in proto.handles.values()]
-    assert [r[-1] for r in sub_records] == [1000, 1 << 16, 64]   # what SUB asks for
+    assert [r[5] for r in sub_records] == [1000, 1 << 16, 64]   # what SUB asks for
+    assert [r[6] for r in sub_records] == [0, 0, 0]   # max_bytes: the broker's bound

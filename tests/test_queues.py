@@ -222,3 +222,26 @@ def test_ack_many_acks_a_run_and_reports_the_ones_it_cannot(router):
     assert len(failed) == 1 and isinstance(failed[0], errors.AckError)
     stats = router.stats()["queues"]["jobs"]
     assert (stats["acked"], stats["unacked"], stats["depth"]) == (5, 0, 0)
+
+
+def test_queues_take_what_publish_takes_and_refuse_the_rest(router):
+    """A ring carries any object, but a queue's messages may go to disk or
+    over the wire: it takes bytes-like payloads, as publish does, and a batch
+    with one bad payload is refused whole."""
+    c = router.consume("jobs")
+    with pytest.raises(errors.WrongType, match="not object"):
+        router.send("jobs", object())
+    with pytest.raises(errors.WrongType, match="not str"):
+        router.send_many("jobs", [b"a", "b", b"c"])
+    with pytest.raises(errors.WrongType):
+        router.send("jobs", b"x", {"k": 1})
+    router.send("jobs", bytearray(b"ok"))
+    router.send_many("jobs", [memoryview(b"m1"), b"m2"])
+    assert [bytes(m.payload) for m in c.recv_many(10)] == [b"ok", b"m1", b"m2"]
+
+
+@pytest.mark.parametrize("prefetch", [-1, "4", 1.5, None])
+def test_consume_refuses_a_prefetch_that_is_not_a_count(router, prefetch):
+    with pytest.raises(errors.LimitExceeded, match="prefetch"):
+        router.consume("jobs", prefetch=prefetch)
+    assert "jobs" not in router.stats()["queues"]   # a refused call declares nothing

@@ -103,6 +103,7 @@ class Outbox:
         headers: Optional[Dict[str, str]] = None,
         timeout: Optional[float] = None,
     ) -> None: ...
+    def check_payload(self, payload: Any) -> None: ...
     def publish_many(
         self,
         subject: str,

@@ -10,7 +10,8 @@ built on its hot path; payload objects are shared by reference across
 fan-out.
 """
 cimport cython
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
+                             PyObject_CheckBuffer)
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_CheckExact)
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
@@ -99,9 +100,10 @@ PCREDIT = RC_PCREDIT
 STATSREP = RC_STATSREP
 
 #: Body layout per command: u varint, s string, l list of strings,
-#: h headers, p payload (the rest of the body). Shared by both directions.
+#: h headers, p payload (the rest of the body), o a varint that a newer
+#: protocol version added at the end (absent: 0). Shared by both directions.
 FORMATS = {
-    HELLO: "uus", PUB: "shp", SUB: "usuuu", CLOSE: "u", CREDIT: "uu",
+    HELLO: "uus", PUB: "shp", SUB: "usuuuo", CLOSE: "u", CREDIT: "uu",
     DECLARE: "usuulh", SEND: "shp", CONSUME: "usu", ACK: "uu", NACK: "uuu",
     SERVE: "usu", REQ: "usuhp", REP: "uuhp", REPERR: "uuus", STATS: "u",
     HB: "", BYE: "",
@@ -124,6 +126,26 @@ MAX_HEADERS = 64 << 10
 #: since its last CREDIT grants one as soon as it holds none of them
 #: (docs/protocol.md, "Flow"): what lets a broker bound bytes in flight
 CREDIT_BYTES = 64 << 10
+
+cdef int _check_payload(object payload) except -1:
+    # before the buffer protocol: its TypeError would not say what was wrong
+    if type(payload) is str:
+        raise WrongType("payload must be bytes-like, not str (encode it first)")
+    if not PyObject_CheckBuffer(payload):
+        raise WrongType(f"payload must be bytes or support the buffer protocol, "
+                        f"not {type(payload).__name__}")
+    return 0
+
+
+cdef Py_ssize_t _payload_len(object payload) except -1:
+    """Bytes of a bytes-like payload (``len`` counts a memoryview's items)."""
+    cdef Py_buffer view
+    _check_payload(payload)
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t n = view.len
+    PyBuffer_Release(&view)
+    return n
+
 
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
     if type(s) is not str:
@@ -204,19 +226,21 @@ cdef class Writer:
         if type(headers) is not dict:
             raise WrongType(f"headers must be a dict of str to str, not {type(headers).__name__}")
         self._uv(len(<dict>headers))
+        cdef size_t start = self.length
         for k, v in (<dict>headers).items():
             if type(k) is not str or type(v) is not str:
                 raise WrongType("headers must be a dict of str to str")
             self._str(k)
             self._str(v)
+        if self.length - start > <size_t>MAX_HEADERS:   # what a reader refuses
+            raise LimitExceeded(f"headers exceed the limit of {MAX_HEADERS} bytes")
         return 0
 
     cdef int _payload(self, object payload) except -1:
         cdef Py_buffer view
         if type(payload) is bytes:
             return self._raw(PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload))
-        if type(payload) is str:
-            raise WrongType("payload must be bytes-like, not str (encode it first)")
+        _check_payload(payload)
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
             self._raw(<const char *>view.buf, <size_t>view.len)
@@ -241,15 +265,16 @@ cdef class Writer:
         if fmt is None:
             raise UnknownCommand(f"unknown command 0x{cmd:02x}")
         cdef bytes f = fmt
-        if len(fields) != len(f):
-            raise ValueError(f"command 0x{cmd:02x} takes {len(f)} fields, got {len(fields)}")
+        cdef Py_ssize_t nf = len(f), least = len(f.rstrip(b"o"))
+        if not least <= len(fields) <= nf:   # trailing o fields may be left out
+            raise ValueError(f"command 0x{cmd:02x} takes {nf} fields, got {len(fields)}")
         cdef size_t start = self._begin(cmd)
         cdef Py_ssize_t i
         try:
-            for i in range(len(f)):
+            for i in range(len(fields)):
                 c = f[i]
                 x = fields[i]
-                if c == 117:    # u
+                if c == 117 or c == 111:    # u, o
                     self._uv(<uint64_t>x)
                 elif c == 115:  # s
                     self._str(x)
@@ -495,10 +520,7 @@ cdef class Outbox:
                 if len(self.valid) < 4096:
                     self.valid[subject] = True
             self.last_subject = subject
-        size = PyBytes_GET_SIZE(payload) if type(payload) is bytes else len(payload)
-        if size > self.max_message:
-            raise LimitExceeded(
-                f"message of {size} bytes exceeds the broker's limit of {self.max_message}")
+        self._check_size(payload)
         self._admit(timeout)
         self._lock()
         try:
@@ -511,15 +533,32 @@ cdef class Outbox:
             self._unlock()
         return self._after(started, cut)
 
+    cdef int _check_size(self, object payload) except -1:
+        cdef Py_ssize_t size = (PyBytes_GET_SIZE(payload) if type(payload) is bytes
+                                else _payload_len(payload))
+        if size > self.max_message:
+            raise LimitExceeded(
+                f"message of {size} bytes exceeds the broker's limit of {self.max_message}")
+        return 0
+
+    def check_payload(self, payload):
+        """Refuse here what the broker would refuse by ending the session (a
+        SEND's or REQ's payload: ``publish`` checks its own)."""
+        self._check_size(payload)
+
     def publish_many(self, subject, payloads, headers=None, timeout=None):
-        """Buffer one PUB record per payload under one subject."""
+        """Buffer one PUB record per payload under one subject: all of them,
+        or none when one is refused."""
         cdef bint started, cut = False
+        cdef list items = payloads if type(payloads) is list else list(payloads)
         self.check_subject(subject)
+        for payload in items:
+            self._check_size(payload)
         self._admit(timeout)
         self._lock()
         try:
             started = self.w.length == 0
-            for payload in payloads:
+            for payload in items:
                 self.w._pub(subject, payload, headers)
                 if self.w.length >= <size_t>self.frame_target:
                     self._cut()
@@ -759,6 +798,8 @@ cdef class Reader:
             c = f[i]
             if c == 117:
                 out.append(self._uv())
+            elif c == 111:   # absent when an older peer wrote the record
+                out.append(self._uv() if self.b != self.e else 0)
             elif c == 115:
                 out.append(self._str(self.max_message))
             elif c == 104:

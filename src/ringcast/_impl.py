@@ -17,6 +17,7 @@ if USE_EXTENSIONS:
         MAX_SUBJECT_LEN,
         CoreRouter,
         check_message,
+        check_messages,
         check_pattern,
         check_subject,
     )
@@ -26,6 +27,7 @@ else:  # pragma: no cover - exercised by the impl=py test run
         MAX_SUBJECT_LEN,
         CoreRouter,
         check_message,
+        check_messages,
         check_pattern,
         check_subject,
     )
@@ -44,6 +46,7 @@ __all__ = [
     "CoreRouter",
     "policy_code",
     "check_message",
+    "check_messages",
     "check_pattern",
     "check_subject",
     "MAX_SUBJECT_LEN",

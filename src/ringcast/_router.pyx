@@ -91,6 +91,14 @@ def check_message(payload, headers=None):
     _check_headers(headers)
 
 
+def check_messages(list payloads, headers=None):
+    """``check_message`` for a batch sharing ``headers``, in one native loop."""
+    for payload in payloads:
+        if type(payload) is not bytes:
+            _check_payload(payload)
+    _check_headers(headers)
+
+
 cdef list _as_list(object payloads):
     try:
         return list(payloads)

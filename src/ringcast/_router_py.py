@@ -94,6 +94,12 @@ def check_message(payload: Any, headers: Any = None) -> None:
     _check_headers(headers)
 
 
+def check_messages(payloads: List[Any], headers: Any = None) -> None:
+    for payload in payloads:
+        _check_payload(payload)
+    _check_headers(headers)
+
+
 class CoreRouter:
     """Linear scan over (pattern, ring) pairs with a subject cache."""
 

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Deque, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from . import errors
+from ._args import check_timeout
 from ._impl import Message
 
 T = TypeVar("T")
@@ -22,11 +23,8 @@ log = logging.getLogger("ringcast")
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise errors.LimitExceeded(f"timeout must be >= 0, got {timeout!r}")
-    return time.monotonic() + timeout
+    seconds = check_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

@@ -24,7 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union, ca
 import zmq
 
 from . import errors
+from ._args import check_timeout
 from ._impl import Message
+from ._waiting import _deadline
 from ._zsock import EVENTS, NOBLOCK, POLLIN, zget, zsend
 from .protocol import (
     ClientProtocol,
@@ -81,7 +83,7 @@ class Connection:
 
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Wait for the broker's welcome (ConnectionLost after ``timeout``)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + cast(float, check_timeout(timeout, optional=False))
         while not self.proto.ready:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -261,7 +263,7 @@ class Connection:
         task.add_done_callback(self._tasks.discard)
 
     async def _take(self, h: _Handle, max_count: int, timeout: Optional[float]) -> List[Message]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             msgs = h.take(max_count)   # synchronous: a cancellation can never split it
             if msgs:
@@ -298,7 +300,7 @@ class Connection:
         self.proto.outbox.publish_many(subject, payloads, headers)
 
     async def _credit(self, timeout: Optional[float]) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while not self.proto.can_publish():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -309,7 +311,7 @@ class Connection:
         """Send everything now and wait until the broker has applied it (the
         publisher confirm; see ``Client.flush``)."""
         self.proto.flush()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while not self.proto.applied() and not self.closed:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -319,9 +321,10 @@ class Connection:
 
     def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
                   window: Optional[int] = None,
-                  callback: Optional[Callable[[Message], Any]] = None) -> "Subscription":
+                  callback: Optional[Callable[[Message], Any]] = None,
+                  max_bytes: int = 0) -> "Subscription":
         """As ``Client.subscribe``; ``callback`` may be a coroutine function."""
-        h = self.proto.subscribe(pattern, capacity, overflow, window)
+        h = self.proto.subscribe(pattern, capacity, overflow, window, max_bytes)
         if callback is not None:
             self._handlers[h.id] = callback
         return Subscription(self, h)

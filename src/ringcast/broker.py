@@ -761,9 +761,9 @@ class Broker:
 
     # -- command handlers (return False to leave the record for a retry) -------------------
     def _on_sub(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        _, hid, pattern, capacity, overflow, window = rec
+        _, hid, pattern, capacity, overflow, window, max_bytes = rec
         try:
-            max_bytes = self._admit(s, hid, capacity)
+            max_bytes = self._admit(s, hid, capacity, max_bytes)
             if overflow >= len(_OVERFLOW):
                 raise errors.LimitExceeded(f"unknown overflow policy code {overflow}")
             sub = self.router.subscribe(pattern, capacity=max(1, capacity),

@@ -21,8 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 import zmq
 
 from . import errors
+from ._args import check_timeout
 from ._impl import Message
-from ._waiting import Receiving
+from ._waiting import Receiving, _deadline
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVTIMEO, zget, zsend
 from .protocol import (
     ClientProtocol,
@@ -37,10 +38,6 @@ from .protocol import (
 log = logging.getLogger("ringcast.client")
 
 Handler = Callable[[Message], Any]
-
-
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    return None if timeout is None else time.monotonic() + timeout
 
 
 class Client:
@@ -370,13 +367,15 @@ class Client:
         self.proto.take_loss()
 
     def subscribe(self, pattern: str, *, capacity: int = 8192, overflow: str = "block",
-                  window: Optional[int] = None,
-                  callback: Optional[Handler] = None) -> "Subscription":
-        """Receive messages on subjects matching ``pattern``. ``capacity`` and
-        ``overflow`` configure the buffer held for you at the broker;
-        ``window`` bounds messages in flight to this process (default: the
-        capacity, up to 65536), and the broker's byte bound the bytes."""
-        h = self.proto.subscribe(pattern, capacity, overflow, window)
+                  window: Optional[int] = None, callback: Optional[Handler] = None,
+                  max_bytes: int = 0) -> "Subscription":
+        """Receive messages on subjects matching ``pattern``. ``capacity``,
+        ``max_bytes`` (payload bytes; 0: the broker's bound, which is also
+        the most it grants) and ``overflow`` configure the buffer held for
+        you at the broker; ``window`` bounds messages in flight to this
+        process (default: the capacity, up to 65536), and ``max_bytes`` the
+        bytes."""
+        h = self.proto.subscribe(pattern, capacity, overflow, window, max_bytes)
         if callback is not None:
             self._callbacks[h.id] = callback
             self._start_worker(h, callback)
@@ -523,6 +522,9 @@ class _DirectRequester:
             self._sock.close(linger=0)
         self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
         self.proto.outbox.kick = None   # this thread sends what it buffers itself
+        # the broker's limit, known before this session's WELCOME: a request it
+        # would refuse (ending the session) is refused here
+        self.proto.max_message = self.proto.outbox.max_message = self._client.proto.max_message
         self._sock = self._client._socket()
         self._rcvtimeo = -1   # the socket's RCVTIMEO (ms; -1: none)
         self.proto.connection_made(time.monotonic())
@@ -530,7 +532,7 @@ class _DirectRequester:
 
     def request(self, service: str, payload: Any, headers: Headers,
                 timeout: float) -> Message:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + cast(float, check_timeout(timeout, optional=False))
         for _ in range(2):
             sock = self._sock or self._open()
             box: List[Any] = []

@@ -18,10 +18,11 @@ import itertools
 import json
 import logging
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import _codec as C
 from . import errors
+from ._args import check_count, check_timeout
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
 from .services import check_reply
@@ -112,8 +113,9 @@ class RemoteSubscription(_Handle):
     delivery = _MSG
 
     def __init__(self, proto: "ClientProtocol", hid: int, pattern: str, capacity: int,
-                 overflow: str, window: int) -> None:
-        super().__init__(proto, hid, (C.SUB, hid, pattern, capacity, policy_code(overflow), window))
+                 overflow: str, window: int, max_bytes: int) -> None:
+        super().__init__(proto, hid, (C.SUB, hid, pattern, capacity, policy_code(overflow),
+                                      window, max_bytes))
         self.pattern = pattern
         self.window = window
         self.consumed = 0     # taken since the last CREDIT
@@ -427,20 +429,25 @@ class ClientProtocol:
 
     # -- commands ---------------------------------------------------------------------
     def subscribe(self, pattern: str, capacity: int, overflow: str,
-                  window: Optional[int] = None) -> RemoteSubscription:
+                  window: Optional[int] = None, max_bytes: int = 0) -> RemoteSubscription:
         """``window`` (messages in flight to this process) defaults to the
         broker-side capacity, up to MAX_WINDOW: a subscription sized for
-        bursts also streams them without waiting on credit round trips."""
+        bursts also streams them without waiting on credit round trips.
+        ``max_bytes`` 0 takes the broker's bound."""
         check_pattern(pattern)
-        window = window or min(capacity, MAX_WINDOW)
+        check_count("capacity", capacity)
+        check_count("max_bytes", max_bytes, 0, (1 << 63) - 1)
+        window = min(capacity, MAX_WINDOW) if window is None else check_count("window", window)
         with self.lock:
-            h = RemoteSubscription(self, next(self.ids), pattern, capacity, overflow, window)
+            h = RemoteSubscription(self, next(self.ids), pattern, capacity, overflow, window,
+                                   max_bytes)
             self.handles[h.id] = h
             self._ordered(*h.record)
             return h
 
     def consume(self, queue: str, prefetch: int) -> RemoteConsumer:
         check_subject(queue)
+        check_count("prefetch", prefetch)
         with self.lock:
             h = RemoteConsumer(self, next(self.ids), queue, prefetch)
             self.handles[h.id] = h
@@ -450,6 +457,7 @@ class ClientProtocol:
 
     def serve(self, name: str, concurrency: int) -> RemoteService:
         check_subject(name)
+        check_count("concurrency", concurrency)
         with self.lock:
             h = RemoteService(self, next(self.ids), name, concurrency)
             self.handles[h.id] = h
@@ -473,6 +481,7 @@ class ClientProtocol:
         check_subject(name)
         for p in bind:
             check_pattern(p)
+        check_count("capacity", capacity)
         wire = queue_options_to_wire(options)
         with self.lock:
             ref = next(self.ids)
@@ -485,12 +494,15 @@ class ClientProtocol:
 
     def send(self, queue: str, payload: Any, headers: Headers = None) -> None:
         check_subject(queue)
+        self.outbox.check_payload(payload)
         self._ordered(C.SEND, queue, headers, payload)
 
     def request(self, service: str, payload: Any, headers: Headers, timeout: float,
                 settle: Settle) -> int:
         """Queue a request; ``settle`` gets the reply Message or an exception."""
         check_subject(service)
+        timeout = cast(float, check_timeout(timeout, optional=False))
+        self.outbox.check_payload(payload)
         with self.lock:
             rid = next(self.ids)
             self.requests[rid] = (service, settle, time.monotonic() + timeout + REQUEST_GRACE)

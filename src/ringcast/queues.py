@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import errors
-from ._impl import Headers, Message, Ring, check_message
+from ._impl import Headers, Message, Ring, check_message, check_messages
 from ._waiting import Source, _deadline, _Signal
 from .storage import QueueLog
 
@@ -161,8 +161,7 @@ class Queue:
     # admits when a consumer takes messages off the ring.
     def put(self, payload: Any, headers: Headers, timeout: Optional[float]) -> bool:
         """Enqueue one message (``Router.send``); False if a duplicate id."""
-        if self.log is not None:
-            check_message(payload, headers)
+        check_message(payload, headers)   # as publish does (a ring itself takes anything)
         msg_id = headers.get(MSG_ID_HEADER) if headers else None
         if msg_id is not None and not self._claim(msg_id):
             return False
@@ -193,9 +192,7 @@ class Queue:
     def try_put_many(self, payloads: List[Any], headers: Headers) -> int:
         """As ``put_many`` without waiting: how many were enqueued before a
         ``block`` intake ring filled up (the broker parks the rest)."""
-        if self.log is not None:
-            for p in payloads:
-                check_message(p, headers)
+        check_messages(payloads, headers)
         return int(self.ring.put_many(self.name, payloads, headers))
 
     # -- de-duplication (call the helpers below with the lock held) ---------------

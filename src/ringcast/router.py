@@ -23,6 +23,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from . import errors
+from ._args import check_count
 from ._impl import (
     CoreRouter,
     Handler,
@@ -332,7 +333,9 @@ class Router(CoreRouter):
         return self.ensure_queue(queue).try_put_many(payloads, None)
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
-        """A competing consumer of ``queue`` (declared on first use)."""
+        """A competing consumer of ``queue`` (declared on first use), with at
+        most ``prefetch`` messages unacked (0: no limit)."""
+        check_count("prefetch", prefetch, 0)
         q = self.ensure_queue(queue)
         consumer = Consumer(q, prefetch)
         q.consumers.append(consumer)

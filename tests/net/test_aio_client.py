@@ -129,6 +129,26 @@ async def test_a_reply_that_cannot_be_sent_fails_its_request_not_the_session(bro
     assert conn.proto.sessions == 1
 
 
+async def test_bad_arguments_raise_at_the_call_and_spare_the_session(broker, conn):
+    """The checks live in the protocol module both clients share; the asyncio
+    client's own paths (request's timeout, subscribe's max_bytes) too."""
+    conn.serve("echo", lambda m: m.payload)
+    sub = conn.subscribe("t", max_bytes=4096)
+    await conn.flush()
+    with pytest.raises(errors.WrongType):
+        await conn.request("echo", b"x", timeout="soon")
+    with pytest.raises(errors.LimitExceeded):
+        await conn.send("q", bytes(2 << 20))   # over the broker's 1 MiB message limit
+    with pytest.raises(errors.LimitExceeded):
+        conn.subscribe("t", max_bytes=-1)
+    await conn.publish("t", b"still here")
+    assert (await sub.recv(timeout=5)).payload == b"still here"
+    assert (await conn.request("echo", b"ok", timeout=10)).payload == b"ok"
+    stats = await conn.stats()
+    assert [s["max_bytes"] for s in stats["subscriptions"]] == [4096]
+    assert conn.proto.sessions == 1
+
+
 async def test_close_says_goodbye(broker):
     """The broker learns of a closed connection from its BYE, at once, not
     after three missed heartbeats (30 s here): the socket lingers for it."""

@@ -14,7 +14,7 @@ import zmq
 from ringcast import errors
 from ringcast.client import connect
 
-from .conftest import HEARTBEAT, BrokerProcess, wait_for
+from .conftest import HEARTBEAT, BrokerProcess, take, wait_for
 
 HELLO, PUB, SUB, DECLARE, SEND, ACK, NACK = 0x01, 0x02, 0x03, 0x06, 0x07, 0x09, 0x0A
 WELCOME, ERR = 0x81, 0x83
@@ -213,3 +213,58 @@ def test_many_connections_come_and_go(broker, client, zsocket):
     # silent peers are declared dead after 3 heartbeats and forgotten
     assert wait_for(lambda: client.stats()["clients"] == 1, timeout=30)
     round_trip(client, "good.client")
+
+
+# name -> (call on a connected client, the error it raises there and then)
+CLIENT_REFUSALS = {
+    "oversize publish": (lambda c: c.publish("t", bytes(1001)), errors.LimitExceeded),
+    "oversize payload in a batch": (
+        lambda c: c.publish_many("t", [b"first", bytes(1001), b"last"]), errors.LimitExceeded),
+    "oversize send": (lambda c: c.send("q", bytes(1001)), errors.LimitExceeded),
+    "oversize request": (lambda c: c.request("svc", bytes(1001)), errors.LimitExceeded),
+    "oversize headers": (lambda c: c.publish("t", b"x", {"k": "v" * (64 << 10)}),
+                         errors.LimitExceeded),
+    "int payload": (lambda c: c.send("q", 5), errors.WrongType),
+    "str payload in a batch": (lambda c: c.publish_many("t", [b"ok", "text"]), errors.WrongType),
+    "negative capacity": (lambda c: c.subscribe("t", capacity=-1), errors.LimitExceeded),
+    "capacity as text": (lambda c: c.subscribe("t", capacity="8"), errors.LimitExceeded),
+    "negative max_bytes": (lambda c: c.subscribe("t", max_bytes=-1), errors.LimitExceeded),
+    "zero window": (lambda c: c.subscribe("t", window=0), errors.LimitExceeded),
+    "negative prefetch": (lambda c: c.consume("q", prefetch=-1), errors.LimitExceeded),
+    "no concurrency": (lambda c: c.serve("other", concurrency=None), errors.LimitExceeded),
+    "queue capacity too large": (lambda c: c.declare_queue("q", capacity=1 << 40),
+                                 errors.LimitExceeded),
+    "request timeout as text": (lambda c: c.request("svc", b"x", timeout="5"), errors.WrongType),
+    "negative request timeout": (lambda c: c.request("svc", b"x", timeout=-1),
+                                 errors.LimitExceeded),
+}
+
+
+@pytest.mark.parametrize("transport", ["tcp"])
+def test_the_client_refuses_what_the_broker_would_refuse_and_keeps_its_session(endpoint):
+    """Bad arguments and payloads over the broker's limits raise a typed error
+    at the call, before anything is sent: a frame the broker refuses would end
+    the session, and everything buffered beside it would be in doubt."""
+    b = BrokerProcess(endpoint, "--max-message", "1000").start()
+    try:
+        with connect(b.url, heartbeat=HEARTBEAT) as c:
+            c.serve("svc", lambda m: m.payload)
+            sub = c.subscribe("t")
+            c.flush()
+            assert c.request("svc", b"warm").payload == b"warm"   # the requester's session too
+            for i, (call, exc) in enumerate(CLIENT_REFUSALS.values()):
+                c.publish("t", b"before %d" % i)
+                with pytest.raises(exc):
+                    call(c)
+                c.publish("t", b"after %d" % i)
+            c.flush()   # ConnectionLost if a session had ended with these in flight
+            got = take(sub, 2 * len(CLIENT_REFUSALS))   # payloads
+            assert got == [b"%s %d" % (when, i) for i in range(len(CLIENT_REFUSALS))
+                           for when in (b"before", b"after")]
+            assert c.request("svc", b"again").payload == b"again"
+            assert c.sessions == 1
+            counters = c.stats()["counters"]
+            for counter in ("protocol_errors", "refused_frames", "sessions_dropped"):
+                assert counters.get(counter, 0) == 0, counter
+    finally:
+        b.stop()

@@ -350,6 +350,40 @@ def test_buffers_are_bounded_in_bytes_too(endpoint):
         b.stop()
 
 
+def test_a_subscription_may_ask_for_its_own_byte_bound(endpoint):
+    """SUB's max_bytes (protocol version 3), as ``Router.subscribe`` takes it:
+    0 takes the broker's bound, which is also the most it grants."""
+    b = BrokerProcess(endpoint, "--max-buffer-bytes", str(1 << 20)).start()
+    try:
+        with connect(b.url, heartbeat=HEARTBEAT) as pub, \
+                connect(b.url, heartbeat=HEARTBEAT) as slow:
+            small = slow.subscribe("small", capacity=8192, overflow="drop_oldest",
+                                   max_bytes=8 << 10)
+            slow.subscribe("default")
+            too_big = slow.subscribe("big", max_bytes=2 << 20)
+            barrier(slow)
+            with pytest.raises(errors.LimitExceeded, match="max_bytes"):
+                too_big.recv(timeout=5)
+            n, size = 200, 4 << 10
+            for i in range(n):
+                pub.publish("small", b"%05d" % i + bytes(size - 5))
+            pub.flush(timeout=30)
+            stats = pub.stats()
+            bounds = {s["pattern"]: s["max_bytes"] for s in stats["subscriptions"]}
+            assert bounds == {"small": 8 << 10, "default": 1 << 20}
+            (sub_stats,) = [s for s in stats["subscriptions"] if s["pattern"] == "small"]
+            assert sub_stats["bytes"] <= (8 << 10) + size
+            # in flight: the bound, raised to the 256 KiB floor of a flow window
+            in_flight = 1 + (256 << 10) // size
+            assert sub_stats["dropped"] >= n - in_flight - 3
+            got = []
+            while not got or got[-1].payload[:5] != b"%05d" % (n - 1):
+                got += small.recv_many(100, timeout=5)
+            assert small.dropped == sub_stats["dropped"] == n - len(got)
+    finally:
+        b.stop()
+
+
 def test_large_messages_flow_through_a_small_byte_bound_in_order(endpoint, procs):
     """Block policy, 64 KiB messages, a 256 KiB bound and a window of 8192
     messages: the broker stops at the bound of bytes in flight long before the
