@@ -248,9 +248,11 @@ cdef class Writer:
             PyBuffer_Release(&view)
         return 0
 
-    cdef int _pub(self, object subject, object payload, object headers) except -1:
-        """Append one PUB record, or nothing at all if a field is refused."""
-        cdef size_t start = self._begin(RC_PUB)
+    cdef int _message(self, int cmd, object subject, object payload,
+                      object headers) except -1:
+        """Append one PUB or SEND record (one layout), or nothing at all if a
+        field is refused."""
+        cdef size_t start = self._begin(cmd)
         try:
             self._str(subject)
             self._headers(headers)
@@ -293,13 +295,13 @@ cdef class Writer:
 
     def pub(self, str subject, payload, headers=None):
         """Append a PUB record; returns the frame's size so far."""
-        self._pub(subject, payload, headers)
+        self._message(RC_PUB, subject, payload, headers)
         return self.length
 
     def pub_many(self, str subject, payloads, headers=None):
         """Append one PUB record per payload under one subject."""
         for payload in payloads:
-            self._pub(subject, payload, headers)
+            self._message(RC_PUB, subject, payload, headers)
         return self.length
 
     def record(self, int cmd, *fields):
@@ -525,7 +527,7 @@ cdef class Outbox:
         self._lock()
         try:
             started = self.w.length == 0
-            self.w._pub(subject, payload, headers)
+            self.w._message(RC_PUB, subject, payload, headers)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()
@@ -549,6 +551,14 @@ cdef class Outbox:
     def publish_many(self, subject, payloads, headers=None, timeout=None):
         """Buffer one PUB record per payload under one subject: all of them,
         or none when one is refused."""
+        self._many(RC_PUB, subject, payloads, headers, timeout)
+
+    def send_many(self, queue, payloads, headers=None, timeout=None):
+        """``publish_many`` for a queue: SEND records."""
+        self._many(RC_SEND, queue, payloads, headers, timeout)
+
+    cdef int _many(self, int cmd, object subject, object payloads, object headers,
+                   object timeout) except -1:
         cdef bint started, cut = False
         cdef list items = payloads if type(payloads) is list else list(payloads)
         self.check_subject(subject)
@@ -559,7 +569,7 @@ cdef class Outbox:
         try:
             started = self.w.length == 0
             for payload in items:
-                self.w._pub(subject, payload, headers)
+                self.w._message(cmd, subject, payload, headers)
                 if self.w.length >= <size_t>self.frame_target:
                     self._cut()
                     cut = True

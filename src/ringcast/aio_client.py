@@ -349,6 +349,12 @@ class Connection:
             await self._credit(timeout)
         self.proto.send(queue, payload, headers)
 
+    async def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
+                        timeout: Optional[float] = None) -> None:
+        if not self.proto.can_publish():
+            await self._credit(timeout)
+        self.proto.outbox.send_many(queue, payloads, headers)
+
     def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
         return Consumer(self, self.proto.consume(queue, prefetch))
 

@@ -409,6 +409,12 @@ class Client:
             self._wait_credit(timeout)
         self.proto.send(queue, payload, headers)
 
+    def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
+                  timeout: Optional[float] = None) -> None:
+        """Put many messages on a queue in one native call: all of them, or
+        none when one is refused (``publish_many`` for queues)."""
+        self.proto.outbox.send_many(queue, payloads, headers, timeout)
+
     def consume(self, queue: str, *, prefetch: int = 64) -> "Consumer":
         """A competing consumer; at most ``prefetch`` unacked messages at a time."""
         return Consumer(self, self.proto.consume(queue, prefetch))

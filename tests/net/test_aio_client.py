@@ -37,6 +37,12 @@ async def test_pubsub_queue_and_requests(broker, conn):
     msg = await q.recv(timeout=5)
     assert msg.payload == b"parcel" and not msg.redelivered
     msg.ack()
+    await conn.send_many("ship", [b"box", b"crate"], {"via": "road"})
+    batch = [await q.recv(timeout=5) for _ in range(2)]
+    assert [(m.payload, m.headers) for m in batch] == [(b"box", {"via": "road"}),
+                                                       (b"crate", {"via": "road"})]
+    for m in batch:
+        m.ack()
 
 
 async def test_cancelled_recv_loses_nothing(broker, conn):

@@ -221,6 +221,8 @@ CLIENT_REFUSALS = {
     "oversize payload in a batch": (
         lambda c: c.publish_many("t", [b"first", bytes(1001), b"last"]), errors.LimitExceeded),
     "oversize send": (lambda c: c.send("q", bytes(1001)), errors.LimitExceeded),
+    "oversize payload in a send batch": (lambda c: c.send_many("q", [b"a", bytes(1001)]),
+                                         errors.LimitExceeded),
     "oversize request": (lambda c: c.request("svc", bytes(1001)), errors.LimitExceeded),
     "oversize headers": (lambda c: c.publish("t", b"x", {"k": "v" * (64 << 10)}),
                          errors.LimitExceeded),

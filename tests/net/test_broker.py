@@ -466,8 +466,9 @@ def test_sends_to_a_full_block_queue_wait_at_the_broker_and_all_land_once(broker
     fits, keeps the rest of the frame and applies it as consumers make room,
     in order, each message once; the producer's flush confirms it all."""
     client.declare_queue("bq", capacity=4)
-    for i in range(50):
+    for i in range(25):
         client.send("bq", b"%d" % i)
+    client.send_many("bq", (b"%d" % i for i in range(25, 50)))   # the same records
     client.send("bq", b"last", {"k": "v"})   # headers: applied one by one, after the run
     assert wait_for(lambda: client.stats()["counters"].get("publisher_waits", 0) >= 1)
     with connect(broker.url, heartbeat=HEARTBEAT) as worker:
