@@ -442,6 +442,10 @@ class _AsyncReceiver:
             raise StopAsyncIteration from None
 
     @property
+    def closed(self) -> bool:
+        return bool(self._h.ended)
+
+    @property
     def pending(self) -> int:
         return int(self._h.pending)
 
@@ -453,6 +457,10 @@ class _AsyncReceiver:
 
 class Subscription(_AsyncReceiver):
     _h: RemoteSubscription
+
+    @property
+    def pattern(self) -> str:
+        return self._h.pattern
 
     def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
         """Up to ``max_count`` payloads, without waiting or Message objects."""

@@ -642,6 +642,10 @@ class _Receiver(Receiving):
     def pending(self) -> int:
         return int(self._h.pending)
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._h.ended)
+
     def close(self) -> None:
         self._client._callbacks.pop(self._h.id, None)
         self._client._inline.discard(self._h.id)

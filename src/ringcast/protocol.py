@@ -74,6 +74,12 @@ class _Handle:
     def pending(self) -> int:
         return len(self.inbox)
 
+    @property
+    def ended(self) -> bool:
+        """Closed here (or its client), or refused or ended by the broker:
+        nothing more comes."""
+        return self.closed or self.error is not None or self.proto.closed
+
     def deliver(self, msgs: Any) -> None:
         """Keep what a ``delivery`` record brought: here a list of Messages
         (QMSG); subscriptions and responders take their own shapes."""
@@ -92,7 +98,7 @@ class _Handle:
             self._taken(len(out))
             if payloads:
                 return [m.payload for m in out]
-        elif self.closed or self.error is not None:
+        elif self.ended:
             self._raise_closed()
         return out
 
@@ -160,7 +166,7 @@ class RemoteSubscription(_Handle):
         if out:
             self.count -= len(out)
             self._taken(len(out))
-        elif self.closed or self.error is not None:
+        elif self.ended:
             self._raise_closed()
         return out
 

@@ -147,12 +147,15 @@ async def test_bad_arguments_raise_at_the_call_and_spare_the_session(broker, con
         await conn.send("q", bytes(2 << 20))   # over the broker's 1 MiB message limit
     with pytest.raises(errors.LimitExceeded):
         conn.subscribe("t", max_bytes=-1)
+    assert sub.pattern == "t" and not sub.closed
     await conn.publish("t", b"still here")
     assert (await sub.recv(timeout=5)).payload == b"still here"
     assert (await conn.request("echo", b"ok", timeout=10)).payload == b"ok"
     stats = await conn.stats()
     assert [s["max_bytes"] for s in stats["subscriptions"]] == [4096]
     assert conn.proto.sessions == 1
+    await conn.close()
+    assert sub.closed
 
 
 async def test_close_says_goodbye(broker):

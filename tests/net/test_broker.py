@@ -364,6 +364,7 @@ def test_a_subscription_may_ask_for_its_own_byte_bound(endpoint):
             barrier(slow)
             with pytest.raises(errors.LimitExceeded, match="max_bytes"):
                 too_big.recv(timeout=5)
+            assert too_big.closed and not small.closed   # the broker refused it
             n, size = 200, 4 << 10
             for i in range(n):
                 pub.publish("small", b"%05d" % i + bytes(size - 5))
@@ -380,6 +381,10 @@ def test_a_subscription_may_ask_for_its_own_byte_bound(endpoint):
             while not got or got[-1].payload[:5] != b"%05d" % (n - 1):
                 got += small.recv_many(100, timeout=5)
             assert small.dropped == sub_stats["dropped"] == n - len(got)
+            small.close()
+            assert small.closed
+            with pytest.raises(errors.Closed):
+                small.recv(timeout=1)
     finally:
         b.stop()
 
