@@ -190,6 +190,13 @@ def test_a_queue_stages_a_bounded_number_of_bytes_for_delivery(router):
     c.recv(timeout=5).ack()
     assert q.ring.nbytes == 12 * (256 << 10)                  # 4 left the ring, not 16
     assert q.stats()["depth"] == 15
+    held = c.recv(timeout=5)                                  # unacked: still in memory
+    assert held.size == 256 << 10
+    stats = q.stats()
+    assert (stats["bytes"], stats["unacked_bytes"]) == (14 * (256 << 10), 256 << 10)
+    held.nack()                                               # back to the queue, first
+    stats = q.stats()
+    assert (stats["bytes"], stats["unacked_bytes"]) == (15 * (256 << 10), 0)
 
 
 def test_unknown_queue_lookup(router):

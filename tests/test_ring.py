@@ -560,6 +560,15 @@ def test_message_fields_and_equality(impl):
     assert "a.b" in repr(m)
 
 
+def test_message_size_counts_payload_bytes_as_byte_bounds_do(impl):
+    import array
+
+    assert impl.Message("a", b"abc").size == 3
+    assert impl.Message("a", bytearray(5), {"k": "v" * 100}).size == 5   # headers aside
+    assert impl.Message("a", array.array("i", [1, 2])).size == 8          # bytes, not items
+    assert impl.Message("a", object()).size == 0                          # not bytes-like
+
+
 @pytest.mark.parametrize("action", ["ack", "nack", "respond"])
 def test_settling_a_plain_message_is_an_error(impl, action):
     m = impl.Message("a", b"x")

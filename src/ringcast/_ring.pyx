@@ -74,6 +74,11 @@ cdef class Message:
         """Alias of ``payload``."""
         return self.payload
 
+    @property
+    def size(self):
+        """Payload bytes, as byte bounds and stats count them."""
+        return payload_size(self.payload)
+
     def ack(self):
         """Settle a queue delivery: the message is done and will not return."""
         self._settlement().ack(self)

@@ -69,6 +69,10 @@ class Message:
     def data(self) -> Any:
         return self.payload
 
+    @property
+    def size(self) -> int:
+        return payload_size(self.payload)
+
     def _settlement(self) -> Any:
         if self._owner is None:
             raise RingcastError(

@@ -1134,7 +1134,8 @@ class Broker:
             "dropped": sum(int(x.get("dropped", 0)) for x in subs),
             # payload bytes waiting in subscription and queue buffers here
             "buffered_bytes": sum(int(x.get("bytes", 0)) for x in subs)
-            + sum(int(q.get("bytes", 0)) for q in rs.get("queues", {}).values()),
+            + sum(int(q.get("bytes", 0)) + int(q.get("unacked_bytes", 0))
+                  for q in rs.get("queues", {}).values()),
             "subscriptions": subs,
             "queues": rs.get("queues", {}),
             "services": rs.get("services", {}),

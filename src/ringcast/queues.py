@@ -579,7 +579,11 @@ class Queue:
             "unacked": self.unacked,
             "consumers": len(self.consumers),
             "capacity": self.ring.capacity,
-            "bytes": self.ring.nbytes,
+            # what waits (the intake ring, staged and returned messages) and
+            # what consumers hold unacked: all of it is in this process's memory
+            "bytes": self.ring.nbytes + sum(m.size for m in self._ready)
+            + sum(m.size for m in self._returned),
+            "unacked_bytes": sum(m.size for c in self.consumers for m in c._unacked.values()),
             "max_bytes": self.ring.max_bytes,
             "overflow": self.ring.policy_name,
             "dropped": int(self.ring.dropped),
