@@ -92,6 +92,21 @@ static inline size_t rc_uvarint_get(const unsigned char *p, size_t avail, uint64
     uint64_t v = 0;
     unsigned shift = 0;
     size_t i;
+    if (avail >= 3) {  /* sequence numbers and lengths: up to 2^21, unrolled */
+        uint64_t b0 = p[0], b1 = p[1], b2 = p[2];
+        if (b0 < 0x80) {
+            *out = b0;
+            return 1;
+        }
+        if (b1 < 0x80) {
+            *out = (b0 & 0x7f) | (b1 << 7);
+            return 2;
+        }
+        if (b2 < 0x80) {
+            *out = (b0 & 0x7f) | ((b1 & 0x7f) << 7) | (b2 << 14);
+            return 3;
+        }
+    }
     for (i = 0; i < avail && i < RC_UVARINT_MAX; i++) {
         uint64_t b = p[i];
         if (shift == 63 && b > 1)

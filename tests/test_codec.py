@@ -67,6 +67,61 @@ def test_route_stops_at_a_refused_record_and_can_resume():
     assert r.route(publish) == 1 and taken == [b"3"]
 
 
+def _drain(ring):
+    out = []
+    while (m := ring.pop()) is not None:
+        out.append((m.subject, m.payload, m.headers))
+    return out
+
+
+def test_route_into_a_native_router_keeps_order_across_runs_and_headers():
+    """A native router gets runs of one subject as one publish_many (up to
+    512 records): order, subjects, headers and counts as record by record."""
+    from ringcast._router import CoreRouter
+
+    core, ring = CoreRouter(), Ring(4096)
+    core.add(">", ring)
+    w = C.Writer()
+    sent = [("a", b"%d" % i, None) for i in range(700)] + [("b", b"h", {"k": "v"})] \
+        + [("a", b"x%d" % i, None) for i in range(3)] + [("c", b"c", None)] * 2
+    for subject, payload, headers in sent:
+        w.pub(subject, payload, headers)
+    w.record(C.CREDIT, 1, 1)
+    r, counts = C.Reader(w.take()), {}
+    assert r.route(core, counts) == len(sent)
+    assert _drain(ring) == sent
+    assert counts == {"a": 703, "b": 1, "c": 2}
+    assert r.next() == (C.CREDIT, 1, 1)
+
+
+def test_route_into_a_native_router_stops_inside_a_run_at_a_full_block_ring():
+    from ringcast._router import CoreRouter
+
+    core, ring = CoreRouter(), Ring(4, "block")
+    core.add("s", ring)
+    w = C.Writer()
+    w.pub_many("s", [b"%d" % i for i in range(7)])
+    r = C.Reader(w.take())
+    assert r.route(core) == 4 and core.blocked_ring is ring
+    assert r.peek() == C.PUB                       # the rest of the run is unread
+    assert [p for _, p, _ in _drain(ring)] == [b"0", b"1", b"2", b"3"]
+    assert r.route(core) == 3 and r.at_end()
+    assert [p for _, p, _ in _drain(ring)] == [b"4", b"5", b"6"]
+
+
+def test_route_applies_the_records_before_a_bad_one():
+    from ringcast._router import CoreRouter
+
+    core, ring = CoreRouter(), Ring(64)
+    core.add(">", ring)
+    w = C.Writer()
+    w.pub_many("s", [b"1", b"2"])
+    frame = w.take() + _record(C.PUB, b"\x02\xff\xfe\x00x")   # a subject that is not UTF-8
+    with pytest.raises(errors.ProtocolError):
+        C.Reader(frame).route(core)
+    assert [p for _, p, _ in _drain(ring)] == [b"1", b"2"]
+
+
 def test_subjects_are_interned_across_frames():
     cache = {}
     w = C.Writer()
