@@ -47,7 +47,8 @@ enum rc_cmd {
     RC_REPLY = 0x87,
     RC_REPLYERR = 0x88,
     RC_PCREDIT = 0x89,
-    RC_STATSREP = 0x8A
+    RC_STATSREP = 0x8A,
+    RC_MSGS = 0x8B   /* version 3: a run of MSG of one subject, consecutive seqs */
 };
 
 static inline void rc_u32le_put(unsigned char *p, uint32_t v)

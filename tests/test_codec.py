@@ -133,6 +133,73 @@ def test_subjects_are_interned_across_frames():
     assert seen[0] == "orders.placed" and seen[0] is seen[1]
 
 
+def _filled(ring, items):
+    for subject, payload, headers in items:
+        ring.put(subject, payload, headers)
+    return ring
+
+
+def test_runs_carry_one_subject_and_consecutive_seqs_and_decode_as_records():
+    """Version 3's MSGS: header-less messages of one subject with consecutive
+    sequence numbers share a record; a headers message, another subject or
+    a gap (a drop) starts another. Taken in any split, as Messages or
+    payloads, they decode exactly as the MSG records of an older peer."""
+    ring = Ring(64, "drop_oldest")
+    items = [("a", b"%d" % i, None) for i in range(5)] + [("a", b"h", {"k": "v"})] \
+        + [("b", bytes(300), None)] * 3 + [("a", b"", None)] * 2
+    for runs in (False, True):
+        w = C.Writer()
+        assert w.write_ring(_filled(ring, items), 3, 100, 1 << 20, runs) == len(items)
+        frame = w.take()
+        if runs:   # records: a x5, a+headers, b x3, a x2
+            assert frame.count(bytes([C.MSGS])) >= 3
+            assert len(frame) < 300 * 3 + 5 * 5 + 80
+        (cmd, handle, run), = C.Reader(frame).events()
+        assert (cmd, handle, run.count) == (C.MSG, 3, len(items))
+        assert run.last_seq - run.first_seq == len(items) - 1
+        nbytes = [run.nbytes]
+        got = []
+        for k, payloads in ((2, False), (4, True), (1, False), (10, True)):
+            got += [(m.subject, m.payload, m.headers) for m in run.take(k)] if not payloads \
+                else [(None, p, None) for p in run.take_payloads(k)]
+            nbytes.append(run.nbytes)
+        assert [p for _, p, _ in got] == [p for _, p, _ in items]
+        assert got[:2] == items[:2] and got[6] == items[6]
+        assert nbytes == sorted(nbytes, reverse=True) and nbytes[-1] == 0 and run.count == 0
+
+
+def test_a_run_splits_at_a_gap_in_sequence_numbers():
+    ring = Ring(2, "drop_newest")
+    for i in range(4):                 # seqs 1, 2 kept; 3, 4 dropped
+        ring.put("t", b"%d" % i)
+    ring.pop()
+    ring.put("t", b"later")            # seq 5, after 2: a gap inside the ring
+    w = C.Writer()
+    assert w.write_ring(ring, 1, 10, 1 << 20, True) == 2
+    frame = w.take()
+    assert frame.count(bytes([C.MSGS])) == 2   # two records: seqs must stay implicit
+    (_, _, run), = C.Reader(frame).events()
+    assert [(m.seq, m.payload) for m in run.take()] == [(2, b"1"), (5, b"later")]
+
+
+def test_runs_are_checked_like_records():
+    def frame(body):
+        return _record(C.MSGS, body)
+    head = b"\x01\x05\x01s"   # handle 1, seq 5, subject "s"
+    with pytest.raises(errors.ProtocolError):          # no payload at all
+        C.Reader(frame(head)).events()
+    with pytest.raises(errors.ProtocolError):          # a length past the end
+        C.Reader(frame(head + b"\x05abc")).events()
+    with pytest.raises(errors.LimitExceeded):
+        C.Reader(frame(head + b"\x80\x10" + bytes(2048)), max_message=1000).events()
+    w = C.Writer()
+    w.record(C.MSGS, 1, 5, "s", [b"x", b"yz"])
+    raw = w.take()
+    assert C.Reader(raw).next() == (C.MSGS, 1, 5, "s", [b"x", b"yz"])
+    (_, _, run), = C.Reader(raw).events()
+    assert [(m.seq, m.payload) for m in run.take()] == [(5, b"x"), (6, b"yz")]
+
+
 def test_write_ring_moves_messages_with_their_sequence_numbers():
     ring = Ring(4, "drop_oldest")
     for i in range(6):

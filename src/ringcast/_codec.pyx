@@ -66,6 +66,7 @@ cdef extern from "rc_codec.h":
         RC_REPLYERR
         RC_PCREDIT
         RC_STATSREP
+        RC_MSGS
 
 PROTOCOL_VERSION = RC_PROTO_VERSION
 PROTOCOL_VERSION_MIN = RC_PROTO_VERSION_MIN
@@ -98,10 +99,12 @@ REPLY = RC_REPLY
 REPLYERR = RC_REPLYERR
 PCREDIT = RC_PCREDIT
 STATSREP = RC_STATSREP
+MSGS = RC_MSGS
 
 #: Body layout per command: u varint, s string, l list of strings,
 #: h headers, p payload (the rest of the body), o a varint that a newer
-#: protocol version added at the end (absent: 0). Shared by both directions.
+#: protocol version added at the end (absent: 0), r payloads (the rest of
+#: the body: one or more of u length + bytes). Shared by both directions.
 FORMATS = {
     HELLO: "uus", PUB: "shp", SUB: "usuuuo", CLOSE: "u", CREDIT: "uu",
     DECLARE: "usuulh", SEND: "shp", CONSUME: "usu", ACK: "uu", NACK: "uuu",
@@ -109,6 +112,7 @@ FORMATS = {
     HB: "", BYE: "",
     WELCOME: "uuuuuus", OK: "u", ERR: "uus", MSG: "uushp", QMSG: "uuuushp",
     RQST: "uuushp", REPLY: "uhp", REPLYERR: "uus", PCREDIT: "u", STATSREP: "us",
+    MSGS: "uusr",
 }
 
 # Format strings indexed by command byte, for the decoder's inner loop.
@@ -242,6 +246,21 @@ cdef class Writer:
             raise LimitExceeded(f"headers exceed the limit of {MAX_HEADERS} bytes")
         return 0
 
+    cdef int _sized(self, object payload) except -1:
+        """A payload inside a run: its length, then its bytes."""
+        cdef Py_buffer view
+        if type(payload) is bytes:
+            self._uv(<uint64_t>PyBytes_GET_SIZE(payload))
+            return self._raw(PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload))
+        _check_payload(payload)
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            self._uv(<uint64_t>view.len)
+            self._raw(<const char *>view.buf, <size_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return 0
+
     cdef int _payload(self, object payload) except -1:
         cdef Py_buffer view
         if type(payload) is bytes:
@@ -316,6 +335,11 @@ cdef class Writer:
                     self._headers(x)
                 elif c == 112:  # p
                     self._payload(x)
+                elif c == 114:  # r
+                    if not x:
+                        raise ValueError("a run of payloads holds at least one")
+                    for item in x:
+                        self._sized(item)
                 else:           # l
                     self._uv(len(x))
                     for item in x:
@@ -377,17 +401,23 @@ cdef class Writer:
             self._end(start)
         return self.length
 
-    def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes):
+    def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes,
+                   bint runs=False):
         """Move up to ``max_count`` messages out of ``ring`` as MSG records,
-        stopping once the frame reaches ``max_bytes``; returns how many. A
-        native Ring is read slot by slot (no Python object per message); any
-        other ring (the pure-Python core's) a Message at a time, by ``pop()``."""
+        stopping once the frame reaches ``max_bytes``; returns how many. With
+        ``runs`` (a version 3 peer), consecutive header-less messages of one
+        subject go as one MSGS record. A native Ring is read slot by slot (no
+        Python object per message); any other ring (the pure-Python core's) a
+        Message at a time, by ``pop()``."""
         if not isinstance(ring, Ring):
             return self._write_popped(ring, handle, max_count, max_bytes)
         cdef Ring native = <Ring>ring
         cdef rc_slot s
         cdef Py_ssize_t n = 0
         cdef size_t start, k, pn
+        cdef size_t run_start = 0   # the open MSGS record (runs only)
+        cdef bint in_run = False
+        cdef uint64_t next_seq = 0
         cdef unsigned char *q
         cdef unsigned char hv[16]   # the handle as a varint (RC_UVARINT_MAX bytes at most)
         cdef size_t hn = rc_uvarint_put(hv, handle)
@@ -395,30 +425,53 @@ cdef class Writer:
         cdef object last = None
         cdef const char *sp = NULL
         cdef Py_ssize_t sn = 0
+        cdef bint same
         while n < max_count and self.length < max_bytes and native.take(&s):
             n += 1
             try:
-                if s.subject != <PyObject *>last:
+                same = s.subject == <PyObject *>last
+                if not same:
                     last = <object>s.subject
                     sp = _utf8(last, &sn)
                 if s.headers == NULL and PyBytes_CheckExact(<object>s.payload):
-                    # the common record, written in one piece
                     pn = <size_t>PyBytes_GET_SIZE(<object>s.payload)
-                    self._room(RC_REC_HDR + hn + 2 * RC_UVARINT_MAX + <size_t>sn + 1 + pn)
+                    if in_run and same and s.seq == next_seq:
+                        # the next message of the open run: its length and bytes
+                        self._room(RC_UVARINT_MAX + pn)
+                        q = self.buf + self.length
+                        k = rc_uvarint_put(q, <uint64_t>pn)
+                        memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
+                        self.length += k + pn
+                        next_seq += 1
+                        continue
+                    if in_run:
+                        self._end(run_start)
+                        in_run = False
+                    # the common record, written in one piece
+                    self._room(RC_REC_HDR + hn + 3 * RC_UVARINT_MAX + <size_t>sn + 1 + pn)
                     start = self.length
                     q = self.buf + start
-                    q[0] = RC_MSG
+                    q[0] = RC_MSGS if runs else RC_MSG
                     k = RC_REC_HDR + rc_uvarint_put(q + RC_REC_HDR, handle)   # no memcpy call
                     k += rc_uvarint_put(q + k, s.seq)
                     k += rc_uvarint_put(q + k, <uint64_t>sn)
                     memcpy(q + k, sp, <size_t>sn)
                     k += <size_t>sn
-                    q[k] = 0   # no headers
-                    memcpy(q + k + 1, PyBytes_AS_STRING(<object>s.payload), pn)
-                    k += 1 + pn
-                    self.length = start + k
-                    self._end(start)
+                    if runs:
+                        k += rc_uvarint_put(q + k, <uint64_t>pn)
+                    else:
+                        q[k] = 0   # no headers
+                        k += 1
+                    memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
+                    self.length = start + k + pn
+                    if runs:   # left open for the messages that follow
+                        run_start, in_run, next_seq = start, True, s.seq + 1
+                    else:
+                        self._end(start)
                 else:
+                    if in_run:
+                        self._end(run_start)
+                        in_run = False
                     start = self._begin(RC_MSG)
                     self._raw(<const char *>hv, hn)
                     self._uv(s.seq)
@@ -431,6 +484,8 @@ cdef class Writer:
                 Py_XDECREF(<PyObject *>s.subject)
                 Py_XDECREF(<PyObject *>s.payload)
                 Py_XDECREF(<PyObject *>s.headers)
+        if in_run:
+            self._end(run_start)
         if n:
             native.fire_space()
         return n
@@ -832,6 +887,31 @@ cdef class Reader:
                 raise LimitExceeded(f"headers exceed the limit of {MAX_HEADERS} bytes")
         return h
 
+    cdef inline size_t _sized_span(self) except? 0:
+        """Length of the next payload of a run (MSGS), checked; b at its bytes."""
+        cdef size_t b = self.b
+        cdef size_t ln
+        if b < self.e and self.p[b] < 0x80:   # under 128 bytes: inline
+            ln = self.p[b]
+            if ln < self.e - b and ln <= self.max_message:
+                self.b = b + 1
+                return ln
+        return self._sized_span_any()
+
+    cdef size_t _sized_span_any(self) except? 0:
+        cdef uint64_t ln = self._uv()
+        if ln > self.max_message:
+            raise LimitExceeded(f"message of {ln} bytes exceeds the limit of {self.max_message}")
+        if ln > self.e - self.b:
+            raise ProtocolError("payload runs past the end of its record")
+        return <size_t>ln
+
+    cdef object _sized(self):
+        cdef size_t ln = self._sized_span()
+        out = PyBytes_FromStringAndSize(<const char *>(self.p + self.b), <Py_ssize_t>ln)
+        self.b += ln
+        return out
+
     cdef object _payload(self):
         cdef size_t ln = self.e - self.b
         if ln > self.max_message:
@@ -858,6 +938,11 @@ cdef class Reader:
                 out.append(self._headers())
             elif c == 112:
                 out.append(self._payload())
+            elif c == 114:
+                items = [self._sized()]
+                while self.b != self.e:
+                    items.append(self._sized())
+                out.append(items)
             else:
                 cnt = self._uv()
                 if cnt > self.e - self.b:
@@ -1033,15 +1118,23 @@ cdef class Reader:
         cdef Deliveries run = None
         cdef int cmd, batch_cmd = -1
         cdef uint64_t handle, batch_handle = 0, flags, timeout_ms = 0, seq
+        cdef size_t k, sn
         cdef Message m
         cdef PyObject *o
         while self.pos < self.n:
             cmd = self._open()
-            if cmd == RC_MSG:
+            if cmd == RC_MSG or cmd == RC_MSGS:
                 # pub/sub deliveries stay encoded until the application takes them
                 batch = None
                 handle = self._uv()
                 seq = self._uv()
+                k = 1
+                if cmd == RC_MSGS:   # count its payloads (checking their bounds)
+                    self._span(self.max_subject, &sn)
+                    self.b += self._sized_span()
+                    while self.b != self.e:
+                        self.b += self._sized_span()
+                        k += 1
                 if run is None or batch_handle != handle:
                     run = Deliveries.__new__(Deliveries)
                     run.r = Reader(<object>self.view.obj, self.max_message, self.max_subject,
@@ -1050,8 +1143,8 @@ cdef class Reader:
                     run.first_seq = seq
                     batch_handle = handle
                     out.append((RC_MSG, handle, run))
-                run.count += 1
-                run.last_seq = seq
+                run.count += k
+                run.last_seq = seq + k - 1
                 run.end = self.e
                 self.pos = self.e
             elif cmd == RC_QMSG or cmd == RC_RQST:
@@ -1095,7 +1188,7 @@ cdef class Reader:
 
 @cython.final
 cdef class Deliveries:
-    """A run of MSG records for one subscription in one received frame,
+    """A run of MSG and MSGS records for one subscription in one received frame,
     decoded only when the application takes them: the client's I/O thread
     just finds the run's bounds, and ``take_payloads`` builds no Message."""
     cdef Reader r
@@ -1104,16 +1197,35 @@ cdef class Deliveries:
     cdef readonly uint64_t first_seq
     cdef readonly uint64_t last_seq
     cdef size_t end     # where the run's last record ends in the frame
+    # inside a MSGS record: r.b is at the next payload's length
+    cdef bint in_msgs
+    cdef object msgs_subject
+    cdef uint64_t msgs_seq   # the next payload's sequence number
 
     @property
     def nbytes(self):
         """Encoded bytes of the records not taken yet."""
-        return self.end - self.r.pos if self.count else 0
+        if not self.count:
+            return 0
+        return self.end - (self.r.b if self.in_msgs else self.r.pos)
 
-    cdef inline int _next(self) except -1:
-        self.r._open()
-        self.r._uv()   # handle
-        return 0
+    cdef inline bint _next(self) except -1:
+        """Move to the next message: True when it is a payload of a MSGS
+        record, False when it is a MSG record (r.b at its seq)."""
+        cdef Reader r = self.r
+        if self.in_msgs:
+            if r.b != r.e:
+                return True
+            r.pos = r.e
+            self.in_msgs = False
+        if r._open() == RC_MSGS:
+            r._uv()   # handle
+            self.msgs_seq = r._uv()
+            self.msgs_subject = r._subject()
+            self.in_msgs = True
+            return True
+        r._uv()   # handle
+        return False
 
     def take(self, Py_ssize_t max_count=1 << 30):
         """Up to ``max_count`` Messages, oldest first."""
@@ -1129,14 +1241,19 @@ cdef class Deliveries:
             _gc_disable()
         try:
             for i in range(n):
-                self._next()
-                m = Message.__new__(Message)
-                m.seq = r._uv()
+                m = Message.__new__(Message)   # headers None
                 m.delivery_count = 1
-                m.subject = r._subject()
-                m.headers = r._headers()
-                m.payload = r._payload()
-                r.pos = r.e
+                if self._next():
+                    m.seq = self.msgs_seq
+                    self.msgs_seq += 1
+                    m.subject = self.msgs_subject
+                    m.payload = r._sized()
+                else:
+                    m.seq = r._uv()
+                    m.subject = r._subject()
+                    m.headers = r._headers()
+                    m.payload = r._payload()
+                    r.pos = r.e
                 self.count -= 1
                 out[i] = untracked(m)
         finally:
@@ -1151,12 +1268,15 @@ cdef class Deliveries:
         cdef size_t ln
         cdef list out = [None] * n
         for i in range(n):
-            self._next()
-            r._uv()                       # seq
-            r._span(r.max_subject, &ln)   # subject
-            r._headers()
-            out[i] = r._payload()
-            r.pos = r.e
+            if self._next():
+                self.msgs_seq += 1
+                out[i] = r._sized()
+            else:
+                r._uv()                       # seq
+                r._span(r.max_subject, &ln)   # subject
+                r._headers()
+                out[i] = r._payload()
+                r.pos = r.e
             self.count -= 1
         return out
 

@@ -1007,7 +1007,8 @@ class Broker:
             if not room:
                 return   # CREDIT from the client re-marks it
             before = len(out)
-            n = out.write_ring(ring, hid, flow.credit, min(before + room, FRAME_TARGET))
+            n = out.write_ring(ring, hid, flow.credit, min(before + room, FRAME_TARGET),
+                               s.version >= 3)   # MSGS runs
             flow.wrote(n, len(out) - before)
             if len(out) >= FRAME_TARGET:
                 s.frames.append(out.take())
