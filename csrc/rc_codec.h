@@ -37,6 +37,7 @@ enum rc_cmd {
     RC_STATS = 0x0F,
     RC_HB = 0x10,
     RC_BYE = 0x11,
+    RC_PUBS = 0x12,  /* version 3: a run of PUB of one subject without headers */
     /* broker -> client */
     RC_WELCOME = 0x81,
     RC_OK = 0x82,

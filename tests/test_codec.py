@@ -122,6 +122,74 @@ def test_route_applies_the_records_before_a_bad_one():
     assert [p for _, p, _ in _drain(ring)] == [b"1", b"2"]
 
 
+def _pubs_frame(*records):
+    """PUBS records (subject, [payloads]) and PUB records (subject, payload, headers)."""
+    w = C.Writer()
+    for rec in records:
+        if isinstance(rec[1], list):
+            w.record(C.PUBS, *rec)
+        else:
+            w.pub(*rec)
+    return w.take()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_route_resumes_inside_a_run_record_after_a_full_block_ring(native):
+    """Version 3's PUBS: a block ring that fills in the middle of a run
+    leaves the rest of that record unread, and the next route starts at the
+    first message not applied, natively or through a callable."""
+    from ringcast._router import CoreRouter
+
+    core, ring = CoreRouter(), Ring(4, "block")
+    core.add("s", ring)
+    frame = _pubs_frame(("s", [b"%d" % i for i in range(3)]), ("s", b"h", {"k": "v"}),
+                        ("s", [b"%d" % i for i in range(3, 9)]))
+    r = C.Reader(frame)
+    publish = core if native else core.try_publish
+    got, counts = [], {}
+    for expect in (4, 4, 2):
+        assert r.route(publish, counts) == expect
+        got += _drain(ring)
+        assert r.at_end() == (expect == 2)
+        if not r.at_end():
+            assert r.peek() in (C.PUB, C.PUBS)
+    assert got == [("s", b"0", None), ("s", b"1", None), ("s", b"2", None),
+                   ("s", b"h", {"k": "v"})] + [("s", b"%d" % i, None) for i in range(3, 9)]
+    assert counts == {"s": 10}
+
+
+def test_runs_from_a_publisher_are_checked_like_records():
+    head = bytes([1]) + b"s"   # subject "s"
+    with pytest.raises(errors.ProtocolError):            # no payload
+        C.Reader(_record(C.PUBS, head)).route(lambda *a: 1)
+    with pytest.raises(errors.ProtocolError):            # a length past the end
+        C.Reader(_record(C.PUBS, head + b"\x09abc")).route(lambda *a: 1)
+    with pytest.raises(errors.LimitExceeded):
+        C.Reader(_record(C.PUBS, head + b"\x80\x10" + bytes(2048)),
+                 max_message=1000).route(lambda *a: 1)
+
+
+def test_the_outbox_runs_header_less_publishes_of_one_subject_together():
+    outbox = C.Outbox(lambda s: None, lambda: 0.0, 1 << 20, 1 << 30)
+    subject = "orders.placed"
+    for i in range(3):
+        outbox.publish(subject, b"%d" % i)
+    outbox.publish("orders." + "placed", b"3")   # an equal str, built anew
+    outbox.publish(subject, b"h", {"k": "v"})     # headers: a PUB record
+    outbox.publish(subject, bytearray(b"ba"))     # not bytes: a PUB record
+    outbox.publish_many(subject, [b"4", b"5"])
+    outbox.publish("other", b"6")
+    outbox.cut()
+    (frame,), _ = outbox.take_frames(1 << 30)
+    r = C.Reader(frame)
+    recs = []
+    while (rec := r.next()) is not None:
+        recs.append(rec)
+    assert recs == [(C.PUBS, subject, [b"0", b"1", b"2", b"3"]),
+                    (C.PUB, subject, {"k": "v"}, b"h"), (C.PUB, subject, None, b"ba"),
+                    (C.PUBS, subject, [b"4", b"5"]), (C.PUBS, "other", [b"6"])]
+
+
 def test_subjects_are_interned_across_frames():
     cache = {}
     w = C.Writer()

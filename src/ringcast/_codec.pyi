@@ -38,6 +38,7 @@ REPLYERR: int
 PCREDIT: int
 STATSREP: int
 MSGS: int
+PUBS: int
 
 FORMATS: Dict[int, str]
 DEFAULT_MAX_FRAME: int

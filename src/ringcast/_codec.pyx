@@ -67,6 +67,7 @@ cdef extern from "rc_codec.h":
         RC_PCREDIT
         RC_STATSREP
         RC_MSGS
+        RC_PUBS
 
 PROTOCOL_VERSION = RC_PROTO_VERSION
 PROTOCOL_VERSION_MIN = RC_PROTO_VERSION_MIN
@@ -100,6 +101,7 @@ REPLYERR = RC_REPLYERR
 PCREDIT = RC_PCREDIT
 STATSREP = RC_STATSREP
 MSGS = RC_MSGS
+PUBS = RC_PUBS
 
 #: Body layout per command: u varint, s string, l list of strings,
 #: h headers, p payload (the rest of the body), o a varint that a newer
@@ -112,7 +114,7 @@ FORMATS = {
     HB: "", BYE: "",
     WELCOME: "uuuuuus", OK: "u", ERR: "uus", MSG: "uushp", QMSG: "uuuushp",
     RQST: "uuushp", REPLY: "uhp", REPLYERR: "uus", PCREDIT: "u", STATSREP: "us",
-    MSGS: "uusr",
+    MSGS: "uusr", PUBS: "sr",
 }
 
 # Format strings indexed by command byte, for the decoder's inner loop.
@@ -171,6 +173,10 @@ cdef class Writer:
     # UTF-8): a loop publishing one subject encodes it once
     cdef object memo_subject
     cdef bytes memo_field
+    # the PUBS record _pub_run may extend: it is the last one while the
+    # frame ends at run_end (0: none)
+    cdef size_t run_start
+    cdef size_t run_end
 
     def __cinit__(self, size_t initial=65536):
         self.cap = initial if initial > 64 else 64
@@ -273,23 +279,61 @@ cdef class Writer:
             PyBuffer_Release(&view)
         return 0
 
+    cdef int _memo(self, object subject) except -1:
+        cdef unsigned char hv[16]   # RC_UVARINT_MAX bytes at most
+        cdef Py_ssize_t sn
+        cdef const char *sp = _utf8(subject, &sn)
+        cdef size_t hn = rc_uvarint_put(hv, <uint64_t>sn)
+        self.memo_field = PyBytes_FromStringAndSize(<char *>hv, <Py_ssize_t>hn) \
+            + PyBytes_FromStringAndSize(sp, sn)
+        self.memo_subject = subject
+        return 0
+
+    cdef int _pub_run(self, object subject, bytes payload) except -1:
+        """Append a header-less message to the PUBS record that ends the
+        frame when it has this subject, else start one (version 3)."""
+        cdef size_t start, fn, k, pn = <size_t>PyBytes_GET_SIZE(payload)
+        cdef unsigned char *q
+        if subject is not self.memo_subject and type(subject) is str \
+                and type(self.memo_subject) is str and subject == self.memo_subject:
+            self.memo_subject = subject   # an equal str built anew for each call
+        if self.run_end != 0 and self.run_end == self.length and subject is self.memo_subject:
+            self._room(RC_UVARINT_MAX + pn)
+            q = self.buf + self.length
+            k = rc_uvarint_put(q, <uint64_t>pn)
+            memcpy(q + k, PyBytes_AS_STRING(payload), pn)
+            self.length += k + pn
+            rc_u32le_put(self.buf + self.run_start + 1,
+                         <uint32_t>(self.length - self.run_start - RC_REC_HDR))
+            self.run_end = self.length
+            return 0
+        if subject is not self.memo_subject:
+            self._memo(subject)
+        fn = <size_t>PyBytes_GET_SIZE(self.memo_field)
+        self._room(RC_REC_HDR + fn + RC_UVARINT_MAX + pn)
+        start = self.length
+        q = self.buf + start
+        q[0] = RC_PUBS
+        memcpy(q + RC_REC_HDR, PyBytes_AS_STRING(self.memo_field), fn)
+        k = RC_REC_HDR + fn
+        k += rc_uvarint_put(q + k, <uint64_t>pn)
+        memcpy(q + k, PyBytes_AS_STRING(payload), pn)
+        self.length = start + k + pn
+        rc_u32le_put(q + 1, <uint32_t>(self.length - start - RC_REC_HDR))
+        self.records += 1
+        self.run_start, self.run_end = start, self.length
+        return 0
+
     cdef int _message(self, int cmd, object subject, object payload,
                       object headers) except -1:
         """Append one PUB or SEND record (one layout), or nothing at all if a
         field is refused."""
         cdef size_t start, fn, pn
         cdef unsigned char *q
-        cdef unsigned char hv[16]   # RC_UVARINT_MAX bytes at most
-        cdef Py_ssize_t sn
-        cdef const char *sp
         if headers is None and type(payload) is bytes:
             # the common record, written in one piece
             if subject is not self.memo_subject:
-                sp = _utf8(subject, &sn)
-                fn = rc_uvarint_put(hv, <uint64_t>sn)
-                self.memo_field = PyBytes_FromStringAndSize(<char *>hv, <Py_ssize_t>fn) \
-                    + PyBytes_FromStringAndSize(sp, sn)
-                self.memo_subject = subject
+                self._memo(subject)
             fn = <size_t>PyBytes_GET_SIZE(self.memo_field)
             pn = <size_t>PyBytes_GET_SIZE(payload)
             self._room(RC_REC_HDR + fn + 1 + pn)
@@ -506,11 +550,13 @@ cdef class Writer:
         out = PyBytes_FromStringAndSize(<char *>self.buf, <Py_ssize_t>self.length)
         self.length = 0
         self.records = 0
+        self.run_end = 0
         return out
 
     def clear(self):
         self.length = 0
         self.records = 0
+        self.run_end = 0
 
 
 @cython.final
@@ -613,7 +659,10 @@ cdef class Outbox:
         self._lock()
         try:
             started = self.w.length == 0
-            self.w._message(RC_PUB, subject, payload, headers)
+            if headers is None and type(payload) is bytes:
+                self.w._pub_run(subject, payload)
+            else:
+                self.w._message(RC_PUB, subject, payload, headers)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()
@@ -655,7 +704,10 @@ cdef class Outbox:
         try:
             started = self.w.length == 0
             for payload in items:
-                self.w._message(cmd, subject, payload, headers)
+                if cmd == RC_PUB and headers is None and type(payload) is bytes:
+                    self.w._pub_run(subject, payload)
+                else:
+                    self.w._message(cmd, subject, payload, headers)
                 if self.w.length >= <size_t>self.frame_target:
                     self._cut()
                     cut = True
@@ -749,6 +801,15 @@ cdef class Reader:
     cdef object last_subject
     cdef const unsigned char *last_raw
     cdef size_t last_len
+    # _next_pub: the PUBS record being read (pubs_read -1: none) and the
+    # message it decoded, with where it came from (m_idx -1: a PUB record)
+    cdef size_t pubs_at
+    cdef Py_ssize_t pubs_read
+    cdef Py_ssize_t resume_skip   # payloads of the PUBS record at pos applied before a block
+    cdef object pubs_subject
+    cdef object m_subject, m_headers, m_payload
+    cdef size_t m_at
+    cdef Py_ssize_t m_idx
 
     def __cinit__(self, frame, size_t max_message=DEFAULT_MAX_MESSAGE,
                   size_t max_subject=DEFAULT_MAX_SUBJECT, dict subjects=None):
@@ -760,6 +821,7 @@ cdef class Reader:
         self.max_subject = max_subject
         self.max_record = max_message + max_subject + MAX_HEADERS + 64
         self.subjects = subjects if subjects is not None else {}
+        self.pubs_read = -1
 
     def __dealloc__(self):
         if self.has_view:
@@ -1019,91 +1081,117 @@ cdef class Reader:
                 (<list>tags).append(tag)
         return out
 
+    cdef bint _next_pub(self) except -1:
+        """Decode the next message of a PUB or PUBS record (m_subject,
+        m_headers, m_payload, and m_at/m_idx to come back to it); False at
+        the first other record or the end of the frame."""
+        cdef size_t ln
+        cdef Py_ssize_t i
+        while True:
+            if self.pubs_read >= 0:
+                if self.b != self.e:
+                    self.m_at, self.m_idx = self.pubs_at, self.pubs_read
+                    self.pubs_read += 1
+                    self.m_subject, self.m_headers = self.pubs_subject, None
+                    self.m_payload = self._sized()
+                    return True
+                self.pubs_read = -1
+                self.pos = self.e
+            if self.pos >= self.n:
+                return False
+            if self.p[self.pos] == RC_PUB:
+                self.m_at, self.m_idx = self.pos, -1
+                self._open()
+                self.m_subject = self._subject()
+                self.m_headers = self._headers()
+                self.m_payload = self._payload()
+                self.pos = self.e
+                return True
+            if self.p[self.pos] != RC_PUBS:
+                return False
+            self.pubs_at = self.pos
+            self._open()
+            self.pubs_subject = self._subject()
+            self.pubs_read = 0
+            if not self.b < self.e:
+                raise ProtocolError("a PUBS record holds no payload")
+            for i in range(self.resume_skip):   # applied before a full block ring
+                ln = self._sized_span()
+                self.b += ln
+            self.pubs_read = self.resume_skip
+            self.resume_skip = 0
+
+    cdef inline void _back_to(self, size_t at, Py_ssize_t idx):
+        """Leave the message at (at, idx) unread: the next route starts there."""
+        self.pos = at
+        self.resume_skip = idx if idx > 0 else 0
+        self.pubs_read = -1
+
     def route(self, publish, dict counts=None):
-        """Publish consecutive PUB records through ``publish``: a native
-        CoreRouter (called without a Python call per message) or any
-        ``publish(subject, payload, headers)`` callable. Stops at the first
-        other record, the end of the frame, or when publishing returns -1 (a
-        full ``block`` ring; that record stays unread). Returns how many were
+        """Publish the messages of consecutive PUB and PUBS records through
+        ``publish``: a native CoreRouter (called without a Python call per
+        message) or any ``publish(subject, payload, headers)`` callable.
+        Stops at the first other record, the end of the frame, or when
+        publishing returns -1 (a full ``block`` ring; that message and the
+        rest stay unread, even inside a PUBS record). Returns how many were
         published. ``counts`` accumulates messages per subject."""
-        cdef Py_ssize_t done = 0, run = 0
-        cdef int cmd, rc
-        cdef object subject, prev = None
-        cdef CoreRouter core = publish if isinstance(publish, CoreRouter) else None
-        if core is not None:
-            return self._route_runs(core, counts)
-        while self.pos < self.n and self.p[self.pos] == RC_PUB:
-            cmd = self._open()
-            subject = self._subject()
-            headers = self._headers()
-            payload = self._payload()
-            if core is not None:
-                rc = core._publish(subject, payload, headers)
-            else:
-                rc = publish(subject, payload, headers)
+        cdef Py_ssize_t done = 0
+        cdef int rc
+        if isinstance(publish, CoreRouter):
+            return self._route_runs(<CoreRouter>publish, counts)
+        while self._next_pub():
+            rc = publish(self.m_subject, self.m_payload, self.m_headers)
             if rc == -1:
+                self._back_to(self.m_at, self.m_idx)
                 break
-            self.pos = self.e
             done += 1
-            if counts is not None:
-                if subject is not prev:
-                    if prev is not None:
-                        _bump(counts, prev, run)
-                    prev = subject
-                    run = 0
-                run += 1
-        if counts is not None and prev is not None:
-            _bump(counts, prev, run)
+            _bump_taken(counts, self.m_subject, 1)
         return done
 
     cdef Py_ssize_t _route_runs(self, CoreRouter core, dict counts) except -1:
-        """``route`` into a native router: consecutive header-less records of
+        """``route`` into a native router: consecutive header-less messages of
         one subject (a publisher's loop) go in as one ``publish_many`` -- one
         match, one room check per buffer -- of up to _ROUTE_RUN messages."""
         cdef Py_ssize_t done = 0, k, taken
-        cdef size_t starts[_ROUTE_RUN]   # where each record of the run begins
+        cdef size_t starts[_ROUTE_RUN]        # where each message of the run is:
+        cdef Py_ssize_t idxs[_ROUTE_RUN]      # its record, its index in a PUBS
         cdef list payloads = []
-        cdef object subject, headers = None, payload = None, run_subject = None
-        cdef size_t at
+        cdef object subject, run_subject = None
+        cdef bint more
         cdef int rc
         while True:
-            at = self.pos
-            subject = None
-            if at < self.n and self.p[at] == RC_PUB:
-                try:
-                    self._open()
-                    subject = self._subject()
-                    headers = self._headers()
-                    payload = self._payload()
-                except BaseException:
-                    if payloads:   # the records before a bad one are applied, as one by one
-                        _bump_taken(counts, run_subject, core._publish_many(run_subject, payloads, None))
-                    raise
-            if payloads and (subject is not run_subject or headers is not None
-                             or len(payloads) == _ROUTE_RUN):
+            try:
+                more = self._next_pub()
+            except BaseException:
+                if payloads:   # the messages before a bad record are applied, as one by one
+                    _bump_taken(counts, run_subject,
+                                core._publish_many(run_subject, payloads, None))
+                raise
+            subject = self.m_subject if more else None
+            if payloads and (not more or subject is not run_subject
+                             or self.m_headers is not None or len(payloads) == _ROUTE_RUN):
                 k = len(payloads)
                 taken = core._publish_many(run_subject, payloads, None)
                 done += taken
                 _bump_taken(counts, run_subject, taken)
-                if taken < k:   # a full block ring: the rest of the run stays unread
-                    self.pos = starts[taken]
+                if taken < k:   # a full block ring: the rest stays unread
+                    self._back_to(starts[taken], idxs[taken])
                     return done
                 payloads = []
-            if subject is None:
-                self.pos = at
+            if not more:
                 return done
-            if headers is None:
-                starts[len(payloads)] = at
-                payloads.append(payload)
+            if self.m_headers is None:
+                starts[len(payloads)] = self.m_at
+                idxs[len(payloads)] = self.m_idx
+                payloads.append(self.m_payload)
                 run_subject = subject
             else:
-                rc = core._publish(subject, payload, headers)
+                rc = core._publish(subject, self.m_payload, self.m_headers)
                 if rc == -1:
-                    self.pos = at
+                    self._back_to(self.m_at, self.m_idx)
                     return done
                 done += 1
                 _bump_taken(counts, subject, 1)
-            self.pos = self.e
 
     def events(self, dict owners=None):
         """Decode a broker frame for a client: a list of tuples ``(cmd, ...)``.

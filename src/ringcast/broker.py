@@ -76,7 +76,9 @@ REQUEST_SPLIT = 1024
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
-_ORDERED = frozenset((C.PUB, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE, C.REQ))
+_ORDERED = frozenset((C.PUB, C.PUBS, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE,
+                      C.REQ))
+_PUBLISH = (C.PUB, C.PUBS)
 _OVERFLOW = ("block", "drop_oldest", "drop_newest")
 #: routing id of the loop's own wake-up socket (an inproc DEALER connected to
 #: the ROUTER); the ROUTER refuses a later peer claiming it (no handover)
@@ -672,9 +674,9 @@ class Broker:
             cmd = reader.peek()
             if cmd == -1 or not s.alive:   # a record may drop the session (a flush
                 return True                # for its responder, BYE): the rest is void
-            if cmd == C.PUB:
+            if cmd in _PUBLISH:
                 reader.route(self._publish, self._counts)
-                if reader.peek() == C.PUB:   # a block-policy ring is full
+                if reader.peek() in _PUBLISH:   # a block-policy ring is full
                     return self._park(s, self.router.blocked_ring)
                 continue
             if cmd == C.ACK:   # a consumer's acks come in runs: one decode per run
