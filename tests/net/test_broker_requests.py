@@ -128,9 +128,13 @@ def test_responder_leaving_fails_its_requests_and_hands_on_the_backlog(shared):
         survivor.serve("svc", lambda m: b"survivor:" + m.payload)
         survivor.flush()
         assert wait_responders(router, "svc", 2)
-        stuck.close(timeout=0.1)     # leaves with a request in flight
+        # close waits (up to 5 s) for the stuck handler's thread: in a thread of
+        # its own, so that the handler is released only after its request failed
+        closer = threading.Thread(target=stuck.close, kwargs={"timeout": 0.1})
+        closer.start()               # leaves with a request in flight
+        assert done.wait(10)         # its BYE failed that request
         release.set()
-        assert done.wait(10)
+        closer.join(10)
         failed = [r for r in results if isinstance(r, BaseException)]
         answered = sorted(r.payload for r in results if not isinstance(r, BaseException))
         # the in-flight request fails; the backlog is answered by the survivor
