@@ -59,6 +59,8 @@ DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
+#: pending TCP connections the broker's listening sockets queue
+LISTEN_BACKLOG = 1024
 #: after input, the loop polls this long (seconds) before it sleeps: a reply
 #: or the next request arriving within it costs no wake-up of the broker.
 #: 0 for an embedded broker (it would hold its host's GIL); ``ringcast broker``
@@ -379,6 +381,10 @@ class Broker:
         # backlog (MAX_BACKLOG) fills, then a client that does not read is dropped
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 100000)
+        # connections waiting to be accepted (libzmq's default is 100; the kernel
+        # caps it at net.core.somaxconn): a burst of clients reconnecting after a
+        # restart overflows 100 and waits out TCP's 1 s SYN retry
+        sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         # other threads wake the loop through the ROUTER itself, so the loop
         # waits in a blocking recv on one socket instead of a zmq_poll over two
         # (which costs several syscalls per pass: EVENTS on each, two polls).

@@ -5,6 +5,8 @@ repeating the abuse does not grow the broker's memory.
 Frames are built here from docs/protocol.md, not with ringcast's codec, so
 the tests check the document as much as the code."""
 
+import os
+import signal
 import struct
 import time
 
@@ -196,14 +198,47 @@ def test_flood_of_subscriptions_is_capped_per_session():
         broker.stop()
 
 
+def tcp_counts(port):
+    """(connections accepted by the kernel on ``port`` and not yet closed,
+    connections the kernel dropped from full listen queues): what
+    /proc/net/tcp and /proc/net/netstat say, or None elsewhere."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            if int(f.read()) < 256:   # the kernel caps every listen queue below 200
+                return None
+        with open("/proc/net/tcp") as f:
+            rows = [line.split() for line in f][1:]
+        with open("/proc/net/netstat") as f:
+            head, values = [line.split() for line in f if line.startswith("TcpExt:")][:2]
+    except (OSError, ValueError):
+        return None
+    accepted = sum(1 for r in rows if int(r[1].split(":")[1], 16) == port and r[3] == "01")
+    return accepted, int(dict(zip(head, values)).get("ListenOverflows", 0))
+
+
 @pytest.mark.parametrize("transport", ["tcp"])
 def test_many_connections_come_and_go(broker, client, zsocket):
-    socks = []
-    for _ in range(200):
-        d = zsocket(zmq.DEALER)
-        d.connect(broker.url)
-        d.send(hello())
-        socks.append(d)
+    """200 clients connecting at once while the broker cannot accept (paused)
+    all wait in its listen queue: none is dropped to retry a second later."""
+    port = int(broker.url.rsplit(":", 1)[1])
+    before = tcp_counts(port)
+    pause = getattr(signal, "SIGSTOP", None)   # not on Windows: a plain burst there
+    if pause is not None:
+        os.kill(broker.proc.pid, pause)
+    try:
+        socks = []
+        for _ in range(200):
+            d = zsocket(zmq.DEALER)
+            d.connect(broker.url)
+            d.send(hello())
+            socks.append(d)
+        if before is not None:   # the kernel has taken or dropped them all
+            assert wait_for(lambda: tcp_counts(port)[0] >= before[0] + 200
+                            or tcp_counts(port)[1] > before[1])
+            assert tcp_counts(port)[1] == before[1], "the listen queue overflowed"
+    finally:
+        if pause is not None:
+            os.kill(broker.proc.pid, signal.SIGCONT)
     welcomed = sum(1 for d in socks
                    if any(cmd == WELCOME for cmd, _ in answers(d, 2.0, until=WELCOME)))
     assert welcomed == 200
