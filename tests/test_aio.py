@@ -139,3 +139,20 @@ async def test_thread_publisher_wakes_async_receiver():
     t.join()
     assert got == list(range(50))
     sync_router.close()
+
+
+async def test_send_many_waits_as_a_task_while_the_queue_is_full(router):
+    router.declare_queue("jobs", capacity=4)
+    c = router.consume("jobs")
+    sender = asyncio.ensure_future(router.send_many("jobs", [b"%d" % i for i in range(10)]))
+    got = []
+    while len(got) < 10:           # the loop stays free: this task drains meanwhile
+        m = await c.recv(timeout=5)
+        got.append(m.payload)
+        m.ack()
+    assert await sender == 10
+    assert got == [b"%d" % i for i in range(10)]
+    with pytest.raises(errors.WouldBlock):
+        await router.send_many("jobs", [b"x"] * 5, timeout=0.05)   # 4 fit, then the deadline
+    with pytest.raises(errors.WrongType):
+        await router.send_many("jobs", [b"ok", "text"])

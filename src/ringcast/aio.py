@@ -210,13 +210,25 @@ class Router:
     async def send(self, queue: str, payload: Any, headers: Headers = None, *,
                    timeout: Optional[float] = None) -> bool:
         """Put a message on a queue; waits (as a task) while the queue is full."""
-        q = self.sync._queues.get(queue) or self.sync.declare_queue(queue)
+        q = self.sync.ensure_queue(queue)
         deadline = _deadline(timeout)
         while True:
             try:
                 return q.put(payload, headers, 0)
             except errors.WouldBlock:
                 await self._wait_room(q.ring, deadline)
+
+    async def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
+                        timeout: Optional[float] = None) -> int:
+        """As ``Router.send_many``; waits (as a task) while the queue is full."""
+        q = self.sync.ensure_queue(queue)
+        items = payloads if isinstance(payloads, list) else list(payloads)
+        deadline = _deadline(timeout)
+        done = q.try_put_many(items, headers)
+        while done < len(items):
+            await self._wait_room(q.ring, deadline)
+            done += q.try_put_many(items[done:], headers)
+        return done
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         return Consumer(self.sync.consume(queue, prefetch=prefetch))
