@@ -126,7 +126,7 @@ for _c, _f in FORMATS.items():
 
 DEFAULT_MAX_FRAME = 4 << 20
 cdef enum:
-    _ROUTE_RUN = 512   # most records Reader.route hands a native router at once
+    _ROUTE_RUN = 512   # most messages Reader.route hands a native router at once
 DEFAULT_MAX_MESSAGE = 1 << 20
 DEFAULT_MAX_SUBJECT = 1024
 MAX_HEADERS = 64 << 10
