@@ -231,8 +231,7 @@ def test_garbage_client_is_cut_off_while_a_good_client_keeps_working(broker, cli
     assert isinstance(_err(bad), errors.ConnectionLost)
     for i in range(100):
         client.publish("t.x", b"%d" % i)
-    assert [int(m.payload) for m in sub.recv_many(100, timeout=5) +
-            sub.recv_many(100, timeout=0)][:100] == list(range(100))
+    assert take(sub, 100) == [b"%d" % i for i in range(100)]   # however many batches
     stats = client.stats()
     assert stats["counters"]["protocol_errors"] == 1 and stats["clients"] == 1
 
