@@ -10,8 +10,7 @@ built on its hot path; payload objects are shared by reference across
 fan-out.
 """
 cimport cython
-from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
-                             PyObject_CheckBuffer)
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_CheckExact)
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
@@ -23,8 +22,8 @@ from libc.string cimport memcpy, memcmp
 from collections import deque
 from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_isenabled
 
-from ringcast._ring cimport Ring, Message, rc_slot, untracked
-from ringcast._router cimport CoreRouter
+from ringcast._ring cimport Ring, Message, rc_slot, untracked, payload_size
+from ringcast._router cimport CoreRouter, _check_payload
 
 from ringcast.errors import LimitExceeded, ProtocolError, UnknownCommand, WrongType
 
@@ -135,24 +134,12 @@ MAX_HEADERS = 64 << 10
 #: (docs/protocol.md, "Flow"): what lets a broker bound bytes in flight
 CREDIT_BYTES = 64 << 10
 
-cdef int _check_payload(object payload) except -1:
-    # before the buffer protocol: its TypeError would not say what was wrong
-    if type(payload) is str:
-        raise WrongType("payload must be bytes-like, not str (encode it first)")
-    if not PyObject_CheckBuffer(payload):
-        raise WrongType(f"payload must be bytes or support the buffer protocol, "
-                        f"not {type(payload).__name__}")
-    return 0
-
-
 cdef Py_ssize_t _payload_len(object payload) except -1:
-    """Bytes of a bytes-like payload (``len`` counts a memoryview's items)."""
-    cdef Py_buffer view
+    """Bytes of a bytes-like payload (``len`` counts a memoryview's items);
+    WrongType before the buffer protocol's own TypeError, which would not say
+    what was wrong."""
     _check_payload(payload)
-    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
-    cdef Py_ssize_t n = view.len
-    PyBuffer_Release(&view)
-    return n
+    return <Py_ssize_t>payload_size(payload)
 
 
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
@@ -254,18 +241,8 @@ cdef class Writer:
 
     cdef int _sized(self, object payload) except -1:
         """A payload inside a run: its length, then its bytes."""
-        cdef Py_buffer view
-        if type(payload) is bytes:
-            self._uv(<uint64_t>PyBytes_GET_SIZE(payload))
-            return self._raw(PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload))
-        _check_payload(payload)
-        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
-        try:
-            self._uv(<uint64_t>view.len)
-            self._raw(<const char *>view.buf, <size_t>view.len)
-        finally:
-            PyBuffer_Release(&view)
-        return 0
+        self._uv(<uint64_t>_payload_len(payload))
+        return self._payload(payload)
 
     cdef int _payload(self, object payload) except -1:
         cdef Py_buffer view
@@ -323,6 +300,14 @@ cdef class Writer:
         self.records += 1
         self.run_start, self.run_end = start, self.length
         return 0
+
+    cdef inline int _stream(self, int cmd, object subject, object payload,
+                            object headers) except -1:
+        """What an outbox appends: a header-less bytes publish joins a PUBS
+        run (version 3); anything else is a record of its own."""
+        if cmd == RC_PUB and headers is None and type(payload) is bytes:
+            return self._pub_run(subject, payload)
+        return self._message(cmd, subject, payload, headers)
 
     cdef int _message(self, int cmd, object subject, object payload,
                       object headers) except -1:
@@ -659,10 +644,7 @@ cdef class Outbox:
         self._lock()
         try:
             started = self.w.length == 0
-            if headers is None and type(payload) is bytes:
-                self.w._pub_run(subject, payload)
-            else:
-                self.w._message(RC_PUB, subject, payload, headers)
+            self.w._stream(RC_PUB, subject, payload, headers)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()
@@ -704,10 +686,7 @@ cdef class Outbox:
         try:
             started = self.w.length == 0
             for payload in items:
-                if cmd == RC_PUB and headers is None and type(payload) is bytes:
-                    self.w._pub_run(subject, payload)
-                else:
-                    self.w._message(cmd, subject, payload, headers)
+                self.w._stream(cmd, subject, payload, headers)
                 if self.w.length >= <size_t>self.frame_target:
                     self._cut()
                     cut = True

@@ -1,5 +1,7 @@
 # Declarations of the native ring, shared with _router.pyx and _codec.pyx
 # so that routing and wire encoding touch slots without Python objects.
+from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_FULL_RO
+from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
 
 cdef extern from "rc_ring.h":
@@ -37,6 +39,20 @@ cdef class Message:
     cdef public uint64_t _id
 
     cdef object _settlement(self)
+
+
+cdef inline uint64_t payload_size(object payload) except? 0:
+    """Bytes of a bytes-like payload, as a byte bound counts them (0 for
+    other objects: the ring itself carries anything)."""
+    if type(payload) is bytes:
+        return <uint64_t>PyBytes_GET_SIZE(payload)
+    if not PyObject_CheckBuffer(payload):
+        return 0
+    cdef Py_buffer view
+    PyObject_GetBuffer(payload, &view, PyBUF_FULL_RO)
+    cdef uint64_t n = <uint64_t>view.len
+    PyBuffer_Release(&view)
+    return n
 
 
 cdef extern from *:   # the CPython API, already included

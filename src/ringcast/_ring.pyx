@@ -8,8 +8,6 @@ changes happen with the GIL held and without calling back into Python
 halfway, which is what makes concurrent publishers safe.
 """
 cimport cython
-from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_FULL_RO
-from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_DECREF, Py_XDECREF
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
@@ -18,20 +16,6 @@ from ringcast.errors import RingcastError, LimitExceeded
 
 _POLICY_BY_NAME = {"block": RC_BLOCK, "drop_oldest": RC_DROP_OLDEST, "drop_newest": RC_DROP_NEWEST}
 _POLICY_NAMES = {v: k for k, v in _POLICY_BY_NAME.items()}
-
-
-cdef inline uint64_t payload_size(object payload) except? 0:
-    """Bytes of a bytes-like payload, as a byte bound counts them (0 for
-    other objects: the ring itself carries anything)."""
-    if type(payload) is bytes:
-        return <uint64_t>PyBytes_GET_SIZE(payload)
-    if not PyObject_CheckBuffer(payload):
-        return 0
-    cdef Py_buffer view
-    PyObject_GetBuffer(payload, &view, PyBUF_FULL_RO)
-    cdef uint64_t n = <uint64_t>view.len
-    PyBuffer_Release(&view)
-    return n
 
 
 def policy_code(name):

@@ -1,5 +1,9 @@
 from ringcast._ring cimport Ring
 
+# WrongType unless ``payload`` is bytes-like (the codec checks what it encodes alike)
+cdef int _check_payload(object payload) except -1
+
+
 cdef class _Node:
     cdef dict children
     cdef _Node star

@@ -65,9 +65,11 @@ def check_pattern(pattern):
     _check(pattern, True)
 
 
-cdef inline int _check_payload(object payload) except -1:
+cdef int _check_payload(object payload) except -1:
     if type(payload) is bytes or PyObject_CheckBuffer(payload):
         return 0
+    if type(payload) is str:
+        raise WrongType("payload must be bytes-like, not str (encode it first)")
     raise WrongType(f"payload must be bytes or support the buffer protocol, "
                     f"not {type(payload).__name__}")
 

@@ -60,6 +60,8 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 def _check_payload(payload: Any) -> None:
+    if type(payload) is str:
+        raise WrongType("payload must be bytes-like, not str (encode it first)")
     try:
         memoryview(payload)
     except TypeError:

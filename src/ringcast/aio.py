@@ -184,12 +184,20 @@ class Router:
 
     async def publish_many(self, subject: str, payloads: Sequence[Any],
                            headers: Headers = None, *, timeout: Optional[float] = None) -> int:
+        return await self._offer_all(
+            payloads, lambda items: int(self.sync.try_publish_many(subject, items, headers)),
+            lambda: self.sync.blocked_ring, timeout)
+
+    async def _offer_all(self, payloads: Sequence[Any], offer: Callable[[List[Any]], int],
+                         full_ring: Callable[[], Any], timeout: Optional[float]) -> int:
+        """Offer ``payloads`` until ``offer`` (how many it took) has taken them
+        all, waiting as a task while ``full_ring()`` has no room."""
         items = payloads if isinstance(payloads, list) else list(payloads)
         deadline = _deadline(timeout)
-        done: int = self.sync.try_publish_many(subject, items, headers)
+        done = offer(items)
         while done < len(items):
-            await self._wait_room(self.sync.blocked_ring, deadline)
-            done += self.sync.try_publish_many(subject, items[done:], headers)
+            await self._wait_room(full_ring(), deadline)
+            done += offer(items[done:])
         return done
 
     async def _wait_room(self, ring: Any, deadline: Optional[float]) -> None:
@@ -222,13 +230,8 @@ class Router:
                         timeout: Optional[float] = None) -> int:
         """As ``Router.send_many``; waits (as a task) while the queue is full."""
         q = self.sync.ensure_queue(queue)
-        items = payloads if isinstance(payloads, list) else list(payloads)
-        deadline = _deadline(timeout)
-        done = q.try_put_many(items, headers)
-        while done < len(items):
-            await self._wait_room(q.ring, deadline)
-            done += q.try_put_many(items[done:], headers)
-        return done
+        return await self._offer_all(payloads, lambda items: q.try_put_many(items, headers),
+                                     lambda: q.ring, timeout)
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         return Consumer(self.sync.consume(queue, prefetch=prefetch))
