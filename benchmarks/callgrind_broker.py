@@ -1,15 +1,19 @@
-"""Instructions per message in each process of pub/sub through the broker.
+"""Instructions per message (or request) in each process through the broker.
 
-A publisher (a ``publish()`` loop in a function), a ``ringcast broker`` and
-a subscriber (``recv_many`` or ``recv_payloads``) run as in ``ringcast bench
-pubsub``; one of the three runs under ``valgrind --tool=callgrind``. Each
-role is measured twice, with N and 4N messages, and the difference divided
-by 3N is what one message costs that process in user space (ZeroMQ's I/O
-thread included, the kernel not): start-up and set-up cancel out, and the
-count does not drift with the machine's load as timings do::
+pub/sub: a publisher (a ``publish()`` loop in a function), a ``ringcast
+broker`` and a subscriber (``recv_many`` or ``recv_payloads``) run as in
+``ringcast bench pubsub``. reqrep: an asyncio requester keeping ``--inflight``
+requests outstanding, the broker and a sync responder echoing on its I/O
+thread, as in ``ringcast bench reqrep-pipelined``. One of the three runs
+under ``valgrind --tool=callgrind``. Each role is measured twice, with N and
+4N messages, and the difference divided by 3N is what one message costs that
+process in user space (ZeroMQ's I/O thread included, the kernel not):
+start-up and set-up cancel out, and the count does not drift with the
+machine's load as timings do::
 
     python benchmarks/callgrind_broker.py                 # all three roles, a table
     python benchmarks/callgrind_broker.py --roles broker --n 50000 --top 15
+    python benchmarks/callgrind_broker.py --pattern reqrep --n 20000
 
 The publisher's figure includes the benchmark's own loop (about 400
 instructions per message of CPython's eval loop and ``range``).
@@ -53,9 +57,58 @@ print("published", flush=True)
 """
 
 
-def _run(role: str, n: int, size: int, take: str, out: str) -> None:
-    """One pub/sub run of ``n`` messages with ``role`` under callgrind."""
-    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+RESPONDER = """
+import ringcast, threading
+c = ringcast.connect({url!r}, timeout=60, heartbeat=10)   # slow under valgrind
+done = threading.Event()
+count = [0]
+def echo(msg):
+    count[0] += 1
+    if count[0] == {n}:
+        done.set()
+    return msg.payload
+c.serve("bench", echo, concurrency={inflight})
+c.flush(timeout=60)
+print("ready", flush=True)
+done.wait(600)
+print("done", flush=True)
+"""
+
+REQUESTER = """
+import asyncio, sys, ringcast
+from ringcast import aio
+async def main():
+    c = await aio.connect({url!r}, timeout=60, heartbeat=10)
+    payload = b"x" * {size}
+    while True:   # the responder's SERVE may reach the broker after our first REQ
+        try:
+            await c.request("bench", payload, timeout=60)
+            break
+        except ringcast.errors.NoResponders:
+            await asyncio.sleep(0.01)
+    sys.stdin.readline()
+    left = [{n} - 1]
+    async def worker():
+        while left[0] > 0:
+            left[0] -= 1
+            await c.request("bench", payload, timeout=600)
+    await asyncio.gather(*(worker() for _ in range({inflight})))
+    await c.close()
+asyncio.run(main())
+print("published", flush=True)
+"""
+
+# pattern -> (the side that takes, the side that sends)
+PATTERNS = {"pubsub": (("subscriber", SUBSCRIBER), ("publisher", PUBLISHER)),
+            "reqrep": (("responder", RESPONDER), ("requester", REQUESTER))}
+
+
+def _run(pattern: str, role: str, n: int, size: int, take: str, inflight: int,
+         out: str) -> None:
+    """One run of ``n`` messages with ``role`` under callgrind."""
+    (taker, take_script), (sender, send_script) = PATTERNS[pattern]
+    fields = {"n": n, "size": size, "take": take, "inflight": inflight}
+    vg = ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}"]
     broker = subprocess.Popen(
         (vg if role == "broker" else []) + [PY, "-m", "ringcast", "broker", "--bind",
                                             "tcp://127.0.0.1:0", "--spin-us", "0"],
@@ -63,17 +116,15 @@ def _run(role: str, n: int, size: int, take: str, out: str) -> None:
     try:
         url = broker.stdout.readline().split()[-1]  # type: ignore[union-attr]
         sub = subprocess.Popen(
-            (vg if role == "subscriber" else []) +
-            [PY, "-c", SUBSCRIBER.format(url=url, n=n, take=take)],
+            (vg if role == taker else []) + [PY, "-c", take_script.format(url=url, **fields)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
         pub = subprocess.Popen(
-            (vg if role == "publisher" else []) +
-            [PY, "-c", PUBLISHER.format(url=url, n=n, size=size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            (vg if role == sender else []) + [PY, "-c", send_script.format(url=url, **fields)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)   # its errors show
         assert pub.stdin is not None and pub.stdout is not None
-        if role == "publisher":
-            time.sleep(8)   # valgrind's start: the publisher must be connected first
+        if role == sender:
+            time.sleep(8)   # valgrind's start: the sender must be connected first
         pub.stdin.write("go\n")
         pub.stdin.flush()
         assert pub.stdout.readline().strip() == "published"
@@ -98,13 +149,14 @@ def _self_costs(path: str) -> Dict[str, int]:
     return costs
 
 
-def measure(role: str, n: int, size: int, take: str) -> Tuple[float, List[Tuple[float, str]]]:
+def measure(pattern: str, role: str, n: int, size: int, take: str,
+            inflight: int) -> Tuple[float, List[Tuple[float, str]]]:
     """Instructions per message for ``role``, and per function, largest first."""
     with tempfile.TemporaryDirectory() as tmp:
         counts = []
         for k in (n, 4 * n):
             out = os.path.join(tmp, f"{role}.{k}.out")
-            _run(role, k, size, take, out)
+            _run(pattern, role, k, size, take, inflight, out)
             counts.append(_self_costs(out))
     low, high = counts
     per = sorted(((high.get(f, 0) - low.get(f, 0)) / (3 * n), f) for f in set(low) | set(high))
@@ -114,16 +166,27 @@ def measure(role: str, n: int, size: int, take: str) -> Tuple[float, List[Tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--roles", default="publisher,broker,subscriber")
+    ap.add_argument("--pattern", choices=sorted(PATTERNS), default="pubsub")
+    ap.add_argument("--roles", help="default: all three (publisher,broker,subscriber or "
+                    "requester,broker,responder)")
     ap.add_argument("--n", type=int, default=100_000, help="messages of the short run (4x long)")
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--recv", choices=("messages", "payloads"), default="messages")
+    ap.add_argument("--inflight", type=int, default=1000, help="reqrep: requests in flight")
     ap.add_argument("--top", type=int, default=0, help="also print the costliest functions")
     args = ap.parse_args()
     take = "recv_many" if args.recv == "messages" else "recv_payloads"
-    print(f"{args.size}-byte payloads, subscriber {take}; instructions per message")
-    for role in args.roles.split(","):
-        total, per = measure(role, args.n, args.size, take)
+    (taker, _), (sender, _) = PATTERNS[args.pattern]
+    roles = args.roles.split(",") if args.roles else [sender, "broker", taker]
+    if args.pattern == "pubsub":
+        print(f"{args.size}-byte payloads, subscriber {take}; instructions per message")
+    else:
+        print(f"{args.size}-byte payloads, {args.inflight} requests in flight; "
+              "instructions per request")
+    for role in roles:
+        if role not in (sender, "broker", taker):
+            ap.error(f"{args.pattern} has no role {role!r}")
+        total, per = measure(args.pattern, role, args.n, args.size, take, args.inflight)
         print(f"{role:<12} {total:8.0f}")
         for v, f in per[:args.top]:
             print(f"    {v:8.1f}  {f[:100]}")
