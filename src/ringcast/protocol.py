@@ -45,8 +45,8 @@ QUEUED_LIMIT = 1 << 20
 MAX_ERROR_TEXT = 4096
 
 
-_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (
-    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
+_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT, _REP = (
+    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT, C.REP)
 
 
 class _Handle:
@@ -244,9 +244,12 @@ class _Settler:
         self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
-        proto = self._check()
+        proto = self._check() if self.stale else self.handle.proto
         check_reply(payload, headers, proto.max_message)
-        proto._urgent(C.REP, self.handle.id, msg._tag, headers, payload)
+        with proto.lock:   # _urgent, inlined: every request answered comes here
+            if proto.ready:
+                proto.urgent_w.record(_REP, self.handle.id, msg._tag, headers, payload)
+                proto.kick()
 
     def fail(self, msg: Message, exc: BaseException) -> None:
         code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
@@ -559,6 +562,7 @@ class ClientProtocol:
                 return errors.ProtocolError(f"undecodable frame from the broker: {exc}")
             result: Optional[errors.RingcastError] = None
             handles = self.handles
+            fed: List[_Handle] = []   # handles that got deliveries: told once per frame
             # most frequent first: replies (requesters), deliveries (requests
             # for responders too), credit; module constants as locals
             for ev in events:
@@ -571,7 +575,8 @@ class ClientProtocol:
                     h = handles.get(ev[1])
                     if h is not None and h.delivery == cmd:   # else: not for a live handle
                         h.deliver(ev[2])                      # of that kind: ignored
-                        self.on_deliver(h)
+                        if h not in fed:
+                            fed.append(h)
                 elif cmd == _PCREDIT:
                     self.credit += ev[1]
                     if self.kick is not _noop:   # a driver that sends by itself
@@ -622,6 +627,8 @@ class ClientProtocol:
                         h.wake()
                         self.on_deliver(h)
                 # HB: liveness only (last_rx above)
+            for h in fed:
+                self.on_deliver(h)
         for settle, value in settles:
             settle(value)
         return result
