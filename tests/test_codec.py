@@ -400,6 +400,29 @@ def test_sends_decodes_a_run_of_header_less_sends_to_one_queue():
     assert r.sends() == ("other", [b"p"]) and r.at_end()
 
 
+def test_run_decodes_records_of_one_command_until_another_or_a_bad_one():
+    w = C.Writer()
+    for rid in (1, 2, 300):
+        w.record(C.REQ, rid, "svc", 1000, None, b"q%d" % rid)
+    w.record(C.REP, 1, 7, {"k": "v"}, b"r")
+    frame = w.take()
+    r = C.Reader(frame)
+    assert r.run(C.REP) == []   # not the next record's command: nothing read
+    assert r.run(C.REQ) == [(C.REQ, rid, "svc", 1000, None, b"q%d" % rid)
+                            for rid in (1, 2, 300)]
+    assert r.run(C.REP) == [(C.REP, 1, 7, {"k": "v"}, b"r")] and r.at_end()
+    # a record that does not decode: the good ones before it come first (to
+    # be applied, as one by one), then the error, with nothing skipped
+    one = C.Writer()
+    one.record(C.REQ, 1, "svc", 1000, None, b"q1")
+    r = C.Reader(one.take() + _record(C.REQ, b"\x05\xff"))   # rid 5, then a bad varint
+    assert [rec[1] for rec in r.run(C.REQ)] == [1]
+    at = r.offset
+    with pytest.raises(errors.ProtocolError):
+        r.run(C.REQ)
+    assert r.offset == at
+
+
 def test_skip_steps_over_records_to_retry_the_first_refused_one():
     w = C.Writer()
     for i in range(4):

@@ -25,7 +25,8 @@ from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_is
 from ringcast._ring cimport Ring, Message, rc_slot, untracked, payload_size
 from ringcast._router cimport CoreRouter, _check_payload
 
-from ringcast.errors import LimitExceeded, ProtocolError, UnknownCommand, WrongType
+from ringcast.errors import (LimitExceeded, ProtocolError, RingcastError, UnknownCommand,
+                             WrongType)
 
 cdef extern from "rc_codec.h":
     int RC_PROTO_VERSION
@@ -1001,6 +1002,22 @@ cdef class Reader:
         rec = self._fields(cmd)
         self.pos = self.e
         return rec
+
+    def run(self, int cmd):
+        """The next records while their command is ``cmd``, as ``next()``
+        returns them: one call for a run of requests or of replies. A record
+        that does not decode ends the run; the next call raises its error."""
+        cdef list out = []
+        while self.pos < self.n and self.p[self.pos] == cmd:
+            try:
+                rec = self._fields(self._open())
+            except RingcastError:
+                if out:
+                    break   # apply what came before it first, as next() would
+                raise
+            out.append(rec)
+            self.pos = self.e
+        return out
 
     def sends(self):
         """Decode a run of SEND records to one queue that carry no headers

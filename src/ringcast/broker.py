@@ -192,7 +192,7 @@ class _WireRequest(PendingRequest):
         self.settled = True
         broker = self.broker
         broker._answer_time += (broker._now - self.born - broker._answer_time) / 8
-        broker._answer(self.session, (C.REPLY, self.rid, headers, payload))
+        broker._answer(self.session, C.REPLY, self.rid, headers, payload)
 
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
@@ -203,7 +203,7 @@ class _WireRequest(PendingRequest):
             return False
         self.settled = True
         code = getattr(result, "code", 0) or errors.ServiceError.code
-        broker._answer(self.session, (C.REPLYERR, self.rid, code, str(result)))
+        broker._answer(self.session, C.REPLYERR, self.rid, code, str(result))
         return True
 
 
@@ -233,8 +233,8 @@ class _RemoteResponder:
         return not self.closed and self.session.alive and len(self.asked) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if not self.has_room():
-            return False
+        if self.closed or not self.session.alive or len(self.asked) >= self.concurrency:
+            return False   # has_room(), inlined: every request comes here
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
             broker._call_soon(self.service.dispatch, payload, headers, pending)
@@ -689,6 +689,13 @@ class Broker:
                 for hid, tags in reader.acks().items():
                     self._on_acks(s, hid, tags)
                 continue
+            if cmd == C.REQ or cmd == C.REP:   # so do requests and replies
+                on_record = self._handlers[cmd]
+                for record in reader.run(cmd):
+                    on_record(self, s, record)   # never blocks
+                    if not s.alive:
+                        return True
+                continue
             start = reader.offset
             if cmd == C.SEND and batch_sends:   # and a producer's sends to one queue
                 queue, payloads = reader.sends()
@@ -931,12 +938,13 @@ class Broker:
                 heapq.heapify(heap)
             heapq.heappush(heap, (deadline, next(self._seq), pending))
 
-    def _answer(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        """Write the answer to a remote request (on the loop thread)."""
+    def _answer(self, s: _Session, cmd: int, rid: int, a: Any, b: Any) -> None:
+        """Write the answer to a remote request (on the loop thread): REPLY
+        with headers and payload, or REPLYERR with code and text."""
         self._live -= 1
         self._answered = self._now
         if s.alive:
-            s.out.record(*rec)
+            s.out.record(cmd, rid, a, b)
             self._dirty.add(s)
 
     def _on_rep(self, s: _Session, rec: Tuple[Any, ...]) -> None:

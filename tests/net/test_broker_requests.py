@@ -308,7 +308,7 @@ def test_an_answer_racing_the_deadline_is_applied_once(shared):
     _, broker, _ = shared
     service = _Service("race")
     answers = []
-    broker._answer = lambda s, rec: answers.append(rec[0])   # what reaches the wire
+    broker._answer = lambda s, cmd, *fields: answers.append(cmd)   # what reaches the wire
 
     def respond(req, go):
         go.wait()
