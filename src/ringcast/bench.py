@@ -695,9 +695,9 @@ def _broker_child(ctl: "_ChildControl", sample: bool = False,
     own (``spin`` None: its default); with ``sample``, returns its RSS over
     time on stop."""
     from .broker import Broker
-    from .cli import keep_freed_heap
+    from .cli import tune_broker_process
 
-    keep_freed_heap()
+    tune_broker_process()
     broker = Broker("tcp://127.0.0.1:0", spin=spin).start()
     try:
         ctl.ready(broker.endpoints[0])

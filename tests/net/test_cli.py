@@ -110,6 +110,19 @@ def test_broker_process_heap_tuning_is_accepted_by_glibc():
         assert out.stdout.strip() == "False", (env, out.stderr)
 
 
+def test_broker_process_collects_young_garbage_less_often():
+    """``ringcast broker`` (and the bench's broker) freeze what start-up left
+    and raise the young-generation threshold; an embedded Broker leaves its
+    host's collector alone. Run in a child: it changes the whole process."""
+    code = ("import gc; from ringcast import Broker; from ringcast.cli import "
+            "tune_broker_process as t; Broker('tcp://127.0.0.1:0'); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count()); t(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, timeout=30)
+    assert out.stdout.split("\n")[:2] == ["700 0", "20000 True"], out.stderr
+
+
 def test_broker_refuses_a_negative_buffer_bound():
     p = ringcast_cmd("broker", "--bind", "tcp://127.0.0.1:0", "--max-buffer-bytes", "-1")
     out, err = p.communicate(timeout=30)
