@@ -143,6 +143,8 @@ class Connection:
                                              # wait three heartbeats to forget us
         for h in list(self.proto.handles.values()):
             h.closed = True
+        # no frame is read and no sweep runs any more: requests in flight end now
+        self.proto.connection_lost(errors.Closed("connection is closed"))
         self._wake_everyone()
 
     async def __aenter__(self) -> "Connection":
@@ -198,7 +200,7 @@ class Connection:
     # -- wake-ups ----------------------------------------------------------------------------
     def _delivered(self, h: _Handle) -> None:
         handler = self._handlers.get(h.id)
-        if handler is not None:
+        if handler is not None and h.error is None:   # refused (ERR): nothing to take
             self._run_handler(h, handler)
         for fut in self._waiters.pop(h.id, ()):
             if not fut.done():
@@ -227,6 +229,8 @@ class Connection:
 
     def _run_handler(self, h: _Handle, handler: Callable[[Message], Any]) -> None:
         for msg in h.take(1 << 30):
+            if h.closed:   # closed by a handler of this batch
+                break
             if isinstance(h, RemoteService):
                 self._answer(msg, handler)
             else:

@@ -75,6 +75,8 @@ CREDIT_DELAY = 0.001
 #: requests for one responder leave in frames of about this many bytes, so that
 #: it works on the first ones while the broker still routes the rest
 REQUEST_SPLIT = 1024
+#: most milliseconds a RQST tells a responder it has (requesters may ask more)
+MAX_RQST_TIMEOUT = 1 << 53
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
@@ -246,6 +248,8 @@ class _RemoteResponder:
             if left <= 0:
                 pending.expire()
                 return True
+            if left > MAX_RQST_TIMEOUT:   # a u64 on the wire; any timeout is accepted
+                left = MAX_RQST_TIMEOUT
         s = self.session
         tag = next(s.tags)
         self.asked[tag] = pending

@@ -128,7 +128,8 @@ class Client:
                 log.warning("closing with messages the broker has not confirmed")
         self._closing = True
         self._kick_now()
-        self._io.join(5)
+        if threading.current_thread() is not self._io:   # an inline handler runs on it
+            self._io.join(5)
         with self._cond:
             for h in list(self.proto.handles.values()):
                 h.closed = True
@@ -286,6 +287,8 @@ class Client:
         if h.id in self._inline and h.error is None:
             handler = self._callbacks[h.id]
             for msg in h.take(1 << 30):
+                if h.closed:   # closed by a handler of this batch: the broker
+                    break      # fails the rest when the CLOSE arrives
                 _answer(msg, handler)
         else:
             self._notify = True   # wake the threads waiting on the condition

@@ -1,0 +1,252 @@
+"""Edges of answering requests remotely: handlers that close their responder
+or their client mid-batch, refused handles, replies that add up past the
+broker's frame limit, timeouts the wire cannot carry, requests in flight at
+close. Real broker (in-process thread, loopback, port 0) and real clients;
+no sleeps as synchronisation."""
+
+import threading
+
+import pytest
+
+from ringcast import _codec as C
+from ringcast import aio, errors
+from ringcast.broker import Broker
+from ringcast.client import connect
+from ringcast.router import Router
+
+from .conftest import raw_session, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def embedded():
+    """A broker thread over an embedded router (so tests can see services)."""
+    made = []
+
+    def make(**kw):
+        router = Router()
+        broker = Broker("tcp://127.0.0.1:0", router=router, **kw).start()
+        made.append((router, broker))
+        return router, broker
+
+    yield make
+    for router, broker in made:
+        broker.stop()
+        router.close()
+
+
+def _serving(router, name, n=1, timeout=10.0):
+    def ready():
+        try:
+            return len(router.service(name).responders) >= n
+        except errors.NoResponders:
+            return False
+    assert wait_for(ready, timeout), f"nobody serves {name!r}"
+
+
+def _raw_requests(sock, service, n, timeout_ms=10_000):
+    """``n`` REQ records in ONE frame (rids 1..n): the broker routes them in
+    one pass, so the responder gets their RQSTs in one frame too."""
+    w = C.Writer()
+    for i in range(n):
+        w.record(C.REQ, i + 1, service, timeout_ms, None, b"%d" % i)
+    sock.send(w.take())
+
+
+def _raw_answers(sock, n, timeout=10.0):
+    """rid -> REPLY payload or (code, text) of REPLYERR, until ``n`` answers."""
+    got = {}
+    while len(got) < n:
+        assert sock.poll(int(timeout * 1000)), f"only {len(got)} of {n} answers: {got}"
+        for ev in C.Reader(sock.recv()).events():
+            if ev[0] == C.REPLY:
+                got[ev[1]] = ev[3]
+            elif ev[0] == C.REPLYERR:
+                got[ev[1]] = (ev[2], ev[3])
+    return got
+
+
+# -- 1. asyncio client: ERR for a handle that has a handler ---------------------------------
+
+async def test_aio_refused_responder_with_handler_does_not_lose_the_rest_of_the_frame(embedded):
+    """The broker refuses a SERVE (here: over max_handles) with ERR <hid>;
+    the same frame carries the publish credit for the client's frame (and
+    any other answers). ``Connection._delivered`` runs the handler, whose
+    ``h.take()`` on the empty inbox of an ended handle raises the refusal
+    out of ``frame_received``: the rest of the frame (PCREDIT, REPLYERR...)
+    is never applied. Credit leaks for good, so every flush times out."""
+    router, broker = embedded(max_handles=1)
+    conn = await aio.connect(broker.endpoints[0])
+    try:
+        conn.subscribe("a")                                # the one handle allowed
+        resp = conn.serve("svc", lambda m: m.payload)      # refused: ERR <hid>
+        await conn.flush(timeout=5)                        # Timeout if PCREDIT was lost
+        assert resp.closed
+        with pytest.raises(errors.LimitExceeded):
+            await resp.recv(timeout=1)
+    finally:
+        await conn.close(timeout=0.5)
+
+
+# -- 2. on_deliver once per frame: a handler that closes its own responder ------------------
+
+def test_inline_handler_is_not_called_again_after_it_closed_its_responder(embedded, zsocket):
+    """Several RQSTs in one frame to an inline responder whose handler closes
+    the responder on the first request. All of them are in the inbox when
+    ``Client._delivered`` runs the handler over the batch: it must stop once
+    ``Responder.close()`` returned (the broker fails the rest when the CLOSE
+    arrives)."""
+    router, broker = embedded()
+    calls = []
+    with connect(broker.endpoints[0], timeout=10) as client:
+        holder = {}
+
+        def handler(msg):
+            calls.append(msg.payload)
+            holder["resp"].close()
+            return b"ok"
+
+        holder["resp"] = client.serve("svc", handler, concurrency=16)
+        client.flush()
+        _serving(router, "svc")
+        sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+        _raw_requests(sock, "svc", 5)
+        answers = _raw_answers(sock, 5)
+    assert calls == [b"0"], f"handler ran {len(calls)} times, after its close(): {answers}"
+
+
+# -- 3. an inline handler closing its client ----------------------------------------------
+
+def test_client_close_from_an_inline_handler_does_not_raise(embedded):
+    """``Client.close()`` joins the I/O thread; called from an inline handler
+    (which runs on that thread) ``Thread.join`` raises RuntimeError("cannot
+    join current thread"), the request fails with ServiceError and close()
+    never finishes (handles not closed, requester sockets left open)."""
+    router, broker = embedded()
+    box = []
+    client = connect(broker.endpoints[0], timeout=10)
+
+    def handler(msg):
+        try:
+            client.close()
+        except BaseException as exc:   # noqa: B902 - what escapes close() is the bug
+            box.append(exc)
+        return b"bye"
+
+    try:
+        client.serve("svc", handler)
+        client.flush()
+        _serving(router, "svc")
+        with connect(broker.endpoints[0], timeout=10) as asker:
+            try:
+                asker.request("svc", b"x", timeout=5)
+            except errors.RingcastError:
+                pass   # the reply may or may not make it out before the BYE
+    finally:
+        client.close()
+    assert box == [], f"close() from an inline handler raised {box!r}"
+
+
+# -- 5. a requester's timeout that the RQST record cannot carry -----------------------------
+
+def test_a_huge_request_timeout_does_not_cost_the_responder_its_session(embedded, zsocket):
+    """REQ carries timeout_ms as a u64 and the broker accepts any value. For
+    2**64-1 ms, ``_RemoteResponder._offer`` computes ``left`` = int((deadline
+    - now) * 1000), which float rounding makes 2**64: ``out.record(C.RQST,
+    ...)`` raises OverflowError. When the request waited in the backlog, the
+    offer runs inside ``_on_rep`` of the RESPONDER's frame, so the
+    responder's session is dropped as an "internal error" (and its other
+    requests fail) because of what another client sent."""
+    router, broker = embedded()
+    entered, gate = threading.Event(), threading.Event()
+
+    def handler(msg):
+        entered.set()
+        gate.wait(10)
+        return b"re:" + msg.payload
+
+    with connect(broker.endpoints[0], timeout=10) as client:
+        client.serve("svc", handler, concurrency=1, threaded=True)
+        client.flush()
+        _serving(router, "svc")
+        sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+        w = C.Writer()
+        w.record(C.REQ, 1, "svc", 10_000, None, b"1")
+        sock.send(w.take())
+        assert entered.wait(10)
+        w.record(C.REQ, 2, "svc", (1 << 64) - 1, None, b"2")   # backlogged
+        w.record(C.REQ, 3, "svc", 10_000, None, b"3")          # backlogged
+        sock.send(w.take())
+        assert wait_for(lambda: router.stats()["services"]["svc"]["backlog"] == 2)
+        gate.set()
+        answers = _raw_answers(sock, 3, timeout=5)   # rid 1's reply was lost with the session
+        assert broker.counters.get("internal_errors", 0) == 0
+        assert answers == {1: b"re:1", 2: b"re:2", 3: b"re:3"}, answers
+        assert client.sessions == 1
+
+
+# -- 6. asyncio: requests in flight when the connection closes -----------------------------
+
+async def test_aio_close_settles_requests_in_flight(embedded):
+    """``Connection.close()`` wakes recv and credit waiters but never settles
+    ``proto.requests``: the timer that sweeps overdue requests stops with the
+    connection and no frame is read any more, so a request awaiting its
+    answer (from another task) hangs forever, whatever its timeout."""
+    import asyncio
+
+    router, broker = embedded()
+    router.serve("slow", capacity=4)   # holds requests, answers none
+    conn = await aio.connect(broker.endpoints[0])
+    task = asyncio.ensure_future(conn.request("slow", b"x", timeout=1))
+    for _ in range(1000):   # the event loop must run for the request to leave
+        if router.stats()["services"].get("slow", {}).get("requests") == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done()
+    await conn.close()
+    done, _ = await asyncio.wait({task}, timeout=5)   # 5x its own timeout
+    assert done, "request still pending 5 s after close()"
+    with pytest.raises(errors.RingcastError):
+        task.result()
+
+
+async def test_aio_handler_is_not_called_again_after_it_closed_its_responder(embedded, zsocket):
+    """As test_inline_handler_is_not_called_again_after_it_closed_its_responder,
+    for the asyncio client: ``Connection._run_handler`` takes the whole batch
+    and keeps calling the handler after ``Responder.close()``."""
+    import asyncio
+
+    router, broker = embedded()
+    calls = []
+    conn = await aio.connect(broker.endpoints[0])
+    try:
+        holder = {}
+
+        def handler(msg):
+            calls.append(msg.payload)
+            holder["resp"].close()
+            return b"ok"
+
+        holder["resp"] = conn.serve("svc", handler, concurrency=16)
+        await conn.flush()
+        for _ in range(1000):
+            if router.stats()["services"].get("svc", {}).get("responders"):
+                break
+            await asyncio.sleep(0.01)
+        sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+        _raw_requests(sock, "svc", 5)
+        got = {}
+        for _ in range(1000):   # the event loop must run to answer
+            while sock.poll(0):
+                for ev in C.Reader(sock.recv()).events():
+                    if ev[0] in (C.REPLY, C.REPLYERR):
+                        got[ev[1]] = ev[2:]
+            if len(got) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert len(got) == 5, got
+    finally:
+        await conn.close(timeout=0.5)
+    assert calls == [b"0"], f"handler ran {len(calls)} times, after its close()"
+
