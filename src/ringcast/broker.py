@@ -37,6 +37,7 @@ import zmq
 
 from . import _codec as C
 from . import errors
+from ._args import MAX_TIMEOUT_MS
 from ._impl import USE_EXTENSIONS, Message
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
 from .queues import Queue, queue_options_from_wire
@@ -75,8 +76,6 @@ CREDIT_DELAY = 0.001
 #: requests for one responder leave in frames of about this many bytes, so that
 #: it works on the first ones while the broker still routes the rest
 REQUEST_SPLIT = 1024
-#: most milliseconds a RQST tells a responder it has (requesters may ask more)
-MAX_RQST_TIMEOUT = 1 << 53
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
@@ -248,8 +247,8 @@ class _RemoteResponder:
             if left <= 0:
                 pending.expire()
                 return True
-            if left > MAX_RQST_TIMEOUT:   # a u64 on the wire; any timeout is accepted
-                left = MAX_RQST_TIMEOUT
+            if left > MAX_TIMEOUT_MS:   # any timeout is accepted; the wire's is "forever"
+                left = MAX_TIMEOUT_MS
         s = self.session
         tag = next(s.tags)
         self.asked[tag] = pending
@@ -263,12 +262,11 @@ class _RemoteResponder:
             broker._dirty.add(s)
         return True
 
-    def answered(self, tag: int) -> Optional[PendingRequest]:
-        """The request behind a REP/REPERR; its slot goes to the backlog."""
-        pending = self.asked.pop(tag, None)
-        if pending is not None and self.service.backlog:
+    def refill(self) -> None:
+        """After an answer settled its request: the freed slot goes to the
+        backlog (only then, so that nothing a refill meets costs the answer)."""
+        if self.service.backlog:
             self.service.refill(self)
-        return pending
 
     def close(self) -> None:
         """Requests it holds fail (the responder is gone); the backlog goes to
@@ -955,21 +953,25 @@ class Broker:
         _, hid, tag, headers, payload = rec
         self._eager = True
         responder = s.services.get(hid)
-        pending = None if responder is None else responder.answered(tag)
-        if pending is None:   # answered after its handle was closed
+        if responder is None:   # answered after its handle was closed
+            return
+        pending = responder.asked.pop(tag, None)
+        if pending is None:   # ... or with a tag it does not hold
             return
         if type(pending) is _WireRequest:
             pending._respond(payload, headers)   # we are on the loop
         else:
             pending.respond(None, payload, headers)
+        responder.refill()
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, code, text = rec
         self._eager = True
         responder = s.services.get(hid)
-        pending = None if responder is None else responder.answered(tag)
-        if pending is not None:
+        pending = None if responder is None else responder.asked.pop(tag, None)
+        if responder is not None and pending is not None:
             pending.fail(errors.error_from_code(code, text))
+            responder.refill()
 
     def _on_stats(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         s.out.record(C.STATSREP, rec[1], json.dumps(self.stats(), default=str))

@@ -576,7 +576,7 @@ class _DirectRequester:
             left = deadline - now
             if left <= 0:
                 return None
-            ms = max(1, int(left * 1000))
+            ms = max(1, int(min(left, 3600.0) * 1000))   # RCVTIMEO is an int32
             # reset only when it would wait past the deadline (by more than
             # the 1 ms rounding) or time out early: usually once per timeout
             if not ms <= self._rcvtimeo <= ms + 1:
@@ -650,8 +650,9 @@ class _Receiver(Receiving):
         return bool(self._h.ended)
 
     def close(self) -> None:
-        self._client._callbacks.pop(self._h.id, None)
-        self._client._inline.discard(self._h.id)
+        with self._client._lock:   # the I/O thread reads both in _delivered, under it
+            self._client._inline.discard(self._h.id)
+            self._client._callbacks.pop(self._h.id, None)
         self._client.proto.close_handle(self._h)
         with self._client._cond:
             self._client._cond.notify_all()

@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 from . import _codec as C
 from . import errors
-from ._args import check_count, check_timeout
+from ._args import MAX_TIMEOUT_MS, check_count, check_timeout
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
 from .services import check_reply
@@ -248,7 +248,10 @@ class _Settler:
         check_reply(payload, headers, proto.max_message)
         with proto.lock:   # _urgent, inlined: every request answered comes here
             if proto.ready:
-                proto.urgent_w.record(_REP, self.handle.id, msg._tag, headers, payload)
+                urgent = proto.urgent_w
+                urgent.record(_REP, self.handle.id, msg._tag, headers, payload)
+                if len(urgent) >= FRAME_TARGET:
+                    proto.urgent_frames.append(urgent.take())
                 proto.kick()
 
     def fail(self, msg: Message, exc: BaseException) -> None:
@@ -294,6 +297,9 @@ class ClientProtocol:
         self.outbox = C.Outbox(check_subject, time.monotonic, FRAME_TARGET, QUEUED_LIMIT)
         self.outbox.kick = lambda: self.kick()
         self.urgent_w = C.Writer(4096)
+        #: urgent frames cut at FRAME_TARGET: the replies an inline responder
+        #: writes for one frame of requests may add up past the broker's max_frame
+        self.urgent_frames: List[bytes] = []
         self.credit = 0
         self.ready = False           # WELCOME received for the current session
         self.hello_sent_at = -1.0
@@ -330,7 +336,7 @@ class ClientProtocol:
             self.credit = 0
             self.unconfirmed_lost += int(self.outbox.unsent)
             self.outbox.clear()
-            self.urgent_w.clear()
+            self.urgent_frames.clear()
             self.owners.clear()
             for h in self.handles.values():
                 h.reset()
@@ -340,7 +346,7 @@ class ClientProtocol:
             self._send_hello(now)
 
     def _send_hello(self, now: float) -> None:
-        self.urgent_w.clear()
+        self.urgent_w.clear()   # nothing else may go before HELLO
         self.urgent_w.record(C.HELLO, C.PROTOCOL_VERSION, int(self.heartbeat * 1000), self.name)
         self.hello_sent_at = now
         self.kick()
@@ -378,7 +384,10 @@ class ClientProtocol:
     def _urgent(self, cmd: int, *fields: Any) -> None:
         with self.lock:
             if self.ready:
-                self.urgent_w.record(cmd, *fields)
+                urgent = self.urgent_w
+                urgent.record(cmd, *fields)
+                if len(urgent) >= FRAME_TARGET:
+                    self.urgent_frames.append(urgent.take())
                 self.kick()
 
     def _ordered(self, cmd: int, *fields: Any) -> None:
@@ -424,6 +433,9 @@ class ClientProtocol:
         this once per event-loop tick, which is its batching window)."""
         with self.lock:
             out: List[bytes] = []
+            if self.urgent_frames:
+                out += self.urgent_frames
+                self.urgent_frames.clear()
             if len(self.urgent_w):
                 out.append(self.urgent_w.take())
             if not self.ready:
@@ -512,10 +524,11 @@ class ClientProtocol:
         check_subject(service)
         timeout = cast(float, check_timeout(timeout, optional=False))
         self.outbox.check_payload(payload)
+        ms = max(1, int(timeout * 1000)) if timeout * 1000 < MAX_TIMEOUT_MS else MAX_TIMEOUT_MS
         with self.lock:
             rid = next(self.ids)
+            self.outbox.record(C.REQ, rid, service, ms, headers, payload)   # may refuse headers
             self.requests[rid] = (service, settle, time.monotonic() + timeout + REQUEST_GRACE)
-            self.outbox.record(C.REQ, rid, service, max(1, int(timeout * 1000)), headers, payload)
             return rid
 
     def expire_requests(self, now: float) -> None:

@@ -148,6 +148,28 @@ def test_client_close_from_an_inline_handler_does_not_raise(embedded):
     assert box == [], f"close() from an inline handler raised {box!r}"
 
 
+# -- 4. an inline responder's replies to one frame of requests leave as one frame ----------
+
+def test_replies_to_one_frame_of_requests_fit_the_brokers_frame_limit(embedded, zsocket):
+    """Each reply is within max_message (1 MiB), but an inline handler
+    answers a whole frame of RQSTs inside frame_received, and every REP
+    goes into ``urgent_w``, which ``data_to_send`` hands out as ONE frame.
+    Five 900 KiB replies make a 4.5 MiB frame, over the broker's max_frame
+    (4 MiB, its ZMQ_MAXMSGSIZE): libzmq drops the connection, every reply
+    is lost and the requests fail (or time out) instead of being answered."""
+    router, broker = embedded()
+    big = b"r" * (900 << 10)
+    with connect(broker.endpoints[0], timeout=10) as client:
+        client.serve("big", lambda m: big, concurrency=16)
+        client.flush()
+        _serving(router, "big")
+        sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+        _raw_requests(sock, "big", 5, timeout_ms=5000)
+        answers = _raw_answers(sock, 5, timeout=10)
+    assert all(a == big for a in answers.values()), {
+        rid: (a if not isinstance(a, bytes) else len(a)) for rid, a in answers.items()}
+
+
 # -- 5. a requester's timeout that the RQST record cannot carry -----------------------------
 
 def test_a_huge_request_timeout_does_not_cost_the_responder_its_session(embedded, zsocket):
@@ -250,3 +272,40 @@ async def test_aio_handler_is_not_called_again_after_it_closed_its_responder(emb
         await conn.close(timeout=0.5)
     assert calls == [b"0"], f"handler ran {len(calls)} times, after its close()"
 
+
+# -- 7. timeouts of "forever" ------------------------------------------------------------
+
+def test_a_request_may_wait_forever_on_both_clients(embedded):
+    """``timeout=float("inf")`` (or one past what the wire carries) is a
+    request that waits as long as it takes, as on the embedded router; the
+    clients used to raise OverflowError computing its milliseconds."""
+    import asyncio
+
+    router, broker = embedded()
+    router.serve("echo", lambda m: b"re:" + m.payload)
+    with connect(broker.endpoints[0], timeout=10) as client:
+        for timeout in (float("inf"), 1e300):
+            assert client.request("echo", b"s", timeout=timeout).payload == b"re:s"
+
+    async def over_asyncio():
+        conn = await aio.connect(broker.endpoints[0])
+        try:
+            return (await conn.request("echo", b"a", timeout=float("inf"))).payload
+        finally:
+            await conn.close()
+
+    assert asyncio.run(over_asyncio()) == b"re:a"
+
+
+def test_a_request_refused_at_the_call_leaves_nothing_waiting(embedded):
+    """Headers the encoder refuses fail the call and leave no entry that a
+    later sweep would settle (or that would hold its callback forever)."""
+    router, broker = embedded()
+    router.serve("echo", lambda m: m.payload)
+    with connect(broker.endpoints[0], timeout=10) as client:
+        with pytest.raises(errors.RingcastError):
+            client.request("echo", b"x", {"k": 1}, timeout=5)   # a header value must be str
+        with pytest.raises(errors.RingcastError):
+            client.request("echo", b"x", {"k": "v" * (70 << 10)}, timeout=5)   # over 64 KiB
+        assert client._direct.requester.proto.requests == {}
+        assert client.request("echo", b"ok", timeout=5).payload == b"ok"
