@@ -98,9 +98,40 @@ asyncio.run(main())
 print("published", flush=True)
 """
 
+CONSUMER = """
+import ringcast
+c = ringcast.connect({url!r}, timeout=60, heartbeat=10)
+c.declare_queue("bench", capacity=65536)
+q = c.consume("bench", prefetch=1024)
+c.flush(timeout=60)
+print("ready", flush=True)
+got = 0
+while got < {n}:
+    for m in q.recv_many(1024, timeout=60):
+        m.ack()
+        got += 1
+c.flush(timeout=60)
+print("done", flush=True)
+"""
+
+PRODUCER = """
+import ringcast, sys
+c = ringcast.connect({url!r}, timeout=60, heartbeat=10)
+c.declare_queue("bench", capacity=65536)
+c.flush(timeout=60)
+sys.stdin.readline()
+def run(send=c.send, payload=b"x" * {size}):
+    for _ in range({n}):
+        send("bench", payload)
+run()
+c.flush(timeout=600)
+print("published", flush=True)
+"""
+
 # pattern -> (the side that takes, the side that sends)
 PATTERNS = {"pubsub": (("subscriber", SUBSCRIBER), ("publisher", PUBLISHER)),
-            "reqrep": (("responder", RESPONDER), ("requester", REQUESTER))}
+            "reqrep": (("responder", RESPONDER), ("requester", REQUESTER)),
+            "queue": (("consumer", CONSUMER), ("producer", PRODUCER))}
 
 
 def _run(pattern: str, role: str, n: int, size: int, take: str, inflight: int,
@@ -180,6 +211,9 @@ def main() -> None:
     roles = args.roles.split(",") if args.roles else [sender, "broker", taker]
     if args.pattern == "pubsub":
         print(f"{args.size}-byte payloads, subscriber {take}; instructions per message")
+    elif args.pattern == "queue":
+        print(f"{args.size}-byte payloads, send() loop, recv_many + ack() each, prefetch "
+              "1024; instructions per message")
     else:
         print(f"{args.size}-byte payloads, {args.inflight} requests in flight; "
               "instructions per request")
