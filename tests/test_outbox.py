@@ -8,6 +8,8 @@ import threading
 import time
 import weakref
 
+import pytest
+
 from ringcast import _codec as C
 from ringcast._impl import check_subject
 
@@ -66,6 +68,28 @@ def test_concurrent_publishers_and_an_io_thread_lose_and_duplicate_nothing():
     for t in range(THREADS):
         assert per[f"t{t}"] == [b"%d" % i for i in range(EACH)]
     assert outbox.unsent == 0
+
+
+def test_send_buffers_send_records_as_publish_buffers_pub_records():
+    """``Outbox.send`` (what ``Client.send`` is bound to) writes the same
+    SEND records as the generic path, and refuses what the broker would."""
+    from ringcast import errors
+
+    fast = C.Outbox(check_subject, time.monotonic, 4096, 1 << 30, 100)
+    generic = C.Writer()
+    for i in range(5):
+        fast.send("jobs", b"%d" % i, None if i % 2 else {"i": str(i)})
+        generic.record(C.SEND, "jobs", None if i % 2 else {"i": str(i)}, b"%d" % i)
+    fast.cut()
+    frames, _ = fast.take_frames(1 << 30)
+    assert list(_records(frames)) == list(_records([generic.take()]))
+    with pytest.raises(errors.LimitExceeded):
+        fast.send("jobs", b"x" * 101)
+    with pytest.raises(errors.InvalidSubject):
+        fast.send("bad subject", b"x")
+    with pytest.raises(errors.WrongType):
+        fast.send("jobs", "text")
+    assert fast.buffered == 0
 
 
 def test_received_messages_skip_the_cycle_collector_only_when_they_cannot_cycle():

@@ -107,6 +107,13 @@ class Outbox:
         headers: Optional[Dict[str, str]] = None,
         timeout: Optional[float] = None,
     ) -> None: ...
+    def send(
+        self,
+        queue: str,
+        payload: Any,
+        headers: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> None: ...
     def check_payload(self, payload: Any) -> None: ...
     def publish_many(
         self,

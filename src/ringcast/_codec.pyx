@@ -632,7 +632,14 @@ cdef class Outbox:
 
     def publish(self, subject, payload, headers=None, timeout=None):
         """Buffer one PUB record (see ``Client.publish``)."""
-        cdef Py_ssize_t size
+        return self._one(RC_PUB, subject, payload, headers, timeout)
+
+    def send(self, queue, payload, headers=None, timeout=None):
+        """Buffer one SEND record (see ``Client.send``)."""
+        return self._one(RC_SEND, queue, payload, headers, timeout)
+
+    cdef int _one(self, int cmd, object subject, object payload, object headers,
+                  object timeout) except -1:
         cdef bint started, cut
         if subject is not self.last_subject:   # a loop publishes one subject: no lookup
             if type(subject) is not str or PyDict_GetItem(self.valid, subject) == NULL:
@@ -645,7 +652,7 @@ cdef class Outbox:
         self._lock()
         try:
             started = self.w.length == 0
-            self.w._stream(RC_PUB, subject, payload, headers)
+            self.w._stream(cmd, subject, payload, headers)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()

@@ -48,11 +48,14 @@ class Client:
     sends at once). When the broker's publish credit is used up it waits up
     to ``timeout`` (None: forever) and then raises ``WouldBlock``.
     ``publish_many(subject, payloads, headers=None, timeout=None)`` buffers a
-    batch under one subject in one native call.
+    batch under one subject in one native call. ``send(queue, payload,
+    headers=None, timeout=None)`` puts one message on a queue (declared on
+    first use) the way ``publish`` buffers one.
     """
 
     publish: Callable[..., None]
     publish_many: Callable[..., None]
+    send: Callable[..., None]
 
     def __init__(self, url: str = "tcp://127.0.0.1:7450", *, name: Optional[str] = None,
                  heartbeat: float = 1.0, linger: float = 0.002, timeout: float = 5.0,
@@ -71,6 +74,7 @@ class Client:
         # bound straight to the native fast path: no Python frame per publish
         self.publish = outbox.publish
         self.publish_many = outbox.publish_many
+        self.send = outbox.send
         self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
         self._inline: Set[int] = set()                 # handlers run on the I/O thread
         self._notify = False
@@ -404,13 +408,6 @@ class Client:
             raise errors.Timeout(f"declare_queue({name!r}) got no answer")
         if isinstance(box[0], BaseException):
             raise box[0]
-
-    def send(self, queue: str, payload: Any, headers: Headers = None, *,
-             timeout: Optional[float] = None) -> None:
-        """Put one message on a queue (declared on first use)."""
-        if not self.proto.can_publish():
-            self._wait_credit(timeout)
-        self.proto.send(queue, payload, headers)
 
     def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
                   timeout: Optional[float] = None) -> None:

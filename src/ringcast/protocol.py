@@ -237,8 +237,11 @@ class _Settler:
         proto = self._check() if self.stale else self.handle.proto
         with proto.lock:   # _urgent, inlined: every consumed message comes here
             if proto.ready:
-                proto.urgent_w.ack(self.handle.id, msg._tag)
-                proto.kick()
+                urgent = proto.urgent_w
+                first = not len(urgent)
+                urgent.ack(self.handle.id, msg._tag)
+                if first:   # later acks ride on the send this one asks for
+                    proto.kick()
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
@@ -514,9 +517,8 @@ class ClientProtocol:
             self._ordered(*rec)
 
     def send(self, queue: str, payload: Any, headers: Headers = None) -> None:
-        check_subject(queue)
-        self.outbox.check_payload(payload)
-        self._ordered(C.SEND, queue, headers, payload)
+        """Buffer one message for a queue (the sync client binds ``outbox.send``)."""
+        self.outbox.send(queue, payload, headers)
 
     def request(self, service: str, payload: Any, headers: Headers, timeout: float,
                 settle: Settle) -> int:
