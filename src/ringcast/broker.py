@@ -881,6 +881,7 @@ class Broker:
         self._ready.append((s, hid))
 
     def _settle(self, s: _Session, hid: int, tag: int) -> Optional[Message]:
+        """The delivery behind a NACK (acks come in runs: _on_acks)."""
         msg = s.delivered.get(hid, {}).pop(tag, None)
         if msg is None:
             self._error(s, 0, errors.AckError(f"delivery {tag} on handle {hid} is unknown "
@@ -890,12 +891,21 @@ class Broker:
         return msg
 
     def _on_acks(self, s: _Session, hid: int, tags: List[int]) -> None:
+        """A run of acks for one consumer: _settle for each, inline."""
+        delivered = s.delivered.get(hid)
+        if delivered is None:
+            delivered = {}   # not a consumer (closed, or never one): each ack is unknown
+        pop = delivered.pop
         msgs = []
         for tag in tags:
-            msg = self._settle(s, hid, tag)
-            if msg is not None:
+            msg = pop(tag, None)
+            if msg is None:
+                self._error(s, 0, errors.AckError(
+                    f"delivery {tag} on handle {hid} is unknown or already settled"))
+            else:
                 msgs.append(msg)
         if msgs:
+            self._ready.append((s, hid))   # credit freed
             # taken back meanwhile (the ack deadline passed): reported, not acked
             for exc in s.consumers[hid].ack_many(msgs):
                 self._error(s, 0, exc)

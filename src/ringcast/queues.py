@@ -663,13 +663,19 @@ class Consumer(Source):
         q = self.queue
         failed: List[errors.AckError] = []
         ids: List[int] = []   # log ids of the durable ones acked
+        unacked = self._unacked
         with q._lock:
+            inflight = q._inflight
             for msg in msgs:
-                try:
-                    q._owed(self, msg)
-                except errors.AckError as exc:
-                    failed.append(exc)
+                tag = msg._tag
+                if unacked.pop(tag, None) is None:   # _owed, inline for the common case
+                    try:
+                        q._owed(self, msg)   # raises, counted
+                    except errors.AckError as exc:
+                        failed.append(exc)
                     continue
+                if inflight:
+                    inflight.pop(tag, None)
                 if msg._id:
                     ids.append(msg._id)
             q.counters["acked"] += len(msgs) - len(failed)
