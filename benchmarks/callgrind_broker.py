@@ -44,17 +44,22 @@ while got < {n}:
 print("done", flush=True)
 """
 
-PUBLISHER = """
+# a loop of publish() or, for a queue (declared first), of send()
+SENDER = """
 import ringcast, sys
-c = ringcast.connect({url!r}, timeout=60)
+c = ringcast.connect({url!r}, timeout=60, heartbeat=10)
+{declare}
 sys.stdin.readline()
-def run(p=c.publish, payload=b"x" * {size}):
+def run(p=c.{method}, payload=b"x" * {size}):
     for _ in range({n}):
         p("bench", payload)
 run()
 c.flush(timeout=600)
 print("published", flush=True)
 """
+PUBLISHER = SENDER.replace("{declare}", "").replace("{method}", "publish")
+PRODUCER = SENDER.replace("{declare}", 'c.declare_queue("bench", capacity=65536)\n'
+                          'c.flush(timeout=60)').replace("{method}", "send")
 
 
 RESPONDER = """
@@ -112,20 +117,6 @@ while got < {n}:
         got += 1
 c.flush(timeout=60)
 print("done", flush=True)
-"""
-
-PRODUCER = """
-import ringcast, sys
-c = ringcast.connect({url!r}, timeout=60, heartbeat=10)
-c.declare_queue("bench", capacity=65536)
-c.flush(timeout=60)
-sys.stdin.readline()
-def run(send=c.send, payload=b"x" * {size}):
-    for _ in range({n}):
-        send("bench", payload)
-run()
-c.flush(timeout=600)
-print("published", flush=True)
 """
 
 # pattern -> (the side that takes, the side that sends)
