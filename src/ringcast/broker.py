@@ -243,12 +243,13 @@ class _RemoteResponder:
         if pending.deadline is None:
             left = 60000
         else:
-            left = int((pending.deadline - broker._now) * 1000)
+            ms = (pending.deadline - broker._now) * 1000   # inf for a request that waits
+            # any timeout is accepted; the wire's is "forever" (clamped before
+            # int(): an embedded request's deadline may be float("inf"))
+            left = MAX_TIMEOUT_MS if ms > MAX_TIMEOUT_MS else int(ms)
             if left <= 0:
                 pending.expire()
                 return True
-            if left > MAX_TIMEOUT_MS:   # any timeout is accepted; the wire's is "forever"
-                left = MAX_TIMEOUT_MS
         s = self.session
         tag = next(s.tags)
         self.asked[tag] = pending

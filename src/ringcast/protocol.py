@@ -234,22 +234,29 @@ class _Settler:
         return self.handle.proto
 
     def ack(self, msg: Message) -> None:
-        proto = self._check() if self.stale else self.handle.proto
+        proto = self.handle.proto
         with proto.lock:   # _urgent, inlined: every consumed message comes here
+            if self.stale:   # under the lock: a reconnect may have just made it so
+                self._check()
             if proto.ready:
                 urgent = proto.urgent_w
                 first = not len(urgent)
                 urgent.ack(self.handle.id, msg._tag)
                 if first:   # later acks ride on the send this one asks for
                     proto.kick()
+                elif len(urgent) >= FRAME_TARGET:   # a batch acked in one go: frames
+                    proto.urgent_frames.append(urgent.take())   # the broker takes
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
-        self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
+        with self.handle.proto.lock:
+            self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
         proto = self._check() if self.stale else self.handle.proto
         check_reply(payload, headers, proto.max_message)
         with proto.lock:   # _urgent, inlined: every request answered comes here
+            if self.stale:   # under the lock: a reconnect may have just made it so
+                self._check()
             if proto.ready:
                 urgent = proto.urgent_w
                 urgent.record(_REP, self.handle.id, msg._tag, headers, payload)
@@ -261,7 +268,9 @@ class _Settler:
         code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
             errors.ServiceError.code
         text = f"{type(exc).__name__}: {exc}"
-        self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code, text[:MAX_ERROR_TEXT])
+        with self.handle.proto.lock:
+            self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code,
+                                  text[:MAX_ERROR_TEXT])
 
 
 def reply(msg: Message, result: Any) -> None:

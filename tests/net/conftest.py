@@ -16,6 +16,8 @@ import zmq
 
 import ringcast
 from ringcast import _codec as C
+from ringcast.broker import Broker
+from ringcast.router import Router
 
 # Child processes import the very ringcast this test run imports: the
 # installed wheel in CI, the in-place build in a checkout.
@@ -189,3 +191,21 @@ def wait_for(pred, timeout=10.0, interval=0.02):
             return True
         time.sleep(interval)
     return pred()
+
+
+@pytest.fixture
+def embedded():
+    """``embedded(**broker_options)``: a broker thread over an embedded router
+    (so tests can see its services and queues); both closed at teardown."""
+    made = []
+
+    def make(**kw):
+        router = Router()
+        broker = Broker("tcp://127.0.0.1:0", router=router, **kw).start()
+        made.append((router, broker))
+        return router, broker
+
+    yield make
+    for router, broker in made:
+        broker.stop()
+        router.close()

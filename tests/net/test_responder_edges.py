@@ -10,30 +10,11 @@ import pytest
 
 from ringcast import _codec as C
 from ringcast import aio, errors
-from ringcast.broker import Broker
 from ringcast.client import connect
-from ringcast.router import Router
 
 from .conftest import raw_session, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def embedded():
-    """A broker thread over an embedded router (so tests can see services)."""
-    made = []
-
-    def make(**kw):
-        router = Router()
-        broker = Broker("tcp://127.0.0.1:0", router=router, **kw).start()
-        made.append((router, broker))
-        return router, broker
-
-    yield make
-    for router, broker in made:
-        broker.stop()
-        router.close()
 
 
 def _serving(router, name, n=1, timeout=10.0):

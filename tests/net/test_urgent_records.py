@@ -1,0 +1,163 @@
+"""Acks and replies, the client's urgent records: cut into frames the broker
+takes, never carried from an old session into a new one; and an embedded
+request that waits forever reaching a remote responder. Real broker
+(in-process thread over an embedded router, loopback, port 0) and real
+clients; no sleeps as synchronisation."""
+
+import asyncio
+import threading
+
+import pytest
+
+from ringcast import aio, errors
+from ringcast.client import connect
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _serving(router, name, n=1, timeout=10.0):
+    def ready():
+        try:
+            return len(router.service(name).responders) >= n
+        except errors.NoResponders:
+            return False
+    assert wait_for(ready, timeout), f"nobody serves {name!r}"
+
+
+# -- 1. an embedded request that waits forever, answered by a remote responder ------------
+
+def test_an_embedded_request_with_an_infinite_timeout_reaches_a_remote_responder(embedded):
+    """daf0467 clamps the RQST's timeout to MAX_TIMEOUT_MS in
+    ``_RemoteResponder._offer`` so that "forever" is accepted, but the clamp
+    comes after ``int((pending.deadline - now) * 1000)``: an embedded
+    request with ``timeout=float("inf")`` has deadline inf, and int(inf)
+    raises OverflowError in the broker loop. The request is never offered,
+    never answered, never failed."""
+    router, broker = embedded()
+    with connect(broker.endpoints[0], timeout=10) as client:
+        client.serve("echo", lambda m: b"re:" + m.payload)
+        client.flush()
+        _serving(router, "echo")
+        done = threading.Event()
+        box = []
+
+        def settle(result):
+            box.append(result)
+            done.set()
+
+        router.request_cb("echo", b"x", settle, timeout=float("inf"))
+        assert done.wait(10), "the request was never offered to the remote responder"
+    assert box[0].payload == b"re:x", box
+
+
+# -- 2. a run of acks written in one go must fit the broker's frame limit ----------------------
+
+def test_a_tick_of_acks_is_cut_into_frames_the_broker_takes(embedded):
+    """daf0467 cuts urgent records into frames at FRAME_TARGET (``_urgent``
+    and ``_Settler.respond``), but ``_Settler.ack`` (inlined, and since
+    00b4f6c not even kicking past the first ack) appends to ``urgent_w``
+    without ever cutting it. An asyncio consumer that acks a large batch in
+    one loop tick builds one urgent frame of ~9 bytes per ack; past the
+    broker's max_frame (ZMQ_MAXMSGSIZE) libzmq drops the connection, every
+    ack is lost and all the messages are delivered again."""
+    n = 40_000
+    router, broker = embedded(max_frame=256 << 10, max_message=64 << 10)
+    url = broker.endpoints[0]
+    with connect(url, timeout=10) as producer:
+        producer.send_many("jobs", [b"j"] * n)
+        producer.flush(10)
+
+    async def consume_and_ack():
+        conn = await aio.connect(url)
+        try:
+            consumer = conn.consume("jobs", prefetch=n)
+            msgs = []
+            while len(msgs) < n:
+                msgs += await consumer.recv_many(n, timeout=10)
+            for m in msgs:   # one loop tick: every ack lands in urgent_w
+                m.ack()
+            stats = await conn.stats(timeout=10)   # after the acks, in order
+            return stats["queues"]["jobs"], conn.sessions
+        finally:
+            await conn.close()
+
+    queue, sessions = asyncio.run(consume_and_ack())
+    assert sessions == 1, "the session was dropped (an urgent frame over max_frame)"
+    assert queue["acked"] == n, queue
+
+
+# -- 3. an answer of an old session must not land in the new one -------------------------
+
+class _Gate:
+    """``proto.lock`` for one thread held at the door until ``go`` is set;
+    every other thread goes straight through to the client's lock."""
+
+    def __init__(self, lock, thread_name):
+        self.lock = lock
+        self.thread_name = thread_name
+        self.at_door = threading.Event()
+        self.go = threading.Event()
+
+    def __enter__(self):
+        if threading.current_thread().name == self.thread_name:
+            self.at_door.set()
+            assert self.go.wait(30)
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+
+def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_one(embedded):
+    """``_Settler.respond`` (and ``ack``) test ``stale`` before taking the
+    client lock. A reply started in session 1 that reaches the lock after
+    the client reconnected and was welcomed again finds ``ready`` True and
+    writes its REP -- with session 1's tag -- into session 2's urgent
+    buffer. The broker numbers tags per session from 1, so it answers
+    whichever session-2 request holds that tag, with the wrong payload."""
+    router, broker = embedded()
+    url = broker.endpoints[0]
+    with connect(url, timeout=10) as server, connect(url, timeout=10) as asker:
+        responder = server.serve("svc", concurrency=4)
+        server.flush()
+        _serving(router, "svc")
+        answers = {}
+
+        def ask(key, payload):
+            try:
+                answers[key] = asker.request("svc", payload, timeout=10).payload
+            except errors.RingcastError as exc:
+                answers[key] = exc
+
+        first = threading.Thread(target=ask, args=("old", b"1"))
+        first.start()
+        old = responder.recv(timeout=10)   # session 1, tag 1
+        gate = _Gate(server.proto.lock, "late-reply")
+        server.proto.lock = gate
+        def answer_late():
+            try:
+                old.respond(b"answer to the OLD request")
+            except errors.AckError:   # what a reply of an ended session should get
+                pass
+
+        late = threading.Thread(target=answer_late, name="late-reply")
+        late.start()
+        assert gate.at_door.wait(10)
+        # the broker forgets the server's session; it reconnects and serves again
+        s = next(s for s in broker._sessions.values() if s.name == server.proto.name)
+        broker._call_soon(broker._drop, s, "test: session reset")
+        assert wait_for(lambda: server.sessions == 2 and server.connected)
+        first.join(10)
+        _serving(router, "svc")
+        second = threading.Thread(target=ask, args=("new", b"2"))
+        second.start()
+        assert wait_for(lambda: responder.pending == 1)   # session 2, tag 1
+        gate.go.set()
+        late.join(10)
+        new = responder.recv(timeout=10)
+        new.respond(b"answer to the NEW request")
+        second.join(15)
+        server.proto.lock = gate.lock
+    assert answers["new"] == b"answer to the NEW request", answers
