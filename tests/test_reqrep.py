@@ -1,5 +1,6 @@
 """Embedded request/reply: replies, NoResponders, timeouts, load balancing."""
 
+import sys
 import threading
 
 import pytest
@@ -201,3 +202,22 @@ def test_a_threaded_handler_may_block_and_make_requests(router):
     assert answered.wait(10)
     assert [r.payload for r in results] == [b"late"]
     slow.close()   # its thread ends: Closed on the next recv
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_a_timeout_past_what_waits_take_means_forever(router, timeout):
+    """An infinite (or absurd) timeout waits as long as it takes: it used to
+    reach threading's wait and raise OverflowError. The handler answers only
+    once the requesting thread is inside that wait."""
+    main = threading.main_thread().ident
+
+    def handler(msg):
+        for _ in range(100_000):   # until the requester blocks (not a sleep: a poll)
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "wait":
+                break
+            threading.Event().wait(0.0001)
+        return b"late:" + msg.payload
+
+    router.serve("slow", handler, threaded=True)
+    assert router.request("slow", b"x", timeout=timeout).payload == b"late:x"

@@ -3,6 +3,7 @@ shared by the embedded router and both clients: one bad argument gets the
 same typed error on either side, before anything is sent or built, instead
 of an OverflowError from deep inside the encoder."""
 
+from threading import TIMEOUT_MAX
 from typing import Any, Optional
 
 from . import errors
@@ -32,4 +33,6 @@ def check_timeout(timeout: Any, optional: bool = True) -> Optional[float]:
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if not timeout >= 0:   # also NaN
         raise errors.LimitExceeded(f"timeout must be >= 0, got {timeout!r}")
-    return float(timeout)
+    # longer (infinity included) is as good as forever, and the most that
+    # threading's waits take
+    return min(float(timeout), TIMEOUT_MAX)

@@ -404,7 +404,7 @@ class Client:
             done.set()
 
         self.proto.declare_queue(name, binds, capacity, overflow, options, settle)
-        if not done.wait(timeout):
+        if not done.wait(check_timeout(timeout)):
             raise errors.Timeout(f"declare_queue({name!r}) got no answer")
         if isinstance(box[0], BaseException):
             raise box[0]
@@ -464,7 +464,7 @@ class Client:
             done.set()
 
         self.proto.stats(settle)
-        if not done.wait(timeout):
+        if not done.wait(check_timeout(timeout)):
             raise errors.Timeout("stats request timed out")
         if isinstance(box[0], BaseException):
             raise box[0]

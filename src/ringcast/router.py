@@ -23,7 +23,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from . import errors
-from ._args import check_count
+from ._args import check_count, check_timeout
 from ._impl import (
     CoreRouter,
     Handler,
@@ -401,7 +401,7 @@ class Router(CoreRouter):
             done.set()
 
         pending = self.request_cb(name, payload, settle, headers, timeout=timeout)
-        if not done.wait(timeout):
+        if not done.wait(check_timeout(timeout)):
             pending.expire()
         return _unbox(box[0])
 
