@@ -158,10 +158,12 @@ class _Session:
         self.subs: Dict[int, Any] = {}           # handle -> Subscription
         self.flows: Dict[int, _Flow] = {}        # handle -> what may be sent to it
         self.consumers: Dict[int, Any] = {}      # handle -> Consumer
-        self.delivered: Dict[int, Dict[int, Message]] = {}   # handle -> tag -> msg (queues)
         self.services: Dict[int, _RemoteResponder] = {}
         self.tags = itertools.count(1)
-        self.armed: Set[int] = set()   # handles with a ready-callback registered
+        # (handle, what for) with a one-shot callback registered: the next
+        # message of a subscription or queue (False), or a full consumer's
+        # room (True)
+        self.armed: Set[Tuple[int, bool]] = set()
         self.alive = True
 
 
@@ -800,18 +802,19 @@ class Broker:
         if hid in s.subs and not self._arm(s, hid, s.subs[hid].on_ready):
             self._ready.append((s, hid))
 
-    def _arm(self, s: _Session, hid: int, on_ready: Any) -> bool:
-        """Register for the next message of a handle once; False when one is
-        there already."""
-        if hid in s.armed:
+    def _arm(self, s: _Session, hid: int, on_ready: Any, room: bool = False) -> bool:
+        """Register for the next message of a handle once (or, ``room``, for
+        a full consumer's next free slot); False when it is there already."""
+        key = (hid, room)
+        if key in s.armed:
             return True
-        if on_ready(lambda: self._mark(s, hid)):
-            s.armed.add(hid)
+        if on_ready(lambda: self._mark(s, hid, key)):
+            s.armed.add(key)
             return True
         return False
 
-    def _mark(self, s: _Session, hid: int) -> None:
-        s.armed.discard(hid)
+    def _mark(self, s: _Session, hid: int, key: Tuple[int, bool]) -> None:
+        s.armed.discard(key)
         self._ready.append((s, hid))
         self._wake()
 
@@ -831,7 +834,6 @@ class Broker:
             sub.close()
         consumer = s.consumers.pop(hid, None)
         if consumer is not None:
-            s.delivered.pop(hid, None)
             consumer.close()   # unacked messages go back, flagged redelivered
         responder = s.services.pop(hid, None)
         if responder is not None:
@@ -878,46 +880,34 @@ class Broker:
             return
         self._close_handle(s, hid)
         s.consumers[hid] = consumer
-        s.delivered[hid] = {}
         self._ready.append((s, hid))
 
-    def _settle(self, s: _Session, hid: int, tag: int) -> Optional[Message]:
-        """The delivery behind a NACK (acks come in runs: _on_acks)."""
-        msg = s.delivered.get(hid, {}).pop(tag, None)
-        if msg is None:
-            self._error(s, 0, errors.AckError(f"delivery {tag} on handle {hid} is unknown "
-                                              "or already settled"))
-            return None
-        self._ready.append((s, hid))   # credit freed
-        return msg
-
+    # A consumer's deliveries are settled by tag against the queue's own map
+    # of what it owes that consumer: one account of what it holds, which the
+    # ack deadline also updates (a delivery taken back frees its room).
     def _on_acks(self, s: _Session, hid: int, tags: List[int]) -> None:
-        """A run of acks for one consumer: _settle for each, inline."""
-        delivered = s.delivered.get(hid)
-        if delivered is None:
-            delivered = {}   # not a consumer (closed, or never one): each ack is unknown
-        pop = delivered.pop
-        msgs = []
-        for tag in tags:
-            msg = pop(tag, None)
-            if msg is None:
+        consumer = s.consumers.get(hid)
+        if consumer is None:   # closed, or never a consumer
+            for tag in tags:
                 self._error(s, 0, errors.AckError(
-                    f"delivery {tag} on handle {hid} is unknown or already settled"))
-            else:
-                msgs.append(msg)
-        if msgs:
-            self._ready.append((s, hid))   # credit freed
-            # taken back meanwhile (the ack deadline passed): reported, not acked
-            for exc in s.consumers[hid].ack_many(msgs):
-                self._error(s, 0, exc)
+                    f"delivery {tag} on handle {hid} is unknown (no consumer)"))
+            return
+        # unknown, settled or taken back (the ack deadline passed): reported
+        for exc in consumer.ack_tags(tags):
+            self._error(s, 0, exc)
+        self._ready.append((s, hid))   # room freed
 
     def _on_nack(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        msg = self._settle(s, rec[1], rec[2])
-        if msg is not None:
-            try:
-                msg.nack(requeue=bool(rec[3]))
-            except errors.AckError as exc:
-                self._error(s, 0, exc)
+        _, hid, tag, requeue = rec
+        consumer = s.consumers.get(hid)
+        try:
+            if consumer is None:
+                raise errors.AckError(f"delivery {tag} on handle {hid} is unknown (no consumer)")
+            consumer.nack_tag(tag, requeue=bool(requeue))
+        except errors.AckError as exc:
+            self._error(s, 0, exc)
+            return
+        self._ready.append((s, hid))   # room freed
 
     def _on_serve(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, name, concurrency = rec
@@ -1060,15 +1050,16 @@ class Broker:
 
     def _flush_consumer(self, s: _Session, hid: int) -> None:
         consumer = s.consumers[hid]
-        delivered = s.delivered[hid]
-        room = consumer.prefetch - len(delivered)
-        if room <= 0:
-            return
-        msgs = consumer.recv_many(room)
-        for msg in msgs:
-            delivered[msg._tag] = msg
-        s.out.write_deliveries(hid, msgs)
-        if len(msgs) < room and not self._arm(s, hid, consumer.queue.on_ready):
+        room = consumer.prefetch - consumer.unacked
+        if room > 0:
+            msgs = consumer.recv_many(room)
+            s.out.write_deliveries(hid, msgs)
+            if len(msgs) < room:   # the queue ran dry: until its next message
+                if not self._arm(s, hid, consumer.queue.on_ready):
+                    self._ready.append((s, hid))
+                return
+        # at its prefetch limit: until acks come, or the ack deadline takes some back
+        if not self._arm(s, hid, consumer.on_room, room=True):
             self._ready.append((s, hid))
 
     def _flush_out(self, s: _Session, force: bool = False) -> None:

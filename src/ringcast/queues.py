@@ -497,6 +497,7 @@ class Queue:
         now = time.monotonic()
         late = []
         inflight = self._inflight
+        rooms: List[Callable[[], None]] = []
         while inflight:
             tag, (consumer, msg, deadline) = next(iter(inflight.items()))
             if not deadline or deadline > now:
@@ -504,11 +505,18 @@ class Queue:
             del inflight[tag]
             consumer._unacked.pop(tag, None)
             late.append(msg)
+            room, consumer._on_room = consumer._on_room, None
+            if room is not None:
+                rooms.append(room)
         if late:
             self.counters["ack_timeouts"] += len(late)
             log.warning("queue %r: %d deliveries missed their ack deadline; redelivering",
                         self.name, len(late))
             self._requeue(late)
+        # consumers that had no room hear last: those that were waiting for
+        # work get the first chance at what the slow one was late with
+        for room in rooms:
+            room()
         if self.options.ttl is not None:
             self._expire_head(dead)
 
@@ -527,12 +535,16 @@ class Queue:
     def _owed(self, consumer: "Consumer", msg: Message) -> None:
         """Forget an owed delivery (call with the lock held) or raise AckError."""
         if consumer._unacked.pop(msg._tag, None) is None:
-            self.counters["late_acks"] += 1
-            raise errors.AckError(
-                f"delivery {msg._tag} on {self.name!r} is unknown, already settled, or was "
-                f"taken back (consumer closed or ack deadline passed)")
+            raise self._late_ack(msg._tag)
         if self._inflight:
             self._inflight.pop(msg._tag, None)
+
+    def _late_ack(self, tag: int) -> errors.AckError:
+        """The error for settling a delivery this queue no longer owes (counted)."""
+        self.counters["late_acks"] += 1
+        return errors.AckError(
+            f"delivery {tag} on {self.name!r} is unknown, already settled, or was "
+            f"taken back (consumer closed or ack deadline passed)")
 
     def _release(self, consumer: "Consumer") -> None:
         with self._lock:
@@ -611,6 +623,7 @@ class Consumer(Source):
         self.prefetch = prefetch
         self._unacked: Dict[int, Message] = {}
         self._signal = queue._signal  # consumers of one queue wait together
+        self._on_room: Optional[Callable[[], None]] = None   # see on_room
         self.closed = False
 
     @property
@@ -657,32 +670,52 @@ class Consumer(Source):
             q.log.settle(msg._id)
 
     def ack_many(self, msgs: List[Message]) -> List[errors.AckError]:
-        """Ack a run of deliveries under one lock (the broker's runs of ACK
-        records); returns the errors of those that could not be acked
-        (unknown, settled, taken back), in order; the others are acked."""
+        """Ack deliveries under one lock; returns the errors of those that
+        could not be acked (unknown, settled, taken back), in order; the
+        others are acked."""
+        return self.ack_tags([msg._tag for msg in msgs])
+
+    def ack_tags(self, tags: List[int]) -> List[errors.AckError]:
+        """``ack_many`` by delivery tag: what the broker's runs of ACK records
+        carry (it keeps no map of its own from tags to messages)."""
         q = self.queue
         failed: List[errors.AckError] = []
         ids: List[int] = []   # log ids of the durable ones acked
         unacked = self._unacked
         with q._lock:
             inflight = q._inflight
-            for msg in msgs:
-                tag = msg._tag
-                if unacked.pop(tag, None) is None:   # _owed, inline for the common case
-                    try:
-                        q._owed(self, msg)   # raises, counted
-                    except errors.AckError as exc:
-                        failed.append(exc)
+            for tag in tags:
+                msg = unacked.pop(tag, None)   # _owed, inline
+                if msg is None:
+                    failed.append(q._late_ack(tag))
                     continue
                 if inflight:
                     inflight.pop(tag, None)
                 if msg._id:
                     ids.append(msg._id)
-            q.counters["acked"] += len(msgs) - len(failed)
+            q.counters["acked"] += len(tags) - len(failed)
         if q.log is not None:
             for id in ids:
                 q.log.settle(id)
         return failed
+
+    def nack_tag(self, tag: int, requeue: bool = True) -> None:
+        """``nack`` by delivery tag (the broker's NACK records)."""
+        msg = self._unacked.get(tag)
+        if msg is None:
+            with self.queue._lock:
+                raise self.queue._late_ack(tag)
+        self.nack(msg, requeue)
+
+    def on_room(self, callback: Callable[[], None]) -> bool:
+        """One-shot ``callback()`` when deliveries it holds unacked are taken
+        back (their ack deadline passed), so that a consumer at its prefetch
+        limit gets work again; False (not armed) when it has room now."""
+        with self.queue._lock:
+            if not self.prefetch or len(self._unacked) < self.prefetch:
+                return False
+            self._on_room = callback
+            return True
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         q = self.queue

@@ -199,6 +199,39 @@ def test_missed_ack_deadline_over_the_wire():
         broker.stop()
 
 
+def test_a_lone_consumer_at_its_prefetch_limit_gets_back_what_its_deadline_took():
+    """A remote consumer that never acks what it holds, at its prefetch
+    limit and with nobody else consuming, gets those deliveries again once
+    the ack deadline takes them back, as an embedded consumer does. The
+    broker used to count them against its prefetch until acked: it got
+    nothing more, ever, while the queue held its messages."""
+    from ringcast.broker import Broker
+    from ringcast.client import connect
+
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=HEARTBEAT)
+    broker.start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=5) as c:
+            c.declare_queue("jobs", ack_deadline=1.0)
+            held = c.consume("jobs", prefetch=2)
+            c.send_many("jobs", [b"0", b"1", b"2"])
+            c.flush()
+            first = [held.recv(timeout=5) for _ in range(2)]
+            assert [m.payload for m in first] == [b"0", b"1"]   # and never acked
+            again = [held.recv(timeout=10) for _ in range(2)]
+            assert [(m.payload, m.redelivered) for m in again] == [(b"0", True), (b"1", True)]
+            for m in again:
+                m.ack()
+            last = held.recv(timeout=10)
+            assert (last.payload, last.redelivered) == (b"2", False)
+            last.ack()
+            barrier(c)
+            q = c.stats()["queues"]["jobs"]
+            assert (q["acked"], q["ack_timeouts"], q["depth"]) == (3, 2, 0), q
+    finally:
+        broker.stop()
+
+
 def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypatch):
     """The broker flushes a subscriber's output while still writing its
     deliveries (more than 8 frames of them); when that drops the session
