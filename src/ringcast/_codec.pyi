@@ -82,6 +82,7 @@ class Outbox:
     max_message: int
     kick: Optional[Callable[[], None]]
     wait: Optional[Callable[[Optional[float]], None]]
+    closed: bool
     def __new__(
         cls,
         check_subject: Callable[[str], None],

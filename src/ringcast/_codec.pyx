@@ -25,8 +25,8 @@ from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_is
 from ringcast._ring cimport Ring, Message, rc_slot, untracked, payload_size
 from ringcast._router cimport CoreRouter, _check_payload
 
-from ringcast.errors import (LimitExceeded, ProtocolError, RingcastError, UnknownCommand,
-                             WrongType)
+from ringcast.errors import (Closed, LimitExceeded, ProtocolError, RingcastError,
+                             UnknownCommand, WrongType)
 
 cdef extern from "rc_codec.h":
     int RC_PROTO_VERSION
@@ -586,6 +586,8 @@ cdef class Outbox:
     cdef public object kick
     #: called as ``wait(timeout)`` before adding to a stream over its limit
     cdef public object wait
+    #: set when its client closed: publish and send raise Closed
+    cdef public bint closed
     cdef dict valid
     cdef object last_subject   # the last subject that passed the check
     cdef object check_subject
@@ -619,6 +621,8 @@ cdef class Outbox:
         self.queued += PyBytes_GET_SIZE(frame)
 
     cdef int _admit(self, object timeout) except -1:
+        if self.closed:
+            raise Closed("client is closed")
         if self.queued >= self.queued_limit and self.wait is not None:
             self.wait(timeout)
         if self.w.length == 0:

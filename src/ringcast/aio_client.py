@@ -136,6 +136,7 @@ class Connection:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self.proto.mark_closed()   # also with no socket: nothing more is accepted
         if self._sock is not None:
             for frame in self.proto.bye():
                 self._sock.send(frame)

@@ -229,7 +229,7 @@ class Client:
             self._io_ident = None   # idents are reused once a thread ends
             sock.close(linger=200)
             with self._cond:
-                self.proto.closed = True
+                self.proto.mark_closed()
                 self._cond.notify_all()
 
     def _receive(self, sock: zmq.Socket, waiter: "_IOWait") -> Tuple[zmq.Socket, bool]:

@@ -413,8 +413,17 @@ class ClientProtocol:
     def can_publish(self) -> bool:
         return bool(self.outbox.can_publish()) or self.closed
 
+    def check_open(self) -> None:
+        """Closed: nothing more is sent, so nothing more may be accepted."""
+        if self.closed:
+            raise errors.Closed("client is closed")
+
+    def mark_closed(self) -> None:
+        self.closed = self.outbox.closed = True   # the outbox refuses publish and send
+
     def flush(self) -> None:
         """Cut the partial ordered frame now instead of after the linger."""
+        self.check_open()
         self.outbox.cut()
         self.kick()
 
@@ -467,6 +476,7 @@ class ClientProtocol:
         broker-side capacity, up to MAX_WINDOW: a subscription sized for
         bursts also streams them without waiting on credit round trips.
         ``max_bytes`` 0 takes the broker's bound."""
+        self.check_open()
         check_pattern(pattern)
         check_count("capacity", capacity)
         check_count("max_bytes", max_bytes, 0, (1 << 63) - 1)
@@ -479,6 +489,7 @@ class ClientProtocol:
             return h
 
     def consume(self, queue: str, prefetch: int) -> RemoteConsumer:
+        self.check_open()
         check_subject(queue)
         check_count("prefetch", prefetch)
         with self.lock:
@@ -489,6 +500,7 @@ class ClientProtocol:
             return h
 
     def serve(self, name: str, concurrency: int) -> RemoteService:
+        self.check_open()
         check_subject(name)
         check_count("concurrency", concurrency)
         with self.lock:
@@ -511,6 +523,7 @@ class ClientProtocol:
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
                       options: Dict[str, Any], settle: Settle) -> None:
+        self.check_open()
         check_subject(name)
         for p in bind:
             check_pattern(p)
@@ -532,6 +545,7 @@ class ClientProtocol:
     def request(self, service: str, payload: Any, headers: Headers, timeout: float,
                 settle: Settle) -> int:
         """Queue a request; ``settle`` gets the reply Message or an exception."""
+        self.check_open()
         check_subject(service)
         timeout = cast(float, check_timeout(timeout, optional=False))
         self.outbox.check_payload(payload)
@@ -558,6 +572,7 @@ class ClientProtocol:
             self.requests.pop(rid, None)
 
     def stats(self, settle: Settle) -> None:
+        self.check_open()
         with self.lock:
             ref = next(self.ids)
             self.waiters[ref] = settle
@@ -565,7 +580,7 @@ class ClientProtocol:
 
     def bye(self) -> List[bytes]:
         with self.lock:
-            self.closed = True
+            self.mark_closed()
             out = self.data_to_send(time.monotonic())
             w = C.Writer(64)
             w.record(C.BYE)

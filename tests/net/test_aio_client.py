@@ -173,3 +173,46 @@ async def test_close_says_goodbye(broker):
                     break
                 await asyncio.sleep(0.01)
             assert watcher.stats()["clients"] == 1
+
+
+def _after_close(client):
+    """Every call that would accept something to send, on a closed client."""
+    return {
+        "publish": lambda: client.publish("t", b"x"),
+        "publish_many": lambda: client.publish_many("t", [b"x"]),
+        "send": lambda: client.send("q", b"x"),
+        "send_many": lambda: client.send_many("q", [b"x"]),
+        "request": lambda: client.request("svc", b"x", timeout=1),
+        "flush": lambda: client.flush(timeout=1),
+        "stats": lambda: client.stats(timeout=1),
+        "subscribe": lambda: client.subscribe("t"),
+        "consume": lambda: client.consume("q"),
+        "serve": lambda: client.serve("svc", lambda m: m.payload),
+    }
+
+
+async def test_a_closed_client_accepts_nothing(broker):
+    """After close() nothing is sent, so nothing may be accepted: every call
+    raises Closed at once. publish and send used to buffer into a stream
+    nobody would send (lost without a word), and an asyncio request waited
+    for good whatever its timeout (no sweep runs after close)."""
+    from ringcast.client import connect
+
+    sync = connect(broker.url, heartbeat=HEARTBEAT)
+    sync.close()
+    conn = await aio.connect(broker.url, heartbeat=HEARTBEAT)
+    await conn.close()
+    wrong = []
+    for client in (sync, conn):
+        for name, call in _after_close(client).items():
+            try:
+                result = call()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, 5)
+            except errors.Closed:
+                continue
+            except Exception as exc:   # anything else is the failure
+                wrong.append((type(client).__name__, name, repr(exc)))
+            else:
+                wrong.append((type(client).__name__, name, "accepted"))
+    assert wrong == []
