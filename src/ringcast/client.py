@@ -515,6 +515,9 @@ class _DirectRequester:
     "no session" without applying the request, and it is sent again once."""
 
     HEARTBEAT = 60.0
+    #: the longest one recv waits: how soon a request in progress notices that
+    #: its client is closing (only a waiting request wakes up for it)
+    SLICE = 0.1
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -522,6 +525,10 @@ class _DirectRequester:
         self._sock: Optional[zmq.Socket] = None
         self._rcvtimeo = -1
         self.proto = ClientProtocol(self._name, heartbeat=self.HEARTBEAT, linger=0)
+        # held by the owning thread while it requests, and by close(): a
+        # ZeroMQ socket closed under a thread blocked on it aborts the process
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _open(self) -> zmq.Socket:
         if self._sock is not None:
@@ -539,14 +546,21 @@ class _DirectRequester:
     def request(self, service: str, payload: Any, headers: Headers,
                 timeout: float) -> Message:
         deadline = time.monotonic() + cast(float, check_timeout(timeout, optional=False))
-        for _ in range(2):
-            sock = self._sock or self._open()
-            box: List[Any] = []
-            rid = self.proto.request(service, payload, headers, timeout, box.append)
-            lost = self._drive(sock, box, deadline)
-            if lost is None:
-                break
-            self._open()   # the broker did not know this session: nothing was applied
+        with self._lock:
+            if self._closed or self._client._closing:
+                raise errors.Closed("client is closed")
+            for _ in range(2):
+                sock = self._sock or self._open()
+                box: List[Any] = []
+                rid = self.proto.request(service, payload, headers, timeout, box.append)
+                try:
+                    lost = self._drive(sock, box, deadline)
+                except errors.Closed:
+                    self.proto.forget_request(rid)
+                    raise
+                if lost is None:
+                    break
+                self._open()   # the broker did not know this session: nothing was applied
         if not box:
             self.proto.forget_request(rid)
             raise errors.Timeout(f"request to {service!r} timed out after {timeout}s")
@@ -573,7 +587,9 @@ class _DirectRequester:
             left = deadline - now
             if left <= 0:
                 return None
-            ms = max(1, int(min(left, 3600.0) * 1000))   # RCVTIMEO is an int32
+            if self._client._closing:
+                raise errors.Closed("client closed while the request waited")
+            ms = max(1, int(min(left, self.SLICE) * 1000))
             # reset only when it would wait past the deadline (by more than
             # the 1 ms rounding) or time out early: usually once per timeout
             if not ms <= self._rcvtimeo <= ms + 1:
@@ -592,12 +608,21 @@ class _DirectRequester:
                 return None
 
     def close(self) -> None:
-        if self._sock is not None:
-            if self.proto.ready:
-                for frame in self.proto.bye():
-                    self._sock.send(frame, zmq.NOBLOCK)
-            self._sock.close(linger=100)
-            self._sock = None
+        """From Client.close(), on any thread: waits for a request in progress
+        on the owning thread to notice (within SLICE) and let go of the socket."""
+        if not self._lock.acquire(timeout=5):
+            log.warning("a request did not stop in time; its socket is left open")
+            return
+        try:
+            self._closed = True
+            if self._sock is not None:
+                if self.proto.ready:
+                    for frame in self.proto.bye():
+                        self._sock.send(frame, zmq.NOBLOCK)
+                self._sock.close(linger=100)
+                self._sock = None
+        finally:
+            self._lock.release()
 
 
 def _answer(msg: Message, handler: Handler) -> None:

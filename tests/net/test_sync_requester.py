@@ -12,6 +12,8 @@ from ringcast import _codec as C
 from ringcast import errors
 from ringcast.client import connect
 
+from .conftest import run_script
+
 
 class ScriptedBroker:
     """Welcomes every session; ``answer(rid, service, payload)`` decides what
@@ -149,3 +151,42 @@ def test_request_refused_twice_fails_with_a_timeout(scripted):
             c.request("svc", b"x", timeout=0.3)
         assert time.monotonic() - t < 2
     assert len(broker.requests) == 2
+
+
+def test_closing_the_client_ends_requests_other_threads_wait_on(procs):
+    """Client.close() while other threads wait in request(): each request ends
+    with Closed within a slice, and close() closes their sockets only once
+    they let go. It used to close them under the waiting threads, and libzmq
+    aborted the process (``Assertion failed ... signaler.cpp``): run in a
+    child, whose exit status says so."""
+    p = run_script("""
+        import sys, threading
+        import ringcast
+        from ringcast.broker import Broker
+        router = ringcast.Router()
+        router.serve("silent", capacity=16)   # holds requests, answers none
+        broker = Broker("tcp://127.0.0.1:0", router=router).start()
+        client = ringcast.connect(broker.endpoints[0])
+        outcomes = []
+        def ask():
+            try:
+                client.request("silent", b"x", timeout=30)
+                outcomes.append("answered")
+            except ringcast.errors.RingcastError as exc:
+                outcomes.append(type(exc).__name__)
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        stats = router.stats
+        while stats()["services"]["silent"]["requests"] < 3:   # all three waiting
+            threading.Event().wait(0.001)
+        client.close()
+        for t in threads:
+            t.join(10)
+        print(sorted(outcomes), any(t.is_alive() for t in threads))
+        broker.stop()
+    """)
+    procs.append(p)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.strip() == "['Closed', 'Closed', 'Closed'] False", (out, err)
