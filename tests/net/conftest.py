@@ -209,3 +209,14 @@ def embedded():
     for router, broker in made:
         broker.stop()
         router.close()
+
+
+def serving(router, name, n=1, timeout=10.0):
+    """Wait until ``n`` responders serve ``name`` on ``router`` (a remote
+    SERVE is applied by the broker loop a moment after the client sent it)."""
+    def ready():
+        try:
+            return len(router.service(name).responders) >= n
+        except ringcast.errors.NoResponders:
+            return False
+    assert wait_for(ready, timeout), f"nobody serves {name!r}"

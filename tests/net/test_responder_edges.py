@@ -12,18 +12,9 @@ from ringcast import _codec as C
 from ringcast import aio, errors
 from ringcast.client import connect
 
-from .conftest import raw_session, wait_for
+from .conftest import raw_session, serving, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _serving(router, name, n=1, timeout=10.0):
-    def ready():
-        try:
-            return len(router.service(name).responders) >= n
-        except errors.NoResponders:
-            return False
-    assert wait_for(ready, timeout), f"nobody serves {name!r}"
 
 
 def _raw_requests(sock, service, n, timeout_ms=10_000):
@@ -90,7 +81,7 @@ def test_inline_handler_is_not_called_again_after_it_closed_its_responder(embedd
 
         holder["resp"] = client.serve("svc", handler, concurrency=16)
         client.flush()
-        _serving(router, "svc")
+        serving(router, "svc")
         sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
         _raw_requests(sock, "svc", 5)
         answers = _raw_answers(sock, 5)
@@ -118,7 +109,7 @@ def test_client_close_from_an_inline_handler_does_not_raise(embedded):
     try:
         client.serve("svc", handler)
         client.flush()
-        _serving(router, "svc")
+        serving(router, "svc")
         with connect(broker.endpoints[0], timeout=10) as asker:
             try:
                 asker.request("svc", b"x", timeout=5)
@@ -143,7 +134,7 @@ def test_replies_to_one_frame_of_requests_fit_the_brokers_frame_limit(embedded, 
     with connect(broker.endpoints[0], timeout=10) as client:
         client.serve("big", lambda m: big, concurrency=16)
         client.flush()
-        _serving(router, "big")
+        serving(router, "big")
         sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
         _raw_requests(sock, "big", 5, timeout_ms=5000)
         answers = _raw_answers(sock, 5, timeout=10)
@@ -172,7 +163,7 @@ def test_a_huge_request_timeout_does_not_cost_the_responder_its_session(embedded
     with connect(broker.endpoints[0], timeout=10) as client:
         client.serve("svc", handler, concurrency=1, threaded=True)
         client.flush()
-        _serving(router, "svc")
+        serving(router, "svc")
         sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
         w = C.Writer()
         w.record(C.REQ, 1, "svc", 10_000, None, b"1")

@@ -12,18 +12,9 @@ import pytest
 from ringcast import aio, errors
 from ringcast.client import connect
 
-from .conftest import wait_for
+from .conftest import serving, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _serving(router, name, n=1, timeout=10.0):
-    def ready():
-        try:
-            return len(router.service(name).responders) >= n
-        except errors.NoResponders:
-            return False
-    assert wait_for(ready, timeout), f"nobody serves {name!r}"
 
 
 # -- 1. an embedded request that waits forever, answered by a remote responder ------------
@@ -39,7 +30,7 @@ def test_an_embedded_request_with_an_infinite_timeout_reaches_a_remote_responder
     with connect(broker.endpoints[0], timeout=10) as client:
         client.serve("echo", lambda m: b"re:" + m.payload)
         client.flush()
-        _serving(router, "echo")
+        serving(router, "echo")
         done = threading.Event()
         box = []
 
@@ -122,7 +113,7 @@ def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_on
     with connect(url, timeout=10) as server, connect(url, timeout=10) as asker:
         responder = server.serve("svc", concurrency=4)
         server.flush()
-        _serving(router, "svc")
+        serving(router, "svc")
         answers = {}
 
         def ask(key, payload):
@@ -150,7 +141,7 @@ def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_on
         broker._call_soon(broker._drop, s, "test: session reset")
         assert wait_for(lambda: server.sessions == 2 and server.connected)
         first.join(10)
-        _serving(router, "svc")
+        serving(router, "svc")
         second = threading.Thread(target=ask, args=("new", b"2"))
         second.start()
         assert wait_for(lambda: responder.pending == 1)   # session 2, tag 1
