@@ -804,14 +804,22 @@ class Broker:
 
     def _arm(self, s: _Session, hid: int, on_ready: Any, room: bool = False) -> bool:
         """Register for the next message of a handle once (or, ``room``, for
-        a full consumer's next free slot); False when it is there already."""
+        a full consumer's next free slot); False when it is there already.
+        The key goes into ``s.armed`` before the callback is registered: it
+        may fire at once on another thread (the router's reaper, a publisher
+        of an embedded router), and its ``_mark`` must find the key to take
+        it out, or the handle would stay "armed" with nothing registered."""
         key = (hid, room)
         if key in s.armed:
             return True
-        if on_ready(lambda: self._mark(s, hid, key)):
-            s.armed.add(key)
-            return True
-        return False
+        s.armed.add(key)
+        armed = False
+        try:
+            armed = bool(on_ready(lambda: self._mark(s, hid, key)))
+        finally:
+            if not armed:   # nothing registered: nothing will take it out
+                s.armed.discard(key)
+        return armed
 
     def _mark(self, s: _Session, hid: int, key: Tuple[int, bool]) -> None:
         s.armed.discard(key)

@@ -338,3 +338,45 @@ def test_an_error_resuming_one_parked_producer_strands_no_other(monkeypatch):
     finally:
         broker.stop()
         router.close()
+
+
+def test_a_room_callback_firing_while_the_broker_arms_it_is_not_lost(embedded, monkeypatch):
+    """The router's reaper thread may fire a consumer's room callback the
+    moment ``Consumer.on_room`` has registered it, before the broker loop
+    records the handle as armed. ``Broker._arm`` used to add the key after
+    registering, so ``_mark`` (discard, then mark ready) ran first and the
+    key stayed in ``s.armed`` with nothing registered: the consumer was
+    never armed again, and after its next ack deadline it got nothing back,
+    ever. Here the callback fires in that window on purpose (on another
+    thread, joined before ``on_room`` returns)."""
+    import threading
+
+    from ringcast import queues
+    from ringcast.client import connect
+
+    real_on_room = queues.Consumer.on_room
+    fired = []
+
+    def on_room_fired_at_once(self, callback):
+        armed = real_on_room(self, callback)
+        if armed and not fired:
+            fired.append(True)
+            with self.queue._lock:
+                room, self._on_room = self._on_room, None
+            t = threading.Thread(target=room)
+            t.start()
+            t.join()
+        return armed
+
+    monkeypatch.setattr(queues.Consumer, "on_room", on_room_fired_at_once)
+    router, broker = embedded()
+    with connect(broker.endpoints[0], timeout=10) as c:
+        c.declare_queue("jobs", ack_deadline=0.5)
+        held = c.consume("jobs", prefetch=1)
+        c.send("jobs", b"0")
+        c.flush()
+        first = held.recv(timeout=10)   # never acked
+        again = held.recv(timeout=10)   # taken back at its deadline, and delivered again
+        assert fired
+        assert (first.payload, first.redelivered) == (b"0", False)
+        assert (again.payload, again.redelivered) == (b"0", True)
