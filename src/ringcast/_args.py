@@ -11,9 +11,6 @@ from . import errors
 #: the largest count a client sends for capacity, credit or concurrency (the
 #: broker holds each to its own, smaller limits)
 MAX_COUNT = (1 << 32) - 1
-#: the longest timeout a request carries on the wire, in ms (~285,000 years:
-#: a larger one, infinity included, means the same and is sent as this)
-MAX_TIMEOUT_MS = 1 << 53
 
 
 def check_count(name: str, value: Any, least: int = 1, most: int = MAX_COUNT) -> int:

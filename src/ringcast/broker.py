@@ -37,7 +37,6 @@ import zmq
 
 from . import _codec as C
 from . import errors
-from ._args import MAX_TIMEOUT_MS
 from ._impl import USE_EXTENSIONS, Message
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
 from .queues import Queue, queue_options_from_wire
@@ -60,6 +59,9 @@ DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 DEFAULT_MAX_HANDLES = 10_000
 #: frames queued for a client whose socket pipe is full, before it is dropped
 MAX_BACKLOG = 256
+#: the longest time (ms) an RQST tells a responder it has: about 285,000
+#: years, "forever" (a REQ may ask for any u64)
+MAX_TIMEOUT_MS = 1 << 53
 #: pending TCP connections the broker's listening sockets queue
 LISTEN_BACKLOG = 1024
 #: after input, the loop polls this long (seconds) before it sleeps: a reply
@@ -214,6 +216,10 @@ def _no_callback(_: Any) -> None:
     pass
 
 
+def _no_consumer(hid: int, tag: int) -> errors.AckError:
+    return errors.AckError(f"delivery {tag} on handle {hid} is unknown (no consumer)")
+
+
 class _RemoteResponder:
     """A remote client's responder, as the router's services see it: it takes
     a request while the client has room (its concurrency) and writes it
@@ -236,8 +242,8 @@ class _RemoteResponder:
         return not self.closed and self.session.alive and len(self.asked) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if self.closed or not self.session.alive or len(self.asked) >= self.concurrency:
-            return False   # has_room(), inlined: every request comes here
+        if not self.has_room():
+            return False
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
             broker._call_soon(self.service.dispatch, payload, headers, pending)
@@ -245,9 +251,9 @@ class _RemoteResponder:
         if pending.deadline is None:
             left = 60000
         else:
-            ms = (pending.deadline - broker._now) * 1000   # inf for a request that waits
-            # any timeout is accepted; the wire's is "forever" (clamped before
-            # int(): an embedded request's deadline may be float("inf"))
+            ms = (pending.deadline - broker._now) * 1000
+            # a REQ may ask any u64 of ms; past MAX_TIMEOUT_MS it means
+            # "forever", and is clamped while still a float
             left = MAX_TIMEOUT_MS if ms > MAX_TIMEOUT_MS else int(ms)
             if left <= 0:
                 pending.expire()
@@ -897,8 +903,7 @@ class Broker:
         consumer = s.consumers.get(hid)
         if consumer is None:   # closed, or never a consumer
             for tag in tags:
-                self._error(s, 0, errors.AckError(
-                    f"delivery {tag} on handle {hid} is unknown (no consumer)"))
+                self._error(s, 0, _no_consumer(hid, tag))
             return
         # unknown, settled or taken back (the ack deadline passed): reported
         for exc in consumer.ack_tags(tags):
@@ -910,7 +915,7 @@ class Broker:
         consumer = s.consumers.get(hid)
         try:
             if consumer is None:
-                raise errors.AckError(f"delivery {tag} on handle {hid} is unknown (no consumer)")
+                raise _no_consumer(hid, tag)
             consumer.nack_tag(tag, requeue=bool(requeue))
         except errors.AckError as exc:
             self._error(s, 0, exc)
@@ -977,8 +982,10 @@ class Broker:
         _, hid, tag, code, text = rec
         self._eager = True
         responder = s.services.get(hid)
-        pending = None if responder is None else responder.asked.pop(tag, None)
-        if responder is not None and pending is not None:
+        if responder is None:   # answered after its handle was closed
+            return
+        pending = responder.asked.pop(tag, None)
+        if pending is not None:
             pending.fail(errors.error_from_code(code, text))
             responder.refill()
 

@@ -244,8 +244,7 @@ class _Service:
             pending.fail(errors.NoResponders(f"no responders left for {self.name!r}"))
             return
         if not self.backlog:
-            responders = self.responders
-            for responder in responders if len(responders) == 1 else self.pick():
+            for responder in self.pick():
                 if responder._offer(payload, headers, pending):
                     return
         if len(self.backlog) >= MAX_REQUEST_BACKLOG:
@@ -279,6 +278,8 @@ class _Service:
     def pick(self) -> List[ServiceMember]:
         """Responders in round-robin order starting after the last one used."""
         n = len(self.responders)
+        if n == 1:
+            return self.responders
         start = self._next % n if n else 0
         self._next = start + 1
         return self.responders[start:] + self.responders[:start]

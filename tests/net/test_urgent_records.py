@@ -20,12 +20,10 @@ pytestmark = pytest.mark.timeout(120)
 # -- 1. an embedded request that waits forever, answered by a remote responder ------------
 
 def test_an_embedded_request_with_an_infinite_timeout_reaches_a_remote_responder(embedded):
-    """daf0467 clamps the RQST's timeout to MAX_TIMEOUT_MS in
-    ``_RemoteResponder._offer`` so that "forever" is accepted, but the clamp
-    comes after ``int((pending.deadline - now) * 1000)``: an embedded
-    request with ``timeout=float("inf")`` has deadline inf, and int(inf)
-    raises OverflowError in the broker loop. The request is never offered,
-    never answered, never failed."""
+    """An embedded request with ``timeout=float("inf")``, offered to a remote
+    responder: the RQST's ms left once came from int(inf), which raised
+    OverflowError in the broker loop, and the request was never offered,
+    answered or failed."""
     router, broker = embedded()
     with connect(broker.endpoints[0], timeout=10) as client:
         client.serve("echo", lambda m: b"re:" + m.payload)
