@@ -842,6 +842,9 @@ class Broker:
         self._close_handle(s, rec[1])
 
     def _close_handle(self, s: _Session, hid: int) -> None:
+        # a handle id used again must be armed afresh, not inherit the old wait
+        s.armed.discard((hid, False))
+        s.armed.discard((hid, True))
         sub = s.subs.pop(hid, None)
         if sub is not None:
             s.flows.pop(hid, None)
@@ -1014,26 +1017,21 @@ class Broker:
 
     # -- outbound ----------------------------------------------------------------------------
     def _flush_ready(self) -> None:
-        ready, self._ready = self._ready, collections.deque()
+        # pop only what is there now, never swap the deque: a ``_mark`` on
+        # another thread may hold the old one and append to it after the swap
+        ready = self._ready
         seen: Set[Tuple[bytes, int]] = set()
-        try:
-            while ready:
-                s, hid = ready.popleft()
-                key = (s.ident, hid)
-                if key in seen or not s.alive:
-                    continue
-                seen.add(key)
-                self._dirty.add(s)
-                if hid in s.subs:
-                    self._flush_sub(s, hid)
-                elif hid in s.consumers:
-                    self._flush_consumer(s, hid)
-        finally:
-            # an error on one handle (counted by the loop) must not lose the
-            # others: their ring callbacks fired once and will not again
-            if ready:
-                ready.extend(self._ready)
-                self._ready = ready
+        for _ in range(len(ready)):
+            s, hid = ready.popleft()
+            key = (s.ident, hid)
+            if key in seen or not s.alive:
+                continue
+            seen.add(key)
+            self._dirty.add(s)
+            if hid in s.subs:
+                self._flush_sub(s, hid)
+            elif hid in s.consumers:
+                self._flush_consumer(s, hid)
 
     def _flush_sub(self, s: _Session, hid: int) -> None:
         sub = s.subs[hid]

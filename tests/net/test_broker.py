@@ -506,3 +506,34 @@ def test_connect_without_a_broker_fails_cleanly(endpoint):
     with pytest.raises(errors.ConnectionLost):
         connect(endpoint.replace(":0", ":1"), timeout=0.3)
     assert wait_for(lambda: threading.active_count() == before, timeout=5)
+
+
+def test_a_handle_id_used_again_is_armed_afresh(broker, client, zsocket):
+    """A raw client may re-send CONSUME under a handle id it already holds.
+    The new consumer must get its own wait for room, not inherit the old
+    one's: here it fills up at once and, when the ack deadline takes its
+    delivery back, must get it again (it used to wait for good)."""
+    client.declare_queue("jobs", ack_deadline=1.0)
+    client.send("jobs", b"job")
+    barrier(client)
+    s, _ = raw_session(zsocket, broker.url)
+
+    def consume():
+        w = C.Writer()
+        w.record(C.CONSUME, 1, "jobs", 1)   # prefetch 1: full with one delivery
+        s.send(w.take())
+
+    def next_delivery():
+        while s.poll(10000):
+            for e in C.Reader(s.recv()).events():
+                if e[0] == C.QMSG:
+                    (m,) = e[2]
+                    assert e[1] == 1 and m.payload == b"job"
+                    return m.delivery_count
+        raise AssertionError("no delivery")
+
+    consume()
+    assert next_delivery() == 1
+    consume()   # replaces the full consumer, whose delivery goes back
+    assert next_delivery() == 2
+    assert next_delivery() == 3   # never acked: taken back and redelivered
