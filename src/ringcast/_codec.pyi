@@ -47,6 +47,8 @@ DEFAULT_MAX_SUBJECT: int
 MAX_HEADERS: int
 CREDIT_BYTES: int
 
+def max_record(max_message: int, max_subject: int) -> int: ...
+
 @final
 class Writer:
     """A growing frame of records; ``take()`` hands the frame over as bytes."""

@@ -130,6 +130,13 @@ cdef enum:
 DEFAULT_MAX_MESSAGE = 1 << 20
 DEFAULT_MAX_SUBJECT = 1024
 MAX_HEADERS = 64 << 10
+
+
+def max_record(Py_ssize_t max_message, Py_ssize_t max_subject):
+    """The largest record a reader with these limits accepts (payload,
+    subject, headers and fields): a peer's max_frame must hold one."""
+    return max_message + max_subject + MAX_HEADERS + 64
+
 #: a client that has taken this many bytes of MSG records of a subscription
 #: since its last CREDIT grants one as soon as it holds none of them
 #: (docs/protocol.md, "Flow"): what lets a broker bound bytes in flight
@@ -810,7 +817,7 @@ cdef class Reader:
         self.n = <size_t>self.view.len
         self.max_message = max_message
         self.max_subject = max_subject
-        self.max_record = max_message + max_subject + MAX_HEADERS + 64
+        self.max_record = max_record(max_message, max_subject)
         self.subjects = subjects if subjects is not None else {}
         self.pubs_read = -1
 

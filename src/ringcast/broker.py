@@ -322,6 +322,11 @@ class Broker:
         self.max_buffer_bytes = max_buffer_bytes
         self.max_handles = max_handles
         self.heartbeat = heartbeat
+        if max_frame < C.max_record(max_message, max_subject):
+            raise errors.LimitExceeded(
+                f"max_frame {max_frame} cannot hold a record of max_message {max_message}, "
+                f"max_subject {max_subject} and {C.MAX_HEADERS} bytes of headers: it must be "
+                f"at least {C.max_record(max_message, max_subject)}")
         self.max_frame = max_frame
         self.max_message = max_message
         self.max_subject = max_subject

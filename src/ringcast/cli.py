@@ -111,19 +111,24 @@ def tune_broker_process() -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from . import _codec
+    from . import _codec, errors
     from .broker import DEFAULT_MAX_BUFFER_BYTES, Broker
 
     tune_broker_process()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
-                    data_dir=args.data_dir, fsync=args.fsync,
-                    spin=None if args.spin_us is None else args.spin_us / 1e6,
-                    max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
-                    max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE,
-                    max_buffer_bytes=(DEFAULT_MAX_BUFFER_BYTES if args.max_buffer_bytes is None
-                                      else args.max_buffer_bytes))
+    try:
+        broker = Broker(args.bind or [DEFAULT_URL], heartbeat=args.heartbeat,
+                        data_dir=args.data_dir, fsync=args.fsync,
+                        spin=None if args.spin_us is None else args.spin_us / 1e6,
+                        max_frame=args.max_frame or _codec.DEFAULT_MAX_FRAME,
+                        max_message=args.max_message or _codec.DEFAULT_MAX_MESSAGE,
+                        max_buffer_bytes=(DEFAULT_MAX_BUFFER_BYTES
+                                          if args.max_buffer_bytes is None
+                                          else args.max_buffer_bytes))
+    except errors.LimitExceeded as exc:   # limits that contradict each other
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

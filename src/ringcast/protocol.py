@@ -244,7 +244,7 @@ class _Settler:
                 urgent.ack(self.handle.id, msg._tag)
                 if first:   # later acks ride on the send this one asks for
                     proto.kick()
-                elif len(urgent) >= FRAME_TARGET:   # a batch acked in one go: frames
+                elif len(urgent) >= proto.frame_target:   # a batch acked in one go: frames
                     proto.urgent_frames.append(urgent.take())   # the broker takes
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
@@ -260,7 +260,7 @@ class _Settler:
             if proto.ready:
                 urgent = proto.urgent_w
                 urgent.record(_REP, self.handle.id, msg._tag, headers, payload)
-                if len(urgent) >= FRAME_TARGET:
+                if len(urgent) >= proto.frame_target:
                     proto.urgent_frames.append(urgent.take())
                 proto.kick()
 
@@ -309,9 +309,11 @@ class ClientProtocol:
         self.outbox = C.Outbox(check_subject, time.monotonic, FRAME_TARGET, QUEUED_LIMIT)
         self.outbox.kick = lambda: self.kick()
         self.urgent_w = C.Writer(4096)
-        #: urgent frames cut at FRAME_TARGET: the replies an inline responder
+        #: urgent frames cut at frame_target: the replies an inline responder
         #: writes for one frame of requests may add up past the broker's max_frame
         self.urgent_frames: List[bytes] = []
+        #: frames are cut once this long, so they end below max_frame (WELCOME)
+        self.frame_target = FRAME_TARGET
         self.credit = 0
         self.ready = False           # WELCOME received for the current session
         self.hello_sent_at = -1.0
@@ -398,7 +400,7 @@ class ClientProtocol:
             if self.ready:
                 urgent = self.urgent_w
                 urgent.record(cmd, *fields)
-                if len(urgent) >= FRAME_TARGET:
+                if len(urgent) >= self.frame_target:
                     self.urgent_frames.append(urgent.take())
                 self.kick()
 
@@ -627,9 +629,13 @@ class ClientProtocol:
                     if entry is not None:
                         settles.append((entry[1], errors.error_from_code(ev[2], ev[3])))
                 elif cmd == C.WELCOME:
-                    _, version, _hb, max_frame, max_message, _max_subject, window, _bid = ev
+                    _, version, _hb, max_frame, max_message, max_subject, window, _bid = ev
                     self.max_frame, self.max_message = max_frame, max_message
                     self.outbox.max_message = max_message
+                    # a frame is cut after the record that reaches the target:
+                    # it may hold target - 1 bytes and then the largest record
+                    self.frame_target = self.outbox.frame_target = max(1, min(
+                        FRAME_TARGET, max_frame - C.max_record(max_message, max_subject)))
                     self.window = self.credit = window
                     self.ready = True
                     self.sessions += 1

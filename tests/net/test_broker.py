@@ -246,14 +246,14 @@ def test_wrong_version_is_refused(broker, zsocket):
 
 
 def test_oversize_frames_and_messages_are_rejected(endpoint, client_factory=None):
-    b = BrokerProcess(endpoint, "--max-frame", "65536", "--max-message", "1024").start()
+    b = BrokerProcess(endpoint, "--max-frame", "131072", "--max-message", "1024").start()
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(b.url)
         welcome = hello(s)
-        assert welcome[3:5] == (65536, 1024)
+        assert welcome[3:5] == (131072, 1024)
         # a message over max_message inside an acceptable frame: error reply
         w = C.Writer()
         w.pub("big", b"x" * 2000)

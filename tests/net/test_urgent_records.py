@@ -150,3 +150,50 @@ def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_on
         second.join(15)
         server.proto.lock = gate.lock
     assert answers["new"] == b"answer to the NEW request", answers
+
+
+# -- 4. frames fit a small max_frame: the client cuts them for the broker's limits ------------
+
+def test_frames_stay_under_a_small_max_frame(embedded):
+    """A client cut frames once they reached 64 KiB, so a frame could hold
+    64 KiB - 1 and then a whole record. Under a broker whose max_frame is
+    just above its largest record, two 60 KB records in one frame went over
+    it: libzmq dropped the session and both were lost. Publishes (the
+    outbox) and replies (urgent records) now cut at what WELCOME allows."""
+    router, broker = embedded(max_frame=70_000, max_message=1024)
+    big = {"h": "x" * 60_000}
+    with connect(broker.endpoints[0], timeout=10) as client:
+        sub = client.subscribe("big")
+        client.serve("echo", lambda m: m.respond(b"re:" + m.payload, big))   # inline
+        client.flush()
+        serving(router, "echo")
+        for i in range(3):   # one batch: the outbox holds all three
+            client.publish("big", b"%d" % i, headers=big)
+        client.flush()
+        got = [sub.recv(timeout=10) for _ in range(3)]
+        assert [m.payload for m in got] == [b"0", b"1", b"2"]
+        assert all(m.headers == big for m in got)
+        # three requests in one frame: their replies, written inline, in one tick
+        results = []
+        done = threading.Event()
+
+        def settle(result):
+            results.append(result)
+            if len(results) == 3:
+                done.set()
+
+        for i in range(3):
+            router.request_cb("echo", b"%d" % i, settle, timeout=10)
+        assert done.wait(10), results
+        assert sorted(r.payload for r in results) == [b"re:0", b"re:1", b"re:2"]
+        assert all(r.headers == big for r in results)
+        assert client.sessions == 1, "a frame over max_frame dropped the session"
+
+
+def test_limits_that_cannot_hold_a_record_are_refused():
+    """max_frame below the largest record max_message and max_subject allow
+    (with 64 KiB of headers) could never carry some accepted message."""
+    from ringcast import Broker
+
+    with pytest.raises(errors.LimitExceeded, match="must be at least"):
+        Broker("tcp://127.0.0.1:0", max_frame=65536, max_message=1024)
