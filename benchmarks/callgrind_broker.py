@@ -110,11 +110,13 @@ c.declare_queue("bench", capacity=65536)
 q = c.consume("bench", prefetch=1024)
 c.flush(timeout=60)
 print("ready", flush=True)
-got = 0
-while got < {n}:
-    for m in q.recv_many(1024, timeout=60):
-        m.ack()
-        got += 1
+def run(recv_many=q.recv_many):   # in a function, as the sender's loop: locals, not globals
+    got = 0
+    while got < {n}:
+        for m in recv_many(1024, timeout=60):
+            m.ack()
+            got += 1
+run()
 c.flush(timeout=60)
 print("done", flush=True)
 """

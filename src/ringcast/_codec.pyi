@@ -2,7 +2,7 @@
 # Kept in step with the .pyx by `python -m mypy.stubtest` (tools/check_typing.sh).
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
 from ._ring import Message
 from ._router import CoreRouter
@@ -74,6 +74,36 @@ class Writer:
 class NoLock:
     def __enter__(self) -> None: ...
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+@final
+class Urgent:
+    """A client's urgent records (acks, replies, credit, control), cut into
+    frames at ``frame_target``, written under ``lock`` while ``ready``."""
+
+    frame_target: int
+    ready: bool
+    lock: Any
+    def __new__(cls, owner: Any, lock: Any, frame_target: int = ...) -> Self: ...
+    def __len__(self) -> int: ...
+    def record(self, cmd: int, *fields: Any) -> None: ...
+    def put(self, cmd: int, *fields: Any) -> None: ...
+    def take(self) -> List[bytes]: ...
+    def clear(self) -> None: ...
+
+@disjoint_base
+class Settler:
+    """The ``_owner`` of one remote handle's deliveries for one session."""
+
+    stale: bool
+    @property
+    def handle(self) -> Any: ...
+    @property
+    def hid(self) -> int: ...
+    def __init__(self, handle: Any, hid: int, urgent: Urgent) -> None: ...
+    def ack(self, msg: Message) -> None: ...
+    def reply(
+        self, msg: Message, payload: Any, headers: Optional[Dict[str, str]] = None
+    ) -> None: ...
 
 @final
 class Outbox:

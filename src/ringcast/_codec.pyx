@@ -25,7 +25,7 @@ from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_is
 from ringcast._ring cimport Ring, Message, rc_slot, untracked, payload_size
 from ringcast._router cimport CoreRouter, _check_payload
 
-from ringcast.errors import (Closed, LimitExceeded, ProtocolError, RingcastError,
+from ringcast.errors import (AckError, Closed, LimitExceeded, ProtocolError, RingcastError,
                              UnknownCommand, WrongType)
 
 cdef extern from "rc_codec.h":
@@ -405,11 +405,15 @@ cdef class Writer:
     def ack(self, uint64_t handle, uint64_t tag):
         """Append an ACK record: a consumer acks every message, so this one
         skips ``record``'s argument tuple and format walk."""
+        self._ack(handle, tag)
+        return self.length
+
+    cdef inline int _ack(self, uint64_t handle, uint64_t tag) except -1:
         cdef size_t start = self._begin(RC_ACK)
         self._uv(handle)
         self._uv(tag)
         self._end(start)
-        return self.length
+        return 0
 
     def write_deliveries(self, uint64_t handle, list msgs):
         """QMSG records for queue deliveries, one native loop for a batch
@@ -563,6 +567,142 @@ cdef class NoLock:
 
     def __exit__(self, exc_type, exc, tb):
         return None
+
+
+@cython.final
+cdef class Urgent:
+    """A client's urgent records (acks, replies, credit, control): sent
+    ahead of its ordered stream and never held for publish credit. They are
+    cut into frames at ``frame_target`` so that none passes the broker's
+    max_frame. ``put`` writes under ``lock`` (the client protocol's, any
+    context manager; a ``NoLock`` is skipped) while ``ready`` (a session is
+    welcomed) and asks ``owner.kick()`` to send; ``record`` writes at once,
+    for a caller that holds the lock (HELLO, HB)."""
+
+    cdef Writer w
+    cdef list frames
+    cdef public Py_ssize_t frame_target
+    cdef public bint ready
+    cdef object owner       # its ``kick`` is looked up per call: drivers rebind it
+    cdef object _lock
+    cdef object _enter, _exit
+
+    def __cinit__(self, owner, lock, Py_ssize_t frame_target=65536):
+        self.w = Writer(4096)
+        self.frames = []
+        self.frame_target = frame_target
+        self.owner = owner
+        self.lock = lock
+
+    @property
+    def lock(self):
+        return self._lock
+
+    @lock.setter
+    def lock(self, value):
+        self._lock = value
+        if isinstance(value, NoLock):
+            self._enter = self._exit = None
+        else:
+            self._enter, self._exit = value.__enter__, value.__exit__
+
+    def __len__(self):
+        """Bytes written and not yet cut into a frame."""
+        return self.w.length
+
+    cdef inline int _acquire(self) except -1:
+        if self._enter is not None:
+            self._enter()
+        return 0
+
+    cdef inline int _release(self) except -1:
+        if self._exit is not None:
+            self._exit(None, None, None)
+        return 0
+
+    cdef inline int _written(self, bint kick) except -1:
+        if self.w.length >= <size_t>self.frame_target:
+            self.frames.append(self.w.take())
+        if kick:
+            self.owner.kick()
+        return 0
+
+    def record(self, int cmd, *fields):
+        self.w._record(cmd, fields)
+        self._written(False)
+
+    def put(self, int cmd, *fields):
+        """One record, when a session is up (else dropped: a new session
+        starts over), and a kick."""
+        self._acquire()
+        try:
+            if self.ready:
+                self.w._record(cmd, fields)
+                self._written(True)
+        finally:
+            self._release()
+
+    def take(self):
+        """Every frame, the partial one last; the buffer starts over empty."""
+        cdef list out = self.frames
+        self.frames = []
+        if self.w.length:
+            out.append(self.w.take())
+        return out
+
+    def clear(self):
+        self.w.clear()
+        self.frames = []
+
+
+cdef class Settler:
+    """The ``_owner`` of one remote handle's queue deliveries or requests
+    for one session: their acks and replies become urgent records. A new
+    session makes it ``stale``: the broker redelivers what it held, so
+    settling it then is an error. Subclassed by the protocol for the rarer
+    nack, fail and the checks of respond."""
+
+    cdef readonly object handle
+    cdef readonly uint64_t hid
+    cdef public bint stale
+    cdef Urgent urgent
+
+    def __init__(self, handle, uint64_t hid, Urgent urgent not None):
+        self.handle = handle
+        self.hid = hid
+        self.urgent = urgent
+
+    cdef inline int _live(self) except -1:
+        if self.stale:
+            raise AckError("delivered in an earlier session; the broker redelivers it")
+        return 0
+
+    def ack(self, Message msg not None):
+        """An ACK record; only the first of a batch kicks (the rest ride
+        on the send it asks for)."""
+        cdef Urgent u = self.urgent
+        cdef bint first
+        u._acquire()
+        try:
+            self._live()   # under the lock: a reconnect may have just made it so
+            if u.ready:
+                first = u.w.length == 0
+                u.w._ack(self.hid, msg._tag)
+                u._written(first)
+        finally:
+            u._release()
+
+    def reply(self, Message msg not None, payload, headers=None):
+        """A REP record, unchecked (``respond`` checks it first)."""
+        cdef Urgent u = self.urgent
+        u._acquire()
+        try:
+            self._live()
+            if u.ready:
+                u.w._record(RC_REP, (self.hid, msg._tag, headers, payload))
+                u._written(True)
+        finally:
+            u._release()
 
 
 @cython.final

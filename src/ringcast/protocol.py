@@ -176,7 +176,7 @@ class RemoteSubscription(_Handle):
         self.consumed += n
         if self.consumed * 2 >= self.window or (
                 not self.count and self.consumed_bytes >= C.CREDIT_BYTES):
-            self.proto._urgent(C.CREDIT, self.id, self.consumed)
+            self.proto.urgent.put(C.CREDIT, self.id, self.consumed)
             self.consumed = 0
             self.consumed_bytes = 0
 
@@ -191,12 +191,12 @@ class RemoteConsumer(_Handle):
     def __init__(self, proto: "ClientProtocol", hid: int, queue: str, prefetch: int) -> None:
         super().__init__(proto, hid, (C.CONSUME, hid, queue, prefetch))
         self.queue = queue
-        self.owner = _Settler(self)
+        self.owner = _Settler(self, hid, proto.urgent)
 
     def reset(self) -> None:
         super().reset()
         self.owner.stale = True   # acks of old deliveries mean nothing to a new broker
-        self.owner = _Settler(self)
+        self.owner = _Settler(self, self.id, self.proto.urgent)
 
 
 class RemoteService(_Handle):
@@ -208,7 +208,7 @@ class RemoteService(_Handle):
     def __init__(self, proto: "ClientProtocol", hid: int, name: str, concurrency: int) -> None:
         super().__init__(proto, hid, (C.SERVE, hid, name, concurrency))
         self.name = name
-        self.owner = _Settler(self)
+        self.owner = _Settler(self, hid, proto.urgent)
 
     def deliver(self, msg: Any) -> None:   # one request per RQST record
         self.inbox.append(msg)
@@ -216,61 +216,37 @@ class RemoteService(_Handle):
     def reset(self) -> None:
         super().reset()
         self.owner.stale = True
-        self.owner = _Settler(self)
+        self.owner = _Settler(self, self.id, self.proto.urgent)
 
 
-class _Settler:
-    """The ``_owner`` of remote queue deliveries and requests, for one session."""
+class _Settler(C.Settler):
+    """The ``_owner`` of remote queue deliveries and requests, for one
+    session: ``ack`` and the REP write are native (every consumed message
+    and every request comes there); the rest is here."""
 
-    __slots__ = ("handle", "stale")
+    __slots__ = ()
 
-    def __init__(self, handle: _Handle) -> None:
-        self.handle = handle
-        self.stale = False
-
-    def _check(self) -> ClientProtocol:
+    def _check(self) -> "ClientProtocol":
         if self.stale:
             raise errors.AckError("delivered in an earlier session; the broker redelivers it")
-        return self.handle.proto
-
-    def ack(self, msg: Message) -> None:
-        proto = self.handle.proto
-        with proto.lock:   # _urgent, inlined: every consumed message comes here
-            if self.stale:   # under the lock: a reconnect may have just made it so
-                self._check()
-            if proto.ready:
-                urgent = proto.urgent_w
-                first = not len(urgent)
-                urgent.ack(self.handle.id, msg._tag)
-                if first:   # later acks ride on the send this one asks for
-                    proto.kick()
-                elif len(urgent) >= proto.frame_target:   # a batch acked in one go: frames
-                    proto.urgent_frames.append(urgent.take())   # the broker takes
+        return cast("ClientProtocol", self.handle.proto)
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         with self.handle.proto.lock:
-            self._check()._urgent(C.NACK, self.handle.id, msg._tag, 1 if requeue else 0)
+            self._check().urgent.put(C.NACK, self.hid, msg._tag, 1 if requeue else 0)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
-        proto = self._check() if self.stale else self.handle.proto
+        proto = self._check()
         check_reply(payload, headers, proto.max_message)
-        with proto.lock:   # _urgent, inlined: every request answered comes here
-            if self.stale:   # under the lock: a reconnect may have just made it so
-                self._check()
-            if proto.ready:
-                urgent = proto.urgent_w
-                urgent.record(_REP, self.handle.id, msg._tag, headers, payload)
-                if len(urgent) >= proto.frame_target:
-                    proto.urgent_frames.append(urgent.take())
-                proto.kick()
+        self.reply(msg, payload, headers)   # checks stale again, under the lock
 
     def fail(self, msg: Message, exc: BaseException) -> None:
         code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
             errors.ServiceError.code
         text = f"{type(exc).__name__}: {exc}"
         with self.handle.proto.lock:
-            self._check()._urgent(C.REPERR, self.handle.id, msg._tag, code,
-                                  text[:MAX_ERROR_TEXT])
+            self._check().urgent.put(C.REPERR, self.hid, msg._tag, code,
+                                     text[:MAX_ERROR_TEXT])
 
 
 def reply(msg: Message, result: Any) -> None:
@@ -308,14 +284,9 @@ class ClientProtocol:
         self.lock = lock if lock is not None else C.NoLock()
         self.outbox = C.Outbox(check_subject, time.monotonic, FRAME_TARGET, QUEUED_LIMIT)
         self.outbox.kick = lambda: self.kick()
-        self.urgent_w = C.Writer(4096)
-        #: urgent frames cut at frame_target: the replies an inline responder
-        #: writes for one frame of requests may add up past the broker's max_frame
-        self.urgent_frames: List[bytes] = []
-        #: frames are cut once this long, so they end below max_frame (WELCOME)
-        self.frame_target = FRAME_TARGET
+        #: acks, replies, credit and control, ahead of the ordered stream
+        self.urgent = C.Urgent(self, self.lock, FRAME_TARGET)
         self.credit = 0
-        self.ready = False           # WELCOME received for the current session
         self.hello_sent_at = -1.0
         self.sessions = 0            # completed handshakes
         self.handles: Dict[int, _Handle] = {}
@@ -343,6 +314,16 @@ class ClientProtocol:
         self.unconfirmed_lost = 0
 
     # -- session ---------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """WELCOME received for the current session (kept where the native
+        acks and replies test it)."""
+        return bool(self.urgent.ready)
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.urgent.ready = value
+
     def connection_made(self, now: float) -> None:
         """A fresh socket: start a session and queue everything to re-declare."""
         with self.lock:
@@ -350,7 +331,6 @@ class ClientProtocol:
             self.credit = 0
             self.unconfirmed_lost += int(self.outbox.unsent)
             self.outbox.clear()
-            self.urgent_frames.clear()
             self.owners.clear()
             for h in self.handles.values():
                 h.reset()
@@ -360,8 +340,8 @@ class ClientProtocol:
             self._send_hello(now)
 
     def _send_hello(self, now: float) -> None:
-        self.urgent_w.clear()   # nothing else may go before HELLO
-        self.urgent_w.record(C.HELLO, C.PROTOCOL_VERSION, int(self.heartbeat * 1000), self.name)
+        self.urgent.clear()   # nothing else may go before HELLO
+        self.urgent.record(C.HELLO, C.PROTOCOL_VERSION, int(self.heartbeat * 1000), self.name)
         self.hello_sent_at = now
         self.kick()
 
@@ -386,8 +366,8 @@ class ClientProtocol:
                 return True, hb
             if not self.ready and now - self.hello_sent_at > hb:
                 self._send_hello(now)
-            elif self.ready and now - self.last_tx >= hb and not len(self.urgent_w):
-                self.urgent_w.record(C.HB)
+            elif self.ready and now - self.last_tx >= hb and not len(self.urgent):
+                self.urgent.record(C.HB)
                 self.kick()
             wait = hb - (now - self.last_tx)
             if self.outbox.buffered:
@@ -395,15 +375,6 @@ class ClientProtocol:
             return False, max(0.0005, min(wait, hb))
 
     # -- outbound ----------------------------------------------------------------------
-    def _urgent(self, cmd: int, *fields: Any) -> None:
-        with self.lock:
-            if self.ready:
-                urgent = self.urgent_w
-                urgent.record(cmd, *fields)
-                if len(urgent) >= self.frame_target:
-                    self.urgent_frames.append(urgent.take())
-                self.kick()
-
     def _ordered(self, cmd: int, *fields: Any) -> None:
         self.outbox.record(cmd, *fields)
 
@@ -455,12 +426,7 @@ class ClientProtocol:
         ``linger`` old, or at once when ``eager`` (the asyncio client calls
         this once per event-loop tick, which is its batching window)."""
         with self.lock:
-            out: List[bytes] = []
-            if self.urgent_frames:
-                out += self.urgent_frames
-                self.urgent_frames.clear()
-            if len(self.urgent_w):
-                out.append(self.urgent_w.take())
+            out: List[bytes] = self.urgent.take()
             if not self.ready:
                 return out
             self.outbox.cut(now, self.linger, eager)
@@ -578,7 +544,7 @@ class ClientProtocol:
         with self.lock:
             ref = next(self.ids)
             self.waiters[ref] = settle
-            self._urgent(C.STATS, ref)
+            self.urgent.put(C.STATS, ref)
 
     def bye(self) -> List[bytes]:
         with self.lock:
@@ -634,7 +600,7 @@ class ClientProtocol:
                     self.outbox.max_message = max_message
                     # a frame is cut after the record that reaches the target:
                     # it may hold target - 1 bytes and then the largest record
-                    self.frame_target = self.outbox.frame_target = max(1, min(
+                    self.urgent.frame_target = self.outbox.frame_target = max(1, min(
                         FRAME_TARGET, max_frame - C.max_record(max_message, max_subject)))
                     self.window = self.credit = window
                     self.ready = True

@@ -125,7 +125,7 @@ def test_client_close_from_an_inline_handler_does_not_raise(embedded):
 def test_replies_to_one_frame_of_requests_fit_the_brokers_frame_limit(embedded, zsocket):
     """Each reply is within max_message (1 MiB), but an inline handler
     answers a whole frame of RQSTs inside frame_received, and every REP
-    goes into ``urgent_w``, which ``data_to_send`` hands out as ONE frame.
+    went into one urgent writer, which ``data_to_send`` handed out as ONE frame.
     Five 900 KiB replies make a 4.5 MiB frame, over the broker's max_frame
     (4 MiB, its ZMQ_MAXMSGSIZE): libzmq drops the connection, every reply
     is lost and the requests fail (or time out) instead of being answered."""

@@ -44,11 +44,12 @@ def test_an_embedded_request_with_an_infinite_timeout_reaches_a_remote_responder
 # -- 2. a run of acks written in one go must fit the broker's frame limit ----------------------
 
 def test_a_tick_of_acks_is_cut_into_frames_the_broker_takes(embedded):
-    """daf0467 cuts urgent records into frames at FRAME_TARGET (``_urgent``
+    """daf0467 cut urgent records into frames at FRAME_TARGET (``_urgent``
     and ``_Settler.respond``), but ``_Settler.ack`` (inlined, and since
-    00b4f6c not even kicking past the first ack) appends to ``urgent_w``
-    without ever cutting it. An asyncio consumer that acks a large batch in
-    one loop tick builds one urgent frame of ~9 bytes per ack; past the
+    00b4f6c not even kicking past the first ack) appended to the urgent
+    writer without ever cutting it (``Urgent`` now cuts after every
+    record). An asyncio consumer that acks a large batch in one loop tick
+    built one urgent frame of ~9 bytes per ack; past the
     broker's max_frame (ZMQ_MAXMSGSIZE) libzmq drops the connection, every
     ack is lost and all the messages are delivered again."""
     n = 40_000
@@ -65,7 +66,7 @@ def test_a_tick_of_acks_is_cut_into_frames_the_broker_takes(embedded):
             msgs = []
             while len(msgs) < n:
                 msgs += await consumer.recv_many(n, timeout=10)
-            for m in msgs:   # one loop tick: every ack lands in urgent_w
+            for m in msgs:   # one loop tick: every ack lands in proto.urgent
                 m.ack()
             stats = await conn.stats(timeout=10)   # after the acks, in order
             return stats["queues"]["jobs"], conn.sessions
@@ -124,7 +125,7 @@ def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_on
         first.start()
         old = responder.recv(timeout=10)   # session 1, tag 1
         gate = _Gate(server.proto.lock, "late-reply")
-        server.proto.lock = gate
+        server.proto.lock = server.proto.urgent.lock = gate   # the native REP takes the latter
         def answer_late():
             try:
                 old.respond(b"answer to the OLD request")
@@ -148,7 +149,7 @@ def test_a_reply_begun_in_an_old_session_does_not_answer_a_request_of_the_new_on
         new = responder.recv(timeout=10)
         new.respond(b"answer to the NEW request")
         second.join(15)
-        server.proto.lock = gate.lock
+        server.proto.lock = server.proto.urgent.lock = gate.lock
     assert answers["new"] == b"answer to the NEW request", answers
 
 
