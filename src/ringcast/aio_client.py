@@ -378,9 +378,9 @@ class Connection:
         rid = self.proto.request(service, payload, headers, timeout, settle)
         try:
             result = await fut
-        finally:
-            if not fut.done():
-                self.proto.forget_request(rid)   # cancelled: a late reply is dropped
+        except BaseException:   # cancelled (fut is then done too): a late reply is dropped
+            self.proto.forget_request(rid)
+            raise
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[no-any-return]
