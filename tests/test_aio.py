@@ -156,3 +156,19 @@ async def test_send_many_waits_as_a_task_while_the_queue_is_full(router):
         await router.send_many("jobs", [b"x"] * 5, timeout=0.05)   # 4 fit, then the deadline
     with pytest.raises(errors.WrongType):
         await router.send_many("jobs", [b"ok", "text"])
+
+
+@pytest.mark.parametrize("timeout", [None, 10])
+async def test_a_recv_cancelled_as_its_message_arrives_is_cancelled(router, timeout):
+    """Woken by a publish and cancelled in the same loop tick, a recv ends
+    cancelled and leaves the message: with a timeout it waited in
+    asyncio.wait_for, which before Python 3.12 swallowed that cancellation
+    (the recv returned the message, the task carried on)."""
+    sub = router.subscribe("t")
+    task = asyncio.ensure_future(sub.recv(timeout=timeout))
+    await asyncio.sleep(0)   # it waits
+    router.publish_nowait("t", b"x")   # wakes it (on this loop: at once) ...
+    task.cancel()                      # ... cancelled in the same tick
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await sub.recv(timeout=5)).payload == b"x"

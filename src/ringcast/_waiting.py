@@ -113,12 +113,7 @@ class _Signal:
                 self._forget(fut)
                 raise errors.Timeout("timed out waiting")
             try:
-                if remaining is None:
-                    await fut
-                else:
-                    await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
-                raise errors.Timeout("timed out waiting") from None
+                await _await(fut, remaining)   # expired: the loop raises Timeout
             finally:
                 self._forget(fut)
 
@@ -137,9 +132,29 @@ class _Signal:
             self._futures = [(lp, f) for lp, f in self._futures if f is not fut]
 
 
-def _resolve(fut: "asyncio.Future[None]") -> None:
+def _resolve(fut: "asyncio.Future[Any]", value: Any = None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)
+
+
+#: what ``_await`` gives when the time ran out
+EXPIRED: Any = object()
+
+
+async def _await(fut: "asyncio.Future[T]", timeout: Optional[float],
+                 expired: Any = None) -> T:
+    """``await fut``; after ``timeout`` seconds (None: never) ``fut`` gets
+    ``expired`` as its result. Not ``asyncio.wait_for``: before Python 3.12
+    it returns the result of a future already done when its task is
+    cancelled, so a wait woken in the loop tick it was cancelled in carried
+    on as if it had not been (the cancellation was swallowed)."""
+    if timeout is None:
+        return await fut
+    timer = asyncio.get_running_loop().call_later(max(0.0, timeout), _resolve, fut, expired)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
 
 
 class _Dispatcher:

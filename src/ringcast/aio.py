@@ -26,7 +26,7 @@ from typing import (
 from . import errors
 from . import router as _sync
 from ._impl import Headers, Message
-from ._waiting import _deadline
+from ._waiting import EXPIRED, _await, _deadline
 from .queues import Queue as _Queue
 from .services import Responder as _SyncResponder
 from .services import log as _service_log
@@ -263,13 +263,13 @@ class Router:
 
         pending = self.sync.request_cb(name, payload, settle, headers, timeout=timeout)
         try:
-            result = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pending.expire()
-            raise errors.Timeout(f"request to {name!r} timed out after {timeout}s") from None
+            result = await _await(fut, timeout, EXPIRED)
         except asyncio.CancelledError:
             pending.expire()
             raise
+        if result is EXPIRED:
+            pending.expire()
+            raise errors.Timeout(f"request to {name!r} timed out after {timeout}s")
         return _sync._unbox(result)
 
     def stats(self) -> Dict[str, Any]:

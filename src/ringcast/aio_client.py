@@ -26,7 +26,7 @@ import zmq
 from . import errors
 from ._args import check_timeout
 from ._impl import Message
-from ._waiting import _deadline
+from ._waiting import EXPIRED, _await, _deadline
 from ._zsock import EVENTS, NOBLOCK, POLLIN, zget, zsend
 from .protocol import (
     ClientProtocol,
@@ -223,10 +223,7 @@ class Connection:
     async def _wait_credit_change(self, timeout: Optional[float]) -> None:
         fut = self._loop.create_future()
         self._credit_waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+        await _await(fut, timeout)
 
     def _run_handler(self, h: _Handle, handler: Callable[[Message], Any]) -> None:
         for msg in h.take(1 << 30):
@@ -282,9 +279,7 @@ class Connection:
             waiters = self._waiters.setdefault(h.id, [])
             waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, left)
-            except asyncio.TimeoutError:
-                raise errors.Timeout("timed out waiting for a message") from None
+                await _await(fut, left)   # expired: the loop raises Timeout
             finally:
                 if fut in waiters:
                     waiters.remove(fut)
@@ -341,10 +336,9 @@ class Connection:
         fut = self._loop.create_future()
         binds = [bind] if isinstance(bind, str) else list(bind)
         self.proto.declare_queue(name, binds, capacity, overflow, options, _settler(fut))
-        try:
-            result = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise errors.Timeout(f"declare_queue({name!r}) got no answer") from None
+        result = await _await(fut, timeout, EXPIRED)
+        if result is EXPIRED:
+            raise errors.Timeout(f"declare_queue({name!r}) got no answer")
         if isinstance(result, BaseException):
             raise result
 
@@ -396,10 +390,9 @@ class Connection:
     async def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
         fut = self._loop.create_future()
         self.proto.stats(_settler(fut))
-        try:
-            result = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise errors.Timeout("stats request timed out") from None
+        result = await _await(fut, timeout, EXPIRED)
+        if result is EXPIRED:
+            raise errors.Timeout("stats request timed out")
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[no-any-return]

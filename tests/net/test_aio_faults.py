@@ -2,6 +2,7 @@
 cases test_aio_client.py does not reach."""
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -26,6 +27,27 @@ async def conn(tcp_broker):
     await c.close()
 
 
+@contextlib.contextmanager
+def reading_by_hand(conn):
+    """The test reads ``conn``'s socket itself (``conn._pump()``): neither the
+    event loop's reader nor the client's timer does meanwhile, so what a
+    frame wakes is woken in the test's own loop tick."""
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(conn._fd)
+    conn._timer.cancel()
+    try:
+        yield
+    finally:
+        loop.add_reader(conn._fd, conn._pump)
+        conn._tick()
+
+
+def pump_until(conn, done):
+    while not done():
+        assert conn._sock.poll(5000), "nothing arrived"
+        conn._pump()
+
+
 async def test_an_abandoned_request_is_forgotten_at_once(conn):
     """A cancelled request (task.cancel, wait_for) is forgotten there and then,
     not kept until its deadline: it used to stay in ``proto.requests``
@@ -44,3 +66,45 @@ async def test_an_abandoned_request_is_forgotten_at_once(conn):
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(conn.request("silent", b"2", timeout=60), 0.05)
     assert conn.proto.requests == {}
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_timeout", "recv_many"])
+async def test_a_recv_cancelled_as_its_message_arrives_is_cancelled(tcp_broker, conn, call):
+    """task.cancel() in the loop tick in which a delivery woke the waiting
+    recv: the task ends cancelled and the message stays for the next recv.
+    On Python < 3.12 asyncio.wait_for (which recv waited in) returns when
+    its future is done even though it was cancelled: the recv swallowed the
+    cancellation and returned the message, so a consumer task being shut
+    down carried on."""
+    other = await aio.connect(tcp_broker.url, heartbeat=HEARTBEAT)
+    sub = conn.subscribe("t")
+    await conn.flush()
+    wait = {"recv": lambda: sub.recv(),
+            "recv_timeout": lambda: sub.recv(timeout=30),
+            "recv_many": lambda: sub.recv_many(10, timeout=30)}[call]
+    try:
+        for i in range(3):
+            task = asyncio.ensure_future(wait())
+            await asyncio.sleep(0)   # it waits
+            with reading_by_hand(conn):
+                await other.publish("t", b"%d" % i)
+                await other.flush()
+                pump_until(conn, lambda: sub.pending)   # it wakes the recv ...
+                task.cancel()                           # ... cancelled in the same tick
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await sub.recv(timeout=5)).payload == b"%d" % i
+    finally:
+        await other.close()
+
+
+async def test_stats_cancelled_as_its_answer_arrives_is_cancelled(conn):
+    task = asyncio.ensure_future(conn.stats(timeout=30))
+    await asyncio.sleep(0)   # STATS buffered
+    with reading_by_hand(conn):
+        conn._pump()   # sent; once its answer is read, the future has its result
+        pump_until(conn, lambda: not conn.proto.waiters)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await conn.stats())["clients"] == 1
