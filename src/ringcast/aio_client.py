@@ -133,6 +133,8 @@ class Connection:
                 await self.flush(timeout)
             except errors.RingcastError:
                 log.warning("closing with messages the broker has not confirmed")
+        elif self.proto.unsent():
+            log.warning("closing with messages buffered and no broker to send them to")
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()

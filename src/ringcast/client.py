@@ -130,6 +130,8 @@ class Client:
                 self.flush(timeout)
             except errors.RingcastError:
                 log.warning("closing with messages the broker has not confirmed")
+        elif self.proto.unsent():
+            log.warning("closing with messages buffered and no broker to send them to")
         self._closing = True
         self._kick_now()
         if threading.current_thread() is not self._io:   # an inline handler runs on it
@@ -230,6 +232,9 @@ class Client:
             sock.close(linger=200)
             with self._cond:
                 self.proto.mark_closed()
+                # nothing in flight is confirmed any more (a waiting flush
+                # raises), and what waits for an answer gets Closed now
+                self.proto.connection_lost(errors.Closed("client is closed"))
                 self._cond.notify_all()
 
     def _receive(self, sock: zmq.Socket, waiter: "_IOWait") -> Tuple[zmq.Socket, bool]:

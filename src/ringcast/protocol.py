@@ -547,9 +547,13 @@ class ClientProtocol:
             self.urgent.put(C.STATS, ref)
 
     def bye(self) -> List[bytes]:
+        """The last frames of a closing client: what credit allows, then BYE.
+        What stays buffered is never sent: a flush still waiting must not
+        confirm it (nor, once ``connection_lost``, what is unconfirmed)."""
         with self.lock:
             self.mark_closed()
             out = self.data_to_send(time.monotonic())
+            self.unconfirmed_lost += self.unsent()
             w = C.Writer(64)
             w.record(C.BYE)
             return out + [w.take()]

@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from ringcast import aio
+from ringcast import aio, errors
 
 from .conftest import HEARTBEAT, BrokerProcess
 
@@ -108,3 +108,58 @@ async def test_stats_cancelled_as_its_answer_arrives_is_cancelled(conn):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await conn.stats())["clients"] == 1
+
+
+async def test_a_flush_that_close_cuts_short_does_not_confirm(endpoint):
+    """A publish buffered while no broker answers, a flush waiting for its
+    confirm, then close() from another task: the flush returned as if the
+    broker had confirmed (its wait ends on close, and nothing was counted
+    lost since nothing had been sent), yet the message went nowhere."""
+    nowhere = endpoint.replace(":0", ":1")
+    conn = await aio.connect(nowhere, heartbeat=HEARTBEAT, timeout=None)
+    await conn.publish("t", b"x")
+    flush = asyncio.ensure_future(conn.flush(timeout=30))
+    await asyncio.sleep(0)   # it waits for the broker
+    await conn.close()
+    with pytest.raises(errors.ConnectionLost, match="unconfirmed"):
+        await flush
+
+
+def test_a_sync_flush_that_close_cuts_short_does_not_confirm(endpoint):
+    """The same with the sync client (the flush in a thread of its own)."""
+    import threading
+
+    from ringcast import connect
+
+    from .conftest import wait_for
+
+    c = connect(endpoint.replace(":0", ":1"), heartbeat=HEARTBEAT, timeout=0)
+    c.publish("t", b"x")
+    outcome = []
+
+    def flush():
+        try:
+            c.flush(30)
+            outcome.append("confirmed")
+        except errors.RingcastError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=flush)
+    t.start()
+    assert wait_for(lambda: c._cond._waiters, 10)   # the flush waits for the broker
+    c.close()
+    t.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.ConnectionLost), outcome
+
+
+async def test_a_flush_cut_short_by_close_confirms_what_the_broker_applied(conn):
+    """... while one whose sends were all applied still confirms, even when
+    close() (waiting for the same confirm, and woken first) has ended the
+    session before the flush looks."""
+    await conn.publish("t", b"x")
+    close = asyncio.ensure_future(conn.close())
+    await asyncio.sleep(0)   # close() waits for the confirm, first in line
+    flush = asyncio.ensure_future(conn.flush(timeout=30))
+    await asyncio.sleep(0)   # so does the flush
+    await close
+    await flush
