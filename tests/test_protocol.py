@@ -41,3 +41,85 @@ def test_subscription_window_defaults_to_the_capacity_up_to_the_broker_cap():
     sub_records = [h.record for h in proto.handles.values()]
     assert [r[5] for r in sub_records] == [1000, 1 << 16, 64]   # what SUB asks for
     assert [r[6] for r in sub_records] == [0, 0, 0]   # max_bytes: the broker's bound
+
+
+def _welcome(window=1 << 20):
+    from ringcast import _codec as C
+
+    w = C.Writer()
+    w.record(C.WELCOME, C.PROTOCOL_VERSION, 500, 1 << 20, 1 << 20, 1024, window, "broker")
+    return w.take()
+
+
+def _pcredit(proto):
+    """The broker's PCREDIT for everything sent so far."""
+    from ringcast import _codec as C
+
+    w = C.Writer()
+    w.record(C.PCREDIT, proto.window - proto.credit)
+    return w.take()
+
+
+def _ordered_records(proto):
+    """(cmd, first field) of each record the protocol would send now, HELLO,
+    HB and the like left out."""
+    from ringcast import _codec as C
+
+    out = []
+    for frame in proto.data_to_send(time.monotonic(), eager=True):
+        for ev in C.Reader(frame).events():
+            if ev[0] not in (C.HELLO, C.HB):
+                out.append((ev[0], ev[1]))
+    return out
+
+
+def test_a_new_session_redeclares_before_what_was_buffered_while_reconnecting():
+    """Publishes, sends and requests buffered between a lost session and the
+    next WELCOME used to go ahead of the re-declared queues, subscriptions
+    and responders: a publish on a subject bound to a queue went nowhere
+    (and its flush confirmed it), a send declared the queue with default
+    options before the DECLARE carrying its own, a SUB made and closed in
+    that window went out with no CLOSE (a subscription left at the broker,
+    that, 'block' and unread, would stall its publishers)."""
+    from ringcast import _codec as C
+
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    proto.declare_queue("shipping", ["orders.placed"], 100, "block", {"max_deliver": 3},
+                        lambda result: None)
+    queue_ref = max(proto.handles)
+    sub = proto.subscribe("orders.>", 10, "block")
+    _ordered_records(proto)   # sent in the first session, and applied
+    proto.frame_received(_pcredit(proto), time.monotonic())
+    proto.connection_lost(errors.ConnectionLost("broker gone"))
+    proto.connection_made(time.monotonic())
+    proto.publish("orders.placed", b"during")
+    proto.send("shipping", b"job")
+    gone = proto.subscribe("gone", 10, "block")
+    proto.close_handle(gone)
+    proto.frame_received(_welcome(), time.monotonic())
+    assert _ordered_records(proto) == [(C.DECLARE, queue_ref), (C.SUB, sub.id),
+                                       (C.PUBS, "orders.placed"), (C.SEND, "shipping"),
+                                       (C.SUB, gone.id), (C.CLOSE, gone.id)]
+    proto.take_loss()   # nothing sent in the first session was lost
+
+
+def test_reconnecting_again_and_again_loses_nothing_that_was_not_sent():
+    """The re-declarations a new session queues are not publishes: a broker
+    that stays away for several reconnections does not make the next
+    confirm fail."""
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    proto.subscribe("a", 10, "block")
+    proto.consume("q", 4)
+    _ordered_records(proto)
+    proto.frame_received(_pcredit(proto), time.monotonic())
+    for _ in range(3):   # the broker does not answer: a new socket each time
+        proto.connection_lost(errors.ConnectionLost("no answer"))
+        proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    _ordered_records(proto)
+    proto.take_loss()
+

@@ -312,6 +312,8 @@ class ClientProtocol:
         #: in flight, unconfirmed, when a session ended: reported by the next
         #: flush (``take_loss``) so a confirm never covers a lost message
         self.unconfirmed_lost = 0
+        #: bytes of re-declarations at the head of the outbox, until WELCOME
+        self.redeclared = 0
 
     # -- session ---------------------------------------------------------------------
     @property
@@ -329,13 +331,19 @@ class ClientProtocol:
         with self.lock:
             self.ready = False
             self.credit = 0
-            self.unconfirmed_lost += int(self.outbox.unsent)
+            # re-declarations were never sent: they are no publish to lose
+            self.unconfirmed_lost += max(0, int(self.outbox.unsent) - self.redeclared)
             self.outbox.clear()
             self.owners.clear()
+            # re-declare everything first: what is buffered before the WELCOME
+            # goes after it (a publish after the binding it relies on, a send
+            # after the DECLARE with the queue's options, a CLOSE after its SUB)
             for h in self.handles.values():
                 h.reset()
                 if isinstance(h, (RemoteConsumer, RemoteService)):
                     self.owners[h.id] = h.owner
+                self.outbox.record(*h.record)
+            self.redeclared = int(self.outbox.unsent)
             self.last_rx = self.last_tx = now
             self._send_hello(now)
 
@@ -485,8 +493,8 @@ class ClientProtocol:
             h.closed = True
             self.handles.pop(h.id, None)
             self.owners.pop(h.id, None)
-            if self.ready:
-                self._ordered(C.CLOSE, h.id)
+            # also between sessions: its SUB/CONSUME/SERVE is in the outbox
+            self._ordered(C.CLOSE, h.id)
             h.wake()
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
@@ -609,8 +617,7 @@ class ClientProtocol:
                     self.window = self.credit = window
                     self.ready = True
                     self.sessions += 1
-                    for h in list(self.handles.values()):
-                        self.outbox.record(*h.record)
+                    self.redeclared = 0   # from now on they count as sent
                     self.kick()
                     self.on_credit()
                 elif cmd == C.OK:

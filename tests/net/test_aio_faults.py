@@ -163,3 +163,38 @@ async def test_a_flush_cut_short_by_close_confirms_what_the_broker_applied(conn)
     await asyncio.sleep(0)   # so does the flush
     await close
     await flush
+
+
+async def test_what_is_published_while_reconnecting_lands_after_the_redeclarations():
+    """The broker restarts; while the client has no session yet it publishes
+    on a subject bound to its queue and to its subscription, and makes and
+    closes a subscription. The flush confirms, the queue and the subscription
+    get the message, and the closed subscription is not left at the broker
+    (the publish used to go ahead of the re-declared binding and SUB: lost,
+    though confirmed; and the SUB went out with no CLOSE)."""
+    b = BrokerProcess("tcp://127.0.0.1:0").start()
+    b2 = None
+    try:
+        conn = await aio.connect(b.url, heartbeat=HEARTBEAT)
+        await conn.declare_queue("shipping", bind="orders.placed")
+        sub = conn.subscribe("orders.>")
+        await conn.flush()
+        b.kill()
+        while conn.connected:   # until it gives the session up for a new one
+            await asyncio.sleep(0.01)
+        await conn.publish("orders.placed", b"during")
+        conn.subscribe("gone").close()
+        b2 = BrokerProcess(b.url).start()
+        await conn.flush(10)
+        assert conn.sessions == 2
+        assert (await sub.recv(timeout=5)).payload == b"during"
+        job = await conn.consume("shipping").recv(timeout=5)
+        assert job.payload == b"during"
+        job.ack()
+        stats = await conn.stats()
+        assert [s["pattern"] for s in stats["subscriptions"]] == ["orders.>"]
+        await conn.close()
+    finally:
+        b.stop()
+        if b2 is not None:
+            b2.stop()
