@@ -35,6 +35,7 @@ from .protocol import (
     RemoteService,
     RemoteSubscription,
     _Handle,
+    fail,
     reply,
 )
 
@@ -245,7 +246,7 @@ class Connection:
         try:
             result = handler(msg)
         except Exception as exc:
-            msg._owner.fail(msg, exc)
+            fail(msg, exc)
             return
         if inspect.isawaitable(result):
             self._spawn(self._answer_later(msg, result))
@@ -256,7 +257,7 @@ class Connection:
         try:
             result = await awaitable
         except Exception as exc:
-            msg._owner.fail(msg, exc)
+            fail(msg, exc)
             return
         if result is not None:
             reply(msg, result)

@@ -32,6 +32,7 @@ from .protocol import (
     RemoteService,
     RemoteSubscription,
     _Handle,
+    fail,
     reply,
 )
 
@@ -637,7 +638,7 @@ def _answer(msg: Message, handler: Handler) -> None:
         result = handler(msg)
     except Exception as exc:
         log.exception("handler for %r raised", msg.subject)
-        msg._owner.fail(msg, exc)
+        fail(msg, exc)
         return
     if result is not None:
         reply(msg, result)

@@ -265,6 +265,16 @@ def reply(msg: Message, result: Any) -> None:
         owner.fail(msg, exc)
 
 
+def fail(msg: Message, exc: BaseException) -> None:
+    """Fail a request its handler raised for; as in ``reply``, a request of
+    a session that has ended is dropped (not raised into the caller: a
+    threaded handler's worker, an asyncio task)."""
+    try:
+        msg._owner.fail(msg, exc)
+    except errors.AckError:
+        log.debug("failure of a request of an ended session dropped")
+
+
 def _noop() -> None:
     pass
 

@@ -198,3 +198,94 @@ async def test_what_is_published_while_reconnecting_lands_after_the_redeclaratio
         b.stop()
         if b2 is not None:
             b2.stop()
+
+
+def test_a_threaded_handler_failing_after_a_reconnect_keeps_serving():
+    """A threaded handler that raises for a request of a session that has
+    since ended: failing it raised AckError ('delivered in an earlier
+    session') in the handler's worker thread, which died; the responder,
+    re-declared on the new session, never answered again."""
+    import threading
+
+    from ringcast import connect
+
+    from .conftest import wait_for
+
+    b = BrokerProcess("tcp://127.0.0.1:0").start()
+    b2 = None
+    entered, release = threading.Event(), threading.Event()
+
+    def handler(msg):
+        if msg.payload == b"first":
+            entered.set()
+            release.wait(30)
+            raise ValueError("failed after the session ended")
+        return b"ok:" + msg.payload
+
+    c = connect(b.url, heartbeat=HEARTBEAT)
+    try:
+        c.serve("svc", handler, threaded=True)
+        c.flush()
+        asking = threading.Thread(target=lambda: pytest.raises(
+            errors.RingcastError, c.request, "svc", b"first", timeout=1))
+        asking.start()
+        assert entered.wait(10)
+        b.kill()
+        b2 = BrokerProcess(b.url).start()
+        assert wait_for(lambda: c.sessions == 2 and c.connected)
+        release.set()
+        asking.join(10)
+        c.flush()
+        assert c.request("svc", b"second", timeout=5).payload == b"ok:second"
+    finally:
+        release.set()
+        c.close()
+        b.stop()
+        if b2 is not None:
+            b2.stop()
+
+
+async def test_an_async_handler_failing_after_a_reconnect_is_dropped_quietly():
+    """The asyncio twin: failing the request raised AckError out of the
+    handler's task (an exception nobody retrieves, reported by the loop)."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    b = BrokerProcess("tcp://127.0.0.1:0").start()
+    b2 = None
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(msg):
+        if msg.payload == b"first":
+            entered.set()
+            await release.wait()
+            raise ValueError("failed after the session ended")
+        return b"ok:" + msg.payload
+
+    conn = await aio.connect(b.url, heartbeat=HEARTBEAT)
+    try:
+        conn.serve("svc", handler)
+        await conn.flush()
+        asking = asyncio.ensure_future(conn.request("svc", b"first", timeout=30))
+        await entered.wait()
+        b.kill()
+        b2 = BrokerProcess(b.url).start()
+        while not (conn.sessions == 2 and conn.connected):
+            await asyncio.sleep(0.01)
+        with pytest.raises(errors.ConnectionLost):
+            await asyncio.wait_for(asking, 10)
+        release.set()
+        while conn._tasks:   # the handler's task ends
+            await asyncio.sleep(0.01)
+        gc.collect()
+        assert (await conn.request("svc", b"second", timeout=5)).payload == b"ok:second"
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
+        release.set()
+        await conn.close()
+        b.stop()
+        if b2 is not None:
+            b2.stop()
