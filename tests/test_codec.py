@@ -305,6 +305,31 @@ def test_write_ring_encodes_each_slot_as_the_generic_msg_record():
     assert w.take() == expected.take()
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("runs", [False, True])
+def test_write_ring_drops_and_counts_what_a_reader_would_refuse(native, runs):
+    """An in-process publisher is not held to the wire's limits: a payload
+    over the reader's max_message, or headers over MAX_HEADERS, is taken out
+    of the ring and counted as its drop (a gap in seq), never half-written
+    into the frame; it costs no credit (the count returned)."""
+    from ringcast._ring_py import Ring as PyRing
+
+    ring = (Ring if native else PyRing)(16, "block")
+    ring.put("t", b"a")
+    ring.put("t", bytes(101))                        # over max_message
+    ring.put("t", bytearray(101))                    # so is a buffer
+    ring.put("t", b"b")
+    ring.put("t", b"h", {"k": "v" * C.MAX_HEADERS})  # headers a reader refuses
+    ring.put("t", b"c", {"k": "v"})
+    ring.put("t", bytes(100))                        # at the limit: sent
+    w = C.Writer()
+    assert w.write_ring(ring, 1, 100, 1 << 20, runs, 100) == 4
+    assert len(ring) == 0 and ring.dropped == 3
+    (_, _, run), = C.Reader(w.take(), max_message=100).events()
+    assert [(m.seq, m.payload) for m in run.take()] == [
+        (1, b"a"), (4, b"b"), (6, b"c"), (7, bytes(100))]
+
+
 def test_deliveries_are_grouped_per_handle_run():
     ring_a, ring_b = Ring(8), Ring(8)
     for i in range(3):

@@ -443,15 +443,18 @@ cdef class Writer:
         return self.length
 
     def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes,
-                   bint runs=False):
+                   bint runs=False, size_t max_message=0):
         """Move up to ``max_count`` messages out of ``ring`` as MSG records,
         stopping once the frame reaches ``max_bytes``; returns how many. With
         ``runs`` (a version 3 peer), consecutive header-less messages of one
-        subject go as one MSGS record. A native Ring is read slot by slot (no
-        Python object per message); any other ring (the pure-Python core's) a
-        Message at a time, by ``pop()``."""
+        subject go as one MSGS record. A message its reader would refuse (a
+        payload over ``max_message``, 0: no limit; headers over MAX_HEADERS:
+        an in-process publisher is not held to them) is taken out and counted
+        as the ring's drop instead, a gap in seq. A native Ring is read slot
+        by slot (no Python object per message); any other ring (the
+        pure-Python core's) a Message at a time, by ``pop()``."""
         if not isinstance(ring, Ring):
-            return self._write_popped(ring, handle, max_count, max_bytes)
+            return self._write_popped(ring, handle, max_count, max_bytes, max_message)
         cdef Ring native = <Ring>ring
         cdef rc_slot s
         cdef Py_ssize_t n = 0
@@ -468,8 +471,11 @@ cdef class Writer:
         cdef Py_ssize_t sn = 0
         cdef bint same
         while n < max_count and self.length < max_bytes and native.take(&s):
-            n += 1
             try:
+                if max_message and s.size > max_message:
+                    native.dropped += 1
+                    continue
+                n += 1
                 same = s.subject == <PyObject *>last
                 if not same:
                     last = <object>s.subject
@@ -518,7 +524,13 @@ cdef class Writer:
                     self._uv(s.seq)
                     self._uv(<uint64_t>sn)
                     self._raw(sp, <size_t>sn)
-                    self._headers(<object>s.headers if s.headers != NULL else None)
+                    try:
+                        self._headers(<object>s.headers if s.headers != NULL else None)
+                    except LimitExceeded:
+                        self.length = start
+                        native.dropped += 1
+                        n -= 1
+                        continue
                     self._payload(<object>s.payload)
                     self._end(start)
             finally:
@@ -532,13 +544,20 @@ cdef class Writer:
         return n
 
     cdef Py_ssize_t _write_popped(self, object ring, uint64_t handle, Py_ssize_t max_count,
-                                  size_t max_bytes) except -1:
+                                  size_t max_bytes, size_t max_message) except -1:
         cdef Py_ssize_t n = 0
         while n < max_count and self.length < max_bytes:
             m = ring.pop()
             if m is None:
                 break
-            self._record(RC_MSG, (handle, m.seq, m.subject, m.headers, m.payload))
+            if max_message and payload_size(m.payload) > max_message:
+                ring.dropped += 1
+                continue
+            try:
+                self._record(RC_MSG, (handle, m.seq, m.subject, m.headers, m.payload))
+            except LimitExceeded:   # headers over MAX_HEADERS
+                ring.dropped += 1
+                continue
             n += 1
         return n
 

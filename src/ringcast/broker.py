@@ -1048,8 +1048,9 @@ class Broker:
             if not room:
                 return   # CREDIT from the client re-marks it
             before = len(out)
+            # MSGS runs (version 3); what the client would refuse is dropped
             n = out.write_ring(ring, hid, flow.credit, min(before + room, FRAME_TARGET),
-                               s.version >= 3)   # MSGS runs
+                               s.version >= 3, self.max_message)
             flow.wrote(n, len(out) - before)
             if len(out) >= FRAME_TARGET:
                 s.frames.append(out.take())
