@@ -297,6 +297,13 @@ class ClientProtocol:
         #: acks, replies, credit and control, ahead of the ordered stream
         self.urgent = C.Urgent(self, self.lock, FRAME_TARGET)
         self.credit = 0
+        #: publish credit returned in this session, all told (bytes)
+        self.confirmed = 0
+        #: subscriptions closed here whose CLOSE the broker has not applied:
+        #: handle -> ``confirmed`` once it is. Their MSGs are still granted
+        #: credit (and dropped): CLOSE is ordered, and may wait behind this
+        #: client's own publishes held back by the very subscription it closes
+        self.draining: Dict[int, int] = {}
         self.hello_sent_at = -1.0
         self.sessions = 0            # completed handshakes
         self.handles: Dict[int, _Handle] = {}
@@ -340,7 +347,8 @@ class ClientProtocol:
         """A fresh socket: start a session and queue everything to re-declare."""
         with self.lock:
             self.ready = False
-            self.credit = 0
+            self.credit = self.confirmed = 0
+            self.draining.clear()
             # re-declarations were never sent: they are no publish to lose
             self.unconfirmed_lost += max(0, int(self.outbox.unsent) - self.redeclared)
             self.outbox.clear()
@@ -505,6 +513,12 @@ class ClientProtocol:
             self.owners.pop(h.id, None)
             # also between sessions: its SUB/CONSUME/SERVE is in the outbox
             self._ordered(C.CLOSE, h.id)
+            if self.ready and isinstance(h, RemoteSubscription):
+                # applied once all before it is
+                self.draining[h.id] = (self.confirmed + self.window - self.credit
+                                       + self.unsent())
+                if h.consumed + h.count:   # what it took or holds: credit back
+                    self.urgent.put(C.CREDIT, h.id, h.consumed + h.count)
             h.wake()
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
@@ -606,8 +620,14 @@ class ClientProtocol:
                         h.deliver(ev[2])                      # of that kind: ignored
                         if h not in fed:
                             fed.append(h)
+                    elif cmd == _MSG and ev[1] in self.draining:
+                        self.urgent.put(C.CREDIT, ev[1], ev[2].count)
                 elif cmd == _PCREDIT:
                     self.credit += ev[1]
+                    self.confirmed += ev[1]
+                    if self.draining:   # the CLOSEs now applied: nothing more comes
+                        self.draining = {hid: at for hid, at in self.draining.items()
+                                         if at > self.confirmed}
                     if self.kick is not _noop:   # a driver that sends by itself
                         self.kick()              # (the per-thread requester) has none
                     if self.on_credit is not _noop:

@@ -5,9 +5,10 @@ new session, and drop counts that clients and STATS agree on."""
 import pytest
 
 from ringcast import _codec as C
+from ringcast import errors
 from ringcast.client import connect
 
-from .conftest import HEARTBEAT, barrier
+from .conftest import HEARTBEAT, barrier, take, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,3 +42,31 @@ def test_a_message_a_remote_subscriber_cannot_read_is_a_counted_drop(embedded):
         assert _sub_stats(c, "x")["dropped"] == 2
         assert c.sessions == 1
         assert broker.counters.get("internal_errors", 0) == 0
+
+
+def test_closing_its_own_full_subscription_frees_a_parked_publisher(embedded):
+    """A client publishing into its own full block subscription: its frames
+    wait at the broker for room, and its CLOSE, an ordered record, waits
+    behind them. Closing the very subscription that holds the publisher back
+    used to free nothing (the client dropped the MSGs already sent for the
+    closed handle and granted no more credit), so the publisher waited for
+    good; embedded, closing a subscription frees its publishers at once."""
+    router, broker = embedded(heartbeat=HEARTBEAT)
+    url = broker.endpoints[0]
+    with connect(url, heartbeat=HEARTBEAT, timeout=10) as c, \
+            connect(url, heartbeat=HEARTBEAT, timeout=10) as watcher:
+        seen = watcher.subscribe("loop", capacity=1000)
+        barrier(watcher)
+        sub = c.subscribe("loop", capacity=8, overflow="block", window=4)
+        barrier(c)
+        for i in range(100):
+            c.publish("loop", b"%d" % i)
+        with pytest.raises(errors.Timeout):
+            c.flush(0)   # cut the frame: it leaves now, and cannot be applied whole
+        assert wait_for(lambda: broker.counters["publisher_waits"] >= 1)
+        assert wait_for(lambda: sub.pending == 4)   # its window, all held here
+        sub.close()
+        c.flush(10)   # every publish applied, the CLOSE too
+        assert not c.proto.draining   # and the client knows it: nothing more comes
+        assert [s["pattern"] for s in router.stats()["subscriptions"]] == ["loop"]
+        assert take(seen, 100) == [b"%d" % i for i in range(100)]
