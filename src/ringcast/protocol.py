@@ -129,12 +129,15 @@ class RemoteSubscription(_Handle):
         self.last_seq = 0
         self.dropped = 0      # sequence gaps seen: messages the broker dropped by policy
         self.count = 0        # messages in the inbox (it holds encoded runs)
+        self.stale = 0        # ... of them sent in an earlier session (the oldest)
 
     def reset(self) -> None:
-        # messages already received stay readable; only the flow state restarts
+        # messages already received stay readable; only the flow state restarts,
+        # and taking them grants the new session nothing: it did not send them
         self.consumed = 0
         self.consumed_bytes = 0
         self.last_seq = 0
+        self.stale = self.count
 
     def deliver(self, run: Any) -> None:
         """Queue a run of encoded deliveries (``_codec.Deliveries``)."""
@@ -158,6 +161,7 @@ class RemoteSubscription(_Handle):
             except errors.RingcastError:
                 inbox.popleft()   # a corrupt run is dropped whole, and reported
                 self.count -= run.count
+                self.stale = min(self.stale, self.count)
                 raise
             self.consumed_bytes += held - run.nbytes
             out += got
@@ -173,7 +177,13 @@ class RemoteSubscription(_Handle):
     def _taken(self, n: int) -> None:
         # half the window taken; or, holding nothing more, enough bytes taken
         # that the broker may be waiting on its bound of bytes in flight
+        if self.stale:
+            k = min(n, self.stale)
+            self.stale -= k
+            n -= k
         self.consumed += n
+        if not self.consumed:
+            return
         if self.consumed * 2 >= self.window or (
                 not self.count and self.consumed_bytes >= C.CREDIT_BYTES):
             self.proto.urgent.put(C.CREDIT, self.id, self.consumed)
@@ -517,8 +527,9 @@ class ClientProtocol:
                 # applied once all before it is
                 self.draining[h.id] = (self.confirmed + self.window - self.credit
                                        + self.unsent())
-                if h.consumed + h.count:   # what it took or holds: credit back
-                    self.urgent.put(C.CREDIT, h.id, h.consumed + h.count)
+                owed = h.consumed + h.count - h.stale   # what it took or holds
+                if owed:
+                    self.urgent.put(C.CREDIT, h.id, owed)
             h.wake()
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,

@@ -6,7 +6,9 @@ import pytest
 
 from ringcast import _codec as C
 from ringcast import errors
+from ringcast.broker import Broker
 from ringcast.client import connect
+from ringcast.router import Router
 
 from .conftest import HEARTBEAT, barrier, take, wait_for
 
@@ -70,3 +72,32 @@ def test_closing_its_own_full_subscription_frees_a_parked_publisher(embedded):
         assert not c.proto.draining   # and the client knows it: nothing more comes
         assert [s["pattern"] for s in router.stats()["subscriptions"]] == ["loop"]
         assert take(seen, 100) == [b"%d" % i for i in range(100)]
+
+
+def test_messages_of_an_earlier_session_grant_the_new_one_no_credit(embedded):
+    """Messages received before a broker restart stay readable; taking them
+    used to count as taking the new session's, so the client granted credit
+    for messages the new broker never sent, and more than the window came."""
+    router, broker = embedded(heartbeat=HEARTBEAT)
+    url = broker.endpoints[0]
+    with connect(url, heartbeat=HEARTBEAT, timeout=10) as c:
+        sub = c.subscribe("feed", capacity=64, window=4)
+        barrier(c)
+        router.publish_many("feed", [b"old-%d" % i for i in range(4)])
+        assert wait_for(lambda: sub.pending == 4)
+        broker.stop()
+        router = Router()
+        restarted = Broker(url, router=router, heartbeat=HEARTBEAT).start()
+        try:
+            assert wait_for(lambda: c.sessions == 2 and c.connected)
+            barrier(c)
+            router.publish_many("feed", [b"new-%d" % i for i in range(20)])
+            assert wait_for(lambda: sub.pending == 8)   # the new session's window
+            assert [sub.recv(timeout=10).payload for _ in range(4)] == [
+                b"old-%d" % i for i in range(4)]
+            barrier(c)
+            barrier(c)   # MSGs the broker wrote for any CREDIT are here before this reply
+            assert sub.pending == 4
+            assert take(sub, 20, batch=1) == [b"new-%d" % i for i in range(20)]
+        finally:
+            restarted.stop()
