@@ -1175,7 +1175,7 @@ class Broker:
             "published": rs.get("published"),
             "delivered": rs.get("delivered"),
             "subjects": dict(self._counts),
-            "dropped": sum(int(x.get("dropped", 0)) for x in subs),
+            "dropped": rs.get("dropped", 0),   # closed subscriptions' drops too
             # payload bytes waiting in subscription and queue buffers here
             "buffered_bytes": sum(int(x.get("bytes", 0)) for x in subs)
             + sum(int(q.get("bytes", 0)) + int(q.get("unacked_bytes", 0))

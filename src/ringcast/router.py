@@ -174,6 +174,7 @@ class Router(CoreRouter):
         self.fsync = fsync
         self._reaper: Optional[threading.Thread] = None
         self._subs: Dict[int, Subscription] = {}
+        self._closed_drops = 0   # what closed subscriptions dropped, all told
         self._queues: Dict[str, Queue] = {}
         self._services: Dict[str, _Service] = {}
         self._dispatcher = _Dispatcher()
@@ -208,6 +209,7 @@ class Router(CoreRouter):
         with self._lock:
             if self._subs.pop(id(sub), None) is not None:
                 self.remove(sub.pattern, sub.ring)
+                self._closed_drops += int(sub.ring.dropped)   # no publish reaches it now
 
     def _on_blocked(self, subject: str, payload: Any, headers: Headers,
                     timeout: Optional[float]) -> int:
@@ -444,10 +446,13 @@ class Router(CoreRouter):
         self.close()
 
     def stats(self) -> Dict[str, Any]:
+        subs = [s.stats() for s in list(self._subs.values())]
         return {
             "published": self.published,
             "delivered": self.delivered,
-            "subscriptions": [s.stats() for s in list(self._subs.values())],
+            # by every subscription's policy, closed ones too (a count, not a gauge)
+            "dropped": self._closed_drops + sum(int(s["dropped"]) for s in subs),
+            "subscriptions": subs,
             "queues": {name: q.stats() for name, q in list(self._queues.items())},
             "services": {
                 name: {"responders": len(s.responders), "requests": s.requests,

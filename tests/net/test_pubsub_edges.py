@@ -104,3 +104,24 @@ def test_messages_of_an_earlier_session_grant_the_new_one_no_credit(embedded):
             assert [m.seq for m in new] == list(range(1, 21)) and sub.dropped == 0
         finally:
             restarted.stop()
+
+
+def test_stats_keep_counting_the_drops_of_closed_subscriptions(embedded):
+    """STATS ``dropped`` is a count, as ``published`` and ``delivered`` are:
+    it used to add up only the subscriptions still open, so the drops a
+    subscriber saw vanished from it when that subscriber left."""
+    router, broker = embedded(heartbeat=HEARTBEAT)
+    url = broker.endpoints[0]
+    with connect(url, heartbeat=HEARTBEAT, timeout=10) as c:
+        with connect(url, heartbeat=HEARTBEAT, timeout=10) as slow:
+            stalled = slow.subscribe("feed", capacity=16, overflow="drop_oldest", window=4)
+            barrier(slow)
+            router.publish_many("feed", [b"%d" % i for i in range(100)])
+            got = []
+            while not got or got[-1].payload != b"99":
+                got += stalled.recv_many(100, timeout=10)
+            assert stalled.dropped == 100 - len(got) > 0
+            assert c.stats()["dropped"] == stalled.dropped
+            dropped = stalled.dropped
+        assert wait_for(lambda: not router.stats()["subscriptions"])
+        assert c.stats()["dropped"] == dropped
