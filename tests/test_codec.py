@@ -396,6 +396,24 @@ def test_write_deliveries_leaves_no_partial_record():
     assert len(w) == size and w.records == 1
 
 
+def test_write_deliveries_returns_what_a_reader_would_refuse():
+    """An in-process send is not held to the wire's limits: a delivery over
+    max_message or with headers over MAX_HEADERS is handed back, unwritten,
+    and the others are written (native and pure-Python messages alike)."""
+    from ringcast._ring_py import Message as PyMessage
+
+    big = PyMessage("jobs", bytes(101))
+    big._tag = 3
+    msgs = [C.message("jobs", b"a", tag=1), C.message("jobs", bytes(101), tag=2), big,
+            C.message("jobs", b"h", {"k": "v" * C.MAX_HEADERS}, tag=4),
+            C.message("jobs", b"b", tag=5)]
+    w = C.Writer()
+    refused = w.write_deliveries(1, msgs, 100)
+    assert [m._tag for m in refused] == [2, 3, 4]
+    ((_, _, got),) = C.Reader(w.take()).events({1: None})
+    assert [(m._tag, m.payload) for m in got] == [(1, b"a"), (5, b"b")]
+
+
 def test_acks_decodes_a_run_of_acks_per_handle_and_stops_at_another_record():
     w = C.Writer()
     for hid, tag in [(1, 5), (2, 6), (1, 7), (1, 300)]:

@@ -415,16 +415,26 @@ cdef class Writer:
         self._end(start)
         return 0
 
-    def write_deliveries(self, uint64_t handle, list msgs):
+    def write_deliveries(self, uint64_t handle, list msgs, size_t max_message=0):
         """QMSG records for queue deliveries, one native loop for a batch
         (the broker's consumer flush): tag, redelivered flag, delivery count.
-        The pure-Python core's messages take the generic record path."""
+        Returns the messages its reader would refuse, not written: a payload
+        over ``max_message`` (0: no limit) or headers over MAX_HEADERS (an
+        in-process sender is not held to the wire's limits). The pure-Python
+        core's messages take the generic record path."""
         cdef Message m
         cdef size_t start
+        cdef list refused = []
         for x in msgs:
+            if max_message and payload_size(x.payload) > max_message:
+                refused.append(x)
+                continue
             if not isinstance(x, Message):
-                self._record(RC_QMSG, (handle, x._tag, 1 if x.redelivered else 0,
-                                       x.delivery_count, x.subject, x.headers, x.payload))
+                try:
+                    self._record(RC_QMSG, (handle, x._tag, 1 if x.redelivered else 0,
+                                           x.delivery_count, x.subject, x.headers, x.payload))
+                except LimitExceeded:   # headers over MAX_HEADERS
+                    refused.append(x)
                 continue
             m = <Message>x
             start = self._begin(RC_QMSG)
@@ -436,11 +446,15 @@ cdef class Writer:
                 self._str(m.subject)
                 self._headers(m.headers)
                 self._payload(m.payload)
+            except LimitExceeded:
+                self.length = start
+                refused.append(x)
+                continue
             except BaseException:
                 self.length = start
                 raise
             self._end(start)
-        return self.length
+        return refused
 
     def write_ring(self, ring, uint64_t handle, Py_ssize_t max_count, size_t max_bytes,
                    bint runs=False, size_t max_message=0):

@@ -39,7 +39,7 @@ from . import _codec as C
 from . import errors
 from ._impl import USE_EXTENSIONS, Message
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
-from .queues import Queue, queue_options_from_wire
+from .queues import Consumer, Queue, queue_options_from_wire
 from .router import Router
 from .services import PendingRequest, _Service, check_reply
 
@@ -1072,7 +1072,9 @@ class Broker:
         room = consumer.prefetch - consumer.unacked
         if room > 0:
             msgs = consumer.recv_many(room)
-            s.out.write_deliveries(hid, msgs)
+            refused = s.out.write_deliveries(hid, msgs, self.max_message)
+            if refused:
+                self._reject_unreadable(consumer, refused)
             if len(msgs) < room:   # the queue ran dry: until its next message
                 if not self._arm(s, hid, consumer.queue.on_ready):
                     self._ready.append((s, hid))
@@ -1080,6 +1082,17 @@ class Broker:
         # at its prefetch limit: until acks come, or the ack deadline takes some back
         if not self._arm(s, hid, consumer.on_room, room=True):
             self._ready.append((s, hid))
+
+    def _reject_unreadable(self, consumer: Consumer, msgs: List[Message]) -> None:
+        """Reject (dead-letter, or count as rejected) queue messages no remote
+        consumer can read: an in-process ``send`` is not held to the wire's
+        limits. Sent to this consumer, they would end its session and come
+        back, again and again."""
+        for msg in msgs:
+            log.warning("queue %r: a message over this broker's limits (max_message %d, "
+                        "%d bytes of headers) is rejected, not sent to a remote consumer",
+                        consumer.queue.name, self.max_message, C.MAX_HEADERS)
+            consumer.nack(msg, requeue=False)
 
     def _flush_out(self, s: _Session, force: bool = False) -> None:
         if s.credit_due:

@@ -380,3 +380,37 @@ def test_a_room_callback_firing_while_the_broker_arms_it_is_not_lost(embedded, m
         assert fired
         assert (first.payload, first.redelivered) == (b"0", False)
         assert (again.payload, again.redelivered) == (b"0", True)
+
+
+def test_a_queue_message_no_remote_consumer_can_read_is_rejected(embedded):
+    """An in-process ``send`` on a served router is not held to the wire's
+    limits. A payload over max_message, or headers over the record limit,
+    went to a remote consumer anyway: its reader refused the whole frame,
+    the session was reset, and every message of the frame came back as
+    unacked, to be sent again, for ever. The broker now rejects such a
+    message (dead-lettered here), and the others go through."""
+    from ringcast import _codec as C
+    from ringcast.client import connect
+
+    router, broker = embedded(heartbeat=HEARTBEAT, max_message=1 << 16)
+    router.declare_queue("jobs", dead_letter="jobs.dead")
+    dead = router.consume("jobs.dead")
+    with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10) as c:
+        consumer = c.consume("jobs", prefetch=16)
+        barrier(c)
+        router.send("jobs", b"before")
+        router.send("jobs", bytes(broker.max_message + 1))
+        router.send("jobs", b"headers", {"k": "v" * C.MAX_HEADERS})
+        router.send("jobs", b"after")
+        got = []
+        while len(got) < 2:
+            for m in consumer.recv_many(16, timeout=10):
+                got.append((m.payload, m.delivery_count))
+                m.ack()
+        assert got == [(b"before", 1), (b"after", 1)]
+        rejected = [dead.recv(timeout=10) for _ in range(2)]
+        assert sorted(len(m.payload) for m in rejected) == [7, broker.max_message + 1]
+        barrier(c)
+        stats = router.queue("jobs").stats()
+        assert (stats["acked"], stats["rejected"], stats["redelivered"]) == (2, 2, 0), stats
+        assert c.sessions == 1
