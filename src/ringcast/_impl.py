@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 USE_EXTENSIONS = os.environ.get("RINGCAST_NO_EXTENSIONS", "") in ("", "0")
 
 if USE_EXTENSIONS:
-    from ._ring import Message, Ring, policy_code
+    from ._ring import Message, Ring, hand_out, policy_code, settle
     from ._router import (
         MAX_SUBJECT_LEN,
         CoreRouter,
@@ -22,7 +22,7 @@ if USE_EXTENSIONS:
         check_subject,
     )
 else:  # pragma: no cover - exercised by the impl=py test run
-    from ._ring_py import Message, Ring, policy_code  # type: ignore[assignment]
+    from ._ring_py import Message, Ring, hand_out, policy_code, settle  # type: ignore[assignment]
     from ._router_py import (  # type: ignore[assignment]
         MAX_SUBJECT_LEN,
         CoreRouter,
@@ -45,6 +45,8 @@ __all__ = [
     "Ring",
     "CoreRouter",
     "policy_code",
+    "hand_out",
+    "settle",
     "check_message",
     "check_messages",
     "check_pattern",

@@ -1,10 +1,16 @@
 # Type stubs for the compiled module ringcast._ring (src/ringcast/_ring.pyx).
 # Kept in step with the .pyx by `python -m mypy.stubtest` (tools/check_typing.sh).
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from typing_extensions import Self, disjoint_base
 
 def policy_code(name: object) -> int: ...
+def hand_out(
+    ready: Any, limit: int, owner: Any, tag: int, unacked: Dict[int, Any], ttl_header: str
+) -> Tuple[List[Message], int]: ...
+def settle(
+    tags: List[int], unacked: Dict[int, Any], inflight: Any
+) -> Tuple[List[int], List[int]]: ...
 
 @disjoint_base
 class Message:

@@ -28,6 +28,54 @@ def policy_code(name):
         ) from None
 
 
+def hand_out(object ready, Py_ssize_t limit, object owner, uint64_t tag, dict unacked,
+             object ttl_header):
+    """Queue deliveries in one native loop: pop up to ``limit`` messages off
+    the left of ``ready`` (a deque) for one consumer, each given ``owner``
+    and the next tag from ``tag`` and kept in ``unacked`` by tag. Stops at
+    the first one the queue must look at itself (redelivered, or with a
+    ``ttl_header``), leaving it there. Returns (messages, next tag)."""
+    cdef list out = []
+    cdef Message m
+    popleft = ready.popleft
+    while len(out) < limit and ready:
+        x = ready[0]
+        if type(x) is not Message:
+            break
+        m = <Message>x
+        if m.redelivered or (m.headers and ttl_header in m.headers):
+            break
+        popleft()
+        m.owner = owner
+        m._tag = tag
+        unacked[tag] = m
+        tag += 1
+        out.append(m)
+    return out, tag
+
+
+def settle(list tags, dict unacked, object inflight):
+    """Take the deliveries of ``tags`` out of ``unacked`` (and ``inflight``,
+    the ack deadlines). Returns (tags held by nobody, log ids of the durable
+    messages settled)."""
+    cdef list missing = [], ids = []
+    cdef Message m
+    for tag in tags:
+        x = unacked.pop(tag, None)
+        if x is None:
+            missing.append(tag)
+            continue
+        if inflight:
+            inflight.pop(tag, None)
+        if type(x) is Message:
+            m = <Message>x
+            if m._id:
+                ids.append(m._id)
+        elif x._id:
+            ids.append(x._id)
+    return missing, ids
+
+
 @cython.freelist(4096)
 cdef class Message:
     """One delivered message.

@@ -41,6 +41,41 @@ def policy_code(name: Any) -> int:
         ) from None
 
 
+def hand_out(ready: Any, limit: int, owner: Any, tag: int, unacked: Dict[int, Any],
+             ttl_header: str) -> Tuple[List[Any], int]:
+    """Queue deliveries for one consumer, off the left of ``ready``, up to
+    the first one the queue must look at itself; returns (messages, next tag)."""
+    out: List[Any] = []
+    while len(out) < limit and ready:
+        m = ready[0]
+        if m.redelivered or (m.headers and ttl_header in m.headers):
+            break
+        ready.popleft()
+        m._owner = owner
+        m._tag = tag
+        unacked[tag] = m
+        tag += 1
+        out.append(m)
+    return out, tag
+
+
+def settle(tags: List[int], unacked: Dict[int, Any],
+           inflight: Dict[int, Any]) -> Tuple[List[int], List[int]]:
+    """Take the deliveries of ``tags`` out of ``unacked`` and ``inflight``;
+    returns (tags held by nobody, log ids of the durable ones settled)."""
+    missing: List[int] = []
+    ids: List[int] = []
+    for tag in tags:
+        m = unacked.pop(tag, None)
+        if m is None:
+            missing.append(tag)
+            continue
+        inflight.pop(tag, None)
+        if m._id:
+            ids.append(m._id)
+    return missing, ids
+
+
 class Message:
     __slots__ = ("subject", "payload", "headers", "seq", "redelivered", "delivery_count",
                  "timestamp_ns", "_owner", "_tag", "_id")

@@ -13,7 +13,6 @@ de-duplication by message id; and, for durable queues, a log on disk
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import errors
-from ._impl import Headers, Message, Ring, check_message, check_messages
+from ._impl import Headers, Message, Ring, check_message, check_messages, hand_out, settle
 from ._waiting import Source, _deadline, _Signal
 from .storage import QueueLog
 
@@ -113,7 +112,7 @@ class Queue:
         self._ids: Deque[Tuple[int, int]] = collections.deque()
         self._hooked = False
         self._dups_in_ring = 0  # (ring seq, 0) entries of _ids: not counted in depth
-        self._tags = itertools.count(1)
+        self._next_tag = 1   # delivery tags, unique per queue
         # Guards the Python-side bookkeeping above against concurrent consumers,
         # journal hooks and the reaper (single dict/deque ops are atomic under
         # the GIL; the compound steps here are not).
@@ -391,8 +390,17 @@ class Queue:
                 self._reap(dead)
             ready = self._ready
             while len(out) < limit:
-                if ready and not self._returned:  # the common case, inline
-                    msg = ready.popleft()
+                if ready and not self._returned:  # the common case
+                    if not timed_ttl:   # plain messages, in one native call
+                        got, self._next_tag = hand_out(ready, limit - len(out), consumer,
+                                                       self._next_tag, consumer._unacked,
+                                                       TTL_HEADER)
+                        if got:
+                            if opts.ack_deadline:
+                                self._track(consumer, got)
+                            out += got
+                            continue
+                    msg = ready.popleft()   # one the checks below must see
                 else:
                     found = self._next()
                     if found is None:
@@ -414,15 +422,23 @@ class Queue:
                     again._id = msg._id
                     msg = again
                 msg._owner = consumer
-                msg._tag = tag = next(self._tags)
+                msg._tag = tag = self._next_tag
+                self._next_tag += 1
                 consumer._unacked[tag] = msg
                 if opts.ack_deadline:
-                    self._inflight[tag] = (consumer, msg, time.monotonic() + opts.ack_deadline)
+                    self._track(consumer, [msg])
                 out.append(msg)
             if self.log is not None and out:
                 self.log.delivered([m._id for m in out])
         self._dead_letter_all(dead)
         return out
+
+    def _track(self, consumer: "Consumer", msgs: List[Message]) -> None:
+        """Start the ack deadline of deliveries just handed to ``consumer``."""
+        deadline = time.monotonic() + (self.options.ack_deadline or 0.0)
+        inflight = self._inflight
+        for m in msgs:
+            inflight[m._tag] = (consumer, m, deadline)
 
     def _expired(self, msg: Message) -> bool:
         ttl = self.options.ttl
@@ -679,20 +695,9 @@ class Consumer(Source):
         """``ack_many`` by delivery tag: what the broker's runs of ACK records
         carry (it keeps no map of its own from tags to messages)."""
         q = self.queue
-        failed: List[errors.AckError] = []
-        ids: List[int] = []   # log ids of the durable ones acked
-        unacked = self._unacked
         with q._lock:
-            inflight = q._inflight
-            for tag in tags:
-                msg = unacked.pop(tag, None)   # _owed, inline
-                if msg is None:
-                    failed.append(q._late_ack(tag))
-                    continue
-                if inflight:
-                    inflight.pop(tag, None)
-                if msg._id:
-                    ids.append(msg._id)
+            missing, ids = settle(tags, self._unacked, q._inflight)   # _owed, natively
+            failed = [q._late_ack(tag) for tag in missing]
             q.counters["acked"] += len(tags) - len(failed)
         if q.log is not None:
             for id in ids:
