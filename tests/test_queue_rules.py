@@ -288,3 +288,32 @@ def test_a_send_that_did_not_land_does_not_use_up_its_id(router):
     router.consume("lossy").recv(timeout=1).ack()
     assert router.send("lossy", b"again", {"msg-id": "D"}) is True
     assert router.queue("lossy").stats()["duplicates"] == 0
+
+
+@pytest.mark.parametrize("dead_letter", [None, "jobs.dlq"])
+def test_every_message_leaves_a_queue_counted_max_deliver_too(router, dead_letter):
+    """Each message a queue takes ends up acked, rejected, expired or over
+    max_deliver, or is still waiting or unacked: the counters add up to what
+    was sent. A message over max_deliver used to be dropped uncounted when
+    the queue had no dead-letter queue (and was visible only as
+    ``dead_lettered`` when it had one)."""
+    router.declare_queue("jobs", max_deliver=2, dead_letter=dead_letter)
+    consumer = router.consume("jobs")
+    router.send_many("jobs", [b"poison", b"fine", b"bad", b"waiting", b"held"])
+    for count in (1, 2):
+        msg = consumer.recv(timeout=1)
+        assert (msg.payload, msg.delivery_count) == (b"poison", count)
+        msg.nack()
+    fine, bad = consumer.recv_many(2)   # poison is not delivered a third time
+    assert (fine.payload, bad.payload) == (b"fine", b"bad")
+    fine.ack()
+    bad.nack(requeue=False)
+    stats = router.queue("jobs").stats()
+    assert (stats["acked"], stats["rejected"], stats["expired"], stats["max_delivered"],
+            stats["depth"], stats["unacked"]) == (1, 1, 0, 1, 2, 0), stats
+    consumer.recv(timeout=1)   # "waiting" is now held
+    stats = router.queue("jobs").stats()
+    assert 5 == sum(stats[k] for k in ("acked", "rejected", "expired", "max_delivered",
+                                        "depth", "unacked")), stats
+    # the dead-letter queue takes what was rejected or over max_deliver
+    assert stats["dead_lettered"] == (2 if dead_letter else 0)

@@ -118,9 +118,11 @@ class Queue:
         # the GIL; the compound steps here are not).
         self._lock = threading.RLock()
         self.consumers: List["Consumer"] = []
+        # a message leaves as acked, rejected, expired or max_delivered (whether
+        # dead-lettered or dropped); dead_lettered counts those sent on
         self.counters = {"acked": 0, "redelivered": 0, "rejected": 0, "dead_lettered": 0,
-                         "expired": 0, "ack_timeouts": 0, "duplicates": 0, "late_acks": 0,
-                         "dead_letter_failed": 0}
+                         "expired": 0, "max_delivered": 0, "ack_timeouts": 0, "duplicates": 0,
+                         "late_acks": 0, "dead_letter_failed": 0}
         self.log: Optional[QueueLog] = None
         if options.durable:
             if log_dir is None:
@@ -414,6 +416,7 @@ class Queue:
                 if msg.redelivered:  # a copy that counts this delivery too
                     count = msg.delivery_count + 1
                     if opts.max_deliver and count > opts.max_deliver:
+                        self.counters["max_delivered"] += 1
                         dead.append((msg, "max_deliver", False))
                         continue
                     self.counters["redelivered"] += 1
