@@ -252,3 +252,43 @@ def test_consume_refuses_a_prefetch_that_is_not_a_count(router, prefetch):
     with pytest.raises(errors.LimitExceeded, match="prefetch"):
         router.consume("jobs", prefetch=prefetch)
     assert "jobs" not in router.stats()["queues"]   # a refused call declares nothing
+
+
+def _between_check_and_take(queue, action):
+    """Run ``action(consumer)`` once, where another thread could: after
+    ``Consumer`` checked it is open and has room, before the queue hands it
+    messages under its lock."""
+    real = queue._take
+
+    def take(consumer, limit):
+        queue._take = real
+        action(consumer)
+        return real(consumer, limit)
+
+    queue._take = take
+
+
+def test_a_consumer_closed_by_another_thread_as_it_takes_gets_nothing(router):
+    """``close()`` from another thread, landing after ``recv`` checked the
+    consumer was open: the take used to hand messages to the closed
+    consumer, after it had given back what it held. They were in no
+    consumer's count (``unacked`` 0, ``depth`` 0) and nothing would ever
+    redeliver them."""
+    q = router.declare_queue("jobs")
+    consumer, other = router.consume("jobs"), router.consume("jobs")
+    router.send_many("jobs", [b"0", b"1"])
+    _between_check_and_take(q, lambda c: c.close())
+    with pytest.raises(errors.Closed):
+        consumer.recv_many(2)
+    assert (q.depth, q.unacked) == (2, 0)
+    assert [m.payload for m in other.recv_many(2)] == [b"0", b"1"]
+
+
+def test_two_threads_taking_from_one_consumer_stay_within_its_prefetch(router):
+    """Both threads see room for one; the second must not take a second."""
+    q = router.declare_queue("jobs")
+    consumer = router.consume("jobs", prefetch=1)
+    router.send_many("jobs", [b"0", b"1"])
+    _between_check_and_take(q, lambda c: c.recv_nowait())
+    assert consumer.recv_many(1) == []
+    assert (consumer.unacked, q.depth) == (1, 1)

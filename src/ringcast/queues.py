@@ -388,6 +388,12 @@ class Queue:
         opts = self.options
         timed_ttl = opts.ttl is not None
         with self._lock:
+            # the consumer's checks again, under the lock: another thread may
+            # have closed it (it gave back what it held) or taken its room
+            if consumer.closed:
+                raise errors.Closed(f"consumer of {self.name!r} is closed")
+            if consumer.prefetch:
+                limit = min(limit, consumer.prefetch - len(consumer._unacked))
             if self._inflight:
                 self._reap(dead)
             ready = self._ready
