@@ -387,6 +387,10 @@ class ClientProtocol:
             if self.ready:
                 self.unconfirmed_lost += max(0, self.window - self.credit)
             self.ready = False
+            # what it delivered can no longer be settled: an ack now would be
+            # written nowhere, and the broker redelivers the message anyway
+            for owner in self.owners.values():
+                owner.stale = True
             requests, self.requests = self.requests, {}
             waiters, self.waiters = self.waiters, {}
         for _, settle, _ in requests.values():
