@@ -690,9 +690,9 @@ cdef class Urgent:
 
 cdef class Settler:
     """The ``_owner`` of one remote handle's queue deliveries or requests
-    for one session: their acks and replies become urgent records. A new
-    session makes it ``stale``: the broker redelivers what it held, so
-    settling it then is an error. Subclassed by the protocol for the rarer
+    for one session: their acks and replies become urgent records. The end
+    of its session (or closing its consumer) makes it ``stale``: the broker
+    redelivers what it held, so settling it then is an error. Subclassed by the protocol for the rarer
     nack, fail and the checks of respond."""
 
     cdef readonly object handle
@@ -707,7 +707,8 @@ cdef class Settler:
 
     cdef inline int _live(self) except -1:
         if self.stale:
-            raise AckError("delivered in an earlier session; the broker redelivers it")
+            raise AckError("delivered in a session that has ended, or to a consumer since "
+                           "closed: the broker redelivers it")
         return 0
 
     def ack(self, Message msg not None):

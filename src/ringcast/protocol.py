@@ -238,7 +238,8 @@ class _Settler(C.Settler):
 
     def _check(self) -> "ClientProtocol":
         if self.stale:
-            raise errors.AckError("delivered in an earlier session; the broker redelivers it")
+            raise errors.AckError("delivered in a session that has ended, or to a consumer "
+                                  "since closed: the broker redelivers it")
         return cast("ClientProtocol", self.handle.proto)
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
@@ -534,6 +535,11 @@ class ClientProtocol:
                 owed = h.consumed + h.count - h.stale   # what it took or holds
                 if owed:
                     self.urgent.put(C.CREDIT, h.id, owed)
+            elif isinstance(h, RemoteConsumer):
+                # the broker gives back all the consumer holds, to go to
+                # others: none of it is handed out or settled here any more
+                h.inbox.clear()
+                h.owner.stale = True
             h.wake()
 
     def declare_queue(self, name: str, bind: Sequence[str], capacity: int, overflow: str,
