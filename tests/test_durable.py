@@ -118,6 +118,41 @@ def test_settled_segments_are_deleted(tmp_path):
         assert r.declare_queue("q", durable=True).depth == 0
 
 
+def unsettled_on_disk(path, queue):
+    """Ids of the messages the log files say are unsettled: what a broker
+    killed now would deliver again (None while a record is half written)."""
+    ids = set()
+    for seg in segment_files(path, queue):
+        with open(seg, "rb") as f:
+            data = f.read()
+        try:
+            for kind, ident, _, _ in storage.decode_records(data):
+                if kind == storage.MSGS:
+                    ids.add(ident)
+                elif kind == storage.ACKS:
+                    ids.discard(ident)
+        except storage.CorruptRecord:
+            return None
+    return ids
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_acks_reach_the_log_within_an_interval_whatever_the_fsync_policy(tmp_path, fsync):
+    """Acks are buffered and written with the next message or at the next
+    interval tick. With ``always`` and ``never`` there was no tick: acks
+    stayed in memory until the queue took another message, so a process
+    killed after its consumers had acked everything (and nothing more was
+    sent) delivered all of it again, however long ago it had been acked."""
+    with open_router(tmp_path, fsync=fsync) as r:
+        r.declare_queue("q", durable=True)
+        r.send_many("q", [b"0", b"1", b"2"])
+        drain(r.consume("q"))
+        deadline = time.monotonic() + 5
+        while unsettled_on_disk(tmp_path, "q") != set():
+            assert time.monotonic() < deadline, "the acks never reached the log"
+            time.sleep(0.005)
+
+
 def test_fsync_policies(tmp_path):
     with open_router(tmp_path) as r:
         always = r.declare_queue("a", durable=True, fsync="always")

@@ -29,7 +29,7 @@ What each fsync policy can lose (see docs/reliability.md):
 * ``never``: as ``interval`` but the kernel decides when to write back.
 
 ACK and DELIVER records are buffered and written with the next message or at
-the next interval tick: a crash can forget them, which redelivers a message
+the next interval tick (whatever the policy): a crash can forget them, which redelivers a message
 that was already handled (flagged redelivered) -- at-least-once, never lost.
 """
 
@@ -244,7 +244,9 @@ class QueueLog:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
         self._fd = os.open(path, flags, 0o644)
         self._size = os.fstat(self._fd).st_size
-        if self.fsync == "interval" and self._flusher is None:
+        # every policy: buffered marks are written at least every interval
+        # (and only ``interval`` fsyncs its messages here)
+        if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                              name=f"ringcast-fsync-{os.path.basename(self.directory)}")
             self._flusher.start()
@@ -332,7 +334,8 @@ class QueueLog:
                 if self._fd < 0:
                     return
                 self._flush_marks()
-                self._sync()
+                if self.fsync != "never":
+                    self._sync()
 
     def _roll(self) -> None:
         self._flush_marks()
