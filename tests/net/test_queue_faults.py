@@ -2,14 +2,16 @@
 started again, a consumer closed with deliveries in hand or on their way."""
 
 import asyncio
+import os
 import threading
 
 import pytest
+import zmq
 
-from ringcast import aio, errors
+from ringcast import aio, errors, storage
 from ringcast.client import connect
 
-from .conftest import HEARTBEAT, barrier, wait_for
+from .conftest import HEARTBEAT, BrokerProcess, barrier, wait_for
 
 
 def _forget_sessions(broker):
@@ -131,3 +133,70 @@ async def test_a_closed_async_consumer_hands_out_and_settles_nothing_more(embedd
         _closed_consumer_expectations(router, held, after)
     finally:
         await c.close()
+
+
+def _unsettled_on_disk(directory):
+    """Message ids a broker restarted now would deliver again (None while
+    a record is half written)."""
+    ids = set()
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".seg"):
+            with open(os.path.join(directory, name), "rb") as f:
+                data = f.read()
+            try:
+                for kind, ident, _, _ in storage.decode_records(data):
+                    if kind == storage.MSGS:
+                        ids.add(ident)
+                    elif kind == storage.ACKS:
+                        ids.discard(ident)
+            except storage.CorruptRecord:
+                return None
+    return ids
+
+
+def test_a_durable_consumer_across_a_broker_kill(tmp_path):
+    """A consumer holds deliveries of a durable queue when the broker is
+    SIGKILLed and restarted on the same endpoint and data directory: the
+    client starts a new session, an ack of an old delivery raises AckError,
+    what it held comes back flagged with its count, and max_deliver counts
+    the deliveries before the kill."""
+    if not zmq.has("ipc"):
+        pytest.skip("this libzmq has no ipc:// transport (the restart reuses one endpoint)")
+    endpoint = f"ipc://{tmp_path}/broker.sock"
+    data = str(tmp_path / "data")
+    broker = BrokerProcess(endpoint, "--data-dir", data).start()
+    try:
+        with connect(broker.url, heartbeat=HEARTBEAT, timeout=10) as c:
+            c.declare_queue("jobs", durable=True, fsync="always", max_deliver=2,
+                            dead_letter="jobs.dlq")
+            consumer = c.consume("jobs", prefetch=4)
+            c.send_many("jobs", [b"a", b"b", b"c"])
+            c.flush()
+            a, b, _ = [consumer.recv(timeout=10) for _ in range(3)]
+            a.ack()
+            barrier(c)
+            # the ack (and the delivery marks before it) are in the log
+            assert wait_for(lambda: _unsettled_on_disk(os.path.join(data, "jobs")) == {2, 3})
+            broker.kill()
+            broker = BrokerProcess(endpoint, "--data-dir", data).start()
+            assert wait_for(lambda: c.sessions == 2 and c.connected)
+            with pytest.raises(errors.AckError):
+                b.ack()
+            again = [consumer.recv(timeout=10) for _ in range(2)]
+            assert [(m.payload, m.redelivered, m.delivery_count) for m in again] == \
+                [(b"b", True, 2), (b"c", True, 2)]
+            for m in again:
+                m.nack()   # a third delivery would be over max_deliver
+            dead = c.consume("jobs.dlq", prefetch=4)
+            gone = [dead.recv(timeout=10) for _ in range(2)]
+            assert sorted((m.payload, m.headers["x-dead-letter-reason"],
+                           m.headers["x-delivery-count"]) for m in gone) == \
+                [(b"b", "max_deliver", "2"), (b"c", "max_deliver", "2")]
+            for m in gone:
+                m.ack()
+            barrier(c)
+            q = c.stats()["queues"]["jobs"]
+            assert (q["acked"], q["max_delivered"], q["dead_lettered"], q["depth"],
+                    q["unacked"]) == (0, 2, 2, 0, 0), q
+    finally:
+        broker.stop()
