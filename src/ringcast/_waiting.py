@@ -127,6 +127,12 @@ class _Signal:
             self._callbacks.remove(callback)
             return False
 
+    def cancel(self, callback: Callable[[], None]) -> None:
+        """Take back a callback ``on_ready`` registered (gone already: nothing)."""
+        with self._cond:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
     def _forget(self, fut: "asyncio.Future[None]") -> None:
         with self._cond:
             self._futures = [(lp, f) for lp, f in self._futures if f is not fut]

@@ -166,6 +166,8 @@ class _Session:
         # message of a subscription or queue (False), or a full consumer's
         # room (True)
         self.armed: Set[Tuple[int, bool]] = set()
+        # the callback a parked frame registered with the router's space signal
+        self.waiting: Optional[Any] = None
         self.alive = True
 
 
@@ -743,10 +745,15 @@ class Broker:
         # which every waiter arms alike and which wakes them all (other parked
         # sessions, embedded publishers), instead of taking the slot from them
         space = self.router._space
-        if ring is None or not space.on_ready(
-                lambda: self._call_soon(self._wakeup, s.ident),
-                lambda: bool(ring.arm_space(space.notify))):
-            self._retry.add(s.ident)
+        ident = s.ident
+
+        def wake() -> None:
+            self._call_soon(self._wakeup, ident)
+
+        if ring is None or not space.on_ready(wake, lambda: bool(ring.arm_space(space.notify))):
+            self._retry.add(ident)
+        else:
+            s.waiting = wake   # taken back if the session ends first
         return False
 
     def _wakeup(self, ident: bytes) -> None:
@@ -1161,6 +1168,9 @@ class Broker:
         for hid in list(s.subs) + list(s.consumers) + list(s.services):
             self._close_handle(s, hid)
         s.parked.clear()
+        if s.waiting is not None:   # the buffer may stay full for good
+            self.router._space.cancel(s.waiting)
+            s.waiting = None
         # its requests still unanswered are withdrawn: nobody can read their
         # answers, so no responder is handed one any more (every live request
         # is in the deadline heap; a drop is rare enough to scan it)
