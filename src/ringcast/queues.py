@@ -57,8 +57,10 @@ class QueueOptions:
             raise errors.LimitExceeded(f"on_expire must be 'dead_letter' or 'drop', "
                                        f"not {on_expire!r}")
         for name, value in (("ttl", ttl), ("ack_deadline", ack_deadline)):
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:   # also NaN (the reaper sleeps on it)
                 raise errors.LimitExceeded(f"{name} must be > 0 seconds, got {value!r}")
+        if not dedup_window >= 0:   # NaN would never let an id go
+            raise errors.LimitExceeded(f"dedup_window must be >= 0 seconds, got {dedup_window!r}")
         if max_deliver < 0:
             raise errors.LimitExceeded(f"max_deliver must be >= 0, got {max_deliver!r}")
         self.capacity = capacity

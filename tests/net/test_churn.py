@@ -4,7 +4,10 @@ its baseline; hostile values and floods cost the sender, not the broker."""
 
 import gc
 
+import pytest
+
 from ringcast import _codec as C
+from ringcast import errors
 from ringcast.broker import _Session
 
 from .conftest import raw_session, wait_for
@@ -39,4 +42,34 @@ def test_publishers_that_leave_while_parked_are_forgotten(embedded, zsocket):
     assert len(space._callbacks) == 0
     assert not _sessions_alive()
     stuck.close()
+    assert broker.counters["internal_errors"] == 0
+
+
+def _answers(sock, cmds, timeout=10.0):
+    """Records arriving on ``sock`` until one with a command of ``cmds``."""
+    got = []
+    while not any(ev[0] in cmds for ev in got):
+        assert sock.poll(int(timeout * 1000)), f"none of {cmds} among {got}"
+        got += C.Reader(sock.recv()).events()
+    return got
+
+
+@pytest.mark.parametrize("option", ["ttl", "ack_deadline", "dedup_window"])
+def test_a_queue_option_that_is_not_a_number_is_refused(embedded, zsocket, option):
+    """DECLARE's options travel as text and ``float("nan")`` parses: a NaN
+    ttl or ack deadline passed the ``<= 0`` check, and the router's reaper,
+    which sleeps a tenth of the shortest of them, died of ``time.sleep(nan)``:
+    no queue of the broker expired a message or took back a delivery any
+    more. A NaN dedup window never let an id go."""
+    router, broker = embedded()
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "declarer")
+    w = C.Writer()
+    w.record(C.DECLARE, 1, "bad", 8, 0, [], {option: "nan"})
+    sock.send(w.take())
+    (answer,) = [ev for ev in _answers(sock, (C.OK, C.ERR)) if ev[0] in (C.OK, C.ERR)]
+    assert answer[:3] == (C.ERR, 1, errors.LimitExceeded.code), answer
+    # the reaper works for everyone else
+    good = router.declare_queue("good", ttl=0.05, on_expire="drop")
+    router.send("good", b"x")
+    assert wait_for(lambda: good.depth == 0)
     assert broker.counters["internal_errors"] == 0
