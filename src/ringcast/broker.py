@@ -80,6 +80,10 @@ CREDIT_DELAY = 0.001
 REQUEST_SPLIT = 1024
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
+#: STATS records of one frame answered with statistics; the others get ERR
+#: (each answer is a JSON snapshot of the whole broker: a frame of 6-byte
+#: STATS records would make gigabytes of it and hold up every other client)
+MAX_STATS_PER_FRAME = 16
 # commands that may start an ordered (credit-counted, strictly sequential) frame
 _ORDERED = frozenset((C.PUB, C.PUBS, C.SUB, C.CLOSE, C.DECLARE, C.SEND, C.CONSUME, C.SERVE,
                       C.REQ))
@@ -694,6 +698,7 @@ class Broker:
         """Apply the records of a frame in order. Returns False when a record
         met a full block-policy buffer: the reader stays at that record."""
         batch_sends = True
+        stats_left = MAX_STATS_PER_FRAME
         while True:
             cmd = reader.peek()
             if cmd == -1 or not s.alive:   # a record may drop the session (a flush
@@ -713,6 +718,16 @@ class Broker:
                     on_record(self, s, record)   # never blocks
                     if not s.alive:
                         return True
+                continue
+            if cmd == C.STATS:
+                rec = reader.next()
+                assert rec is not None
+                if stats_left:
+                    stats_left -= 1
+                    self._on_stats(s, rec)
+                else:
+                    self._error(s, rec[1], errors.LimitExceeded(
+                        f"at most {MAX_STATS_PER_FRAME} STATS in one frame"))
                 continue
             start = reader.offset
             if cmd == C.SEND and batch_sends:   # and a producer's sends to one queue
@@ -1024,7 +1039,7 @@ class Broker:
         C.SUB: _on_sub, C.CLOSE: _on_close, C.CREDIT: _on_credit, C.DECLARE: _on_declare,
         C.SEND: _on_send, C.CONSUME: _on_consume, C.NACK: _on_nack,
         C.SERVE: _on_serve, C.REQ: _on_req, C.REP: _on_rep, C.REPERR: _on_reperr,
-        C.STATS: _on_stats, C.HB: _on_hb, C.BYE: _on_bye, C.HELLO: _on_hello,
+        C.HB: _on_hb, C.BYE: _on_bye, C.HELLO: _on_hello,
     }
 
     # -- outbound ----------------------------------------------------------------------------

@@ -73,3 +73,32 @@ def test_a_queue_option_that_is_not_a_number_is_refused(embedded, zsocket, optio
     router.send("good", b"x")
     assert wait_for(lambda: good.depth == 0)
     assert broker.counters["internal_errors"] == 0
+
+
+def test_a_frame_of_stats_records_costs_its_sender_not_the_broker(embedded, zsocket):
+    """Each STATS is answered with a JSON snapshot of the whole broker (a
+    few hundred bytes when it is empty, far more with many subscriptions).
+    A 4 MiB frame of 6-byte STATS records took the loop 15 s (every other
+    client waited, and missed its heartbeats) and made 150 MB of answers,
+    which grow with what the broker holds. Past a few per frame, STATS is
+    answered ERR LimitExceeded."""
+    _, broker = embedded()
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "stats-flood")
+    n = 1000
+    w = C.Writer()
+    for ref in range(1, n + 1):
+        w.record(C.STATS, ref)
+    sock.send(w.take())
+    got = {}
+    while len(got) < n:
+        for ev in _answers(sock, (C.STATSREP, C.ERR)):
+            if ev[0] in (C.STATSREP, C.ERR):
+                got[ev[1]] = ev
+    reports = sorted(ref for ref, ev in got.items() if ev[0] == C.STATSREP)
+    assert reports == list(range(1, 17))   # 16 per frame (docs/protocol.md, Limits)
+    assert {ev[2] for ev in got.values() if ev[0] == C.ERR} == {errors.LimitExceeded.code}
+    # the session lives on, and a STATS of its next frame is answered
+    w.record(C.STATS, n + 1)
+    sock.send(w.take())
+    assert [ev for ev in _answers(sock, (C.STATSREP,)) if ev[0] == C.STATSREP][0][1] == n + 1
+    assert broker.counters["internal_errors"] == 0
