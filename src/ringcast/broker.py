@@ -80,6 +80,11 @@ CREDIT_DELAY = 0.001
 REQUEST_SPLIT = 1024
 #: most messages a subscriber may have in flight, whatever credit it asks for
 MAX_CREDIT = 1 << 16
+#: subjects whose publishes STATS counts one by one; past it, the least
+#: published half is folded into OTHER_SUBJECTS (subjects like ``orders.<id>``
+#: would grow the table, and every STATS answer, without bound)
+MAX_COUNTED_SUBJECTS = 4096
+OTHER_SUBJECTS = "(other subjects)"
 #: STATS records of one frame answered with statistics; the others get ERR
 #: (each answer is a JSON snapshot of the whole broker: a frame of 6-byte
 #: STATS records would make gigabytes of it and hold up every other client)
@@ -705,6 +710,8 @@ class Broker:
                 return True                # for its responder, BYE): the rest is void
             if cmd in _PUBLISH:
                 reader.route(self._publish, self._counts)
+                if len(self._counts) > MAX_COUNTED_SUBJECTS:
+                    self._fold_counts()
                 if reader.peek() in _PUBLISH:   # a block-policy ring is full
                     return self._park(s, self.router.blocked_ring)
                 continue
@@ -753,6 +760,16 @@ class Broker:
             if handler(self, s, rec) is False:
                 reader.seek(start)
                 return False
+
+    def _fold_counts(self) -> None:
+        """Keep the most published half of the subjects counted one by one;
+        the others' publishes are counted together (the total stays exact)."""
+        counts = self._counts
+        other = counts.pop(OTHER_SUBJECTS, 0)
+        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+        keep = MAX_COUNTED_SUBJECTS // 2
+        self._counts = dict(ranked[:keep])
+        self._counts[OTHER_SUBJECTS] = other + sum(n for _, n in ranked[keep:])
 
     def _park(self, s: _Session, ring: Any) -> bool:
         self.counters["publisher_waits"] += 1
@@ -1202,7 +1219,8 @@ class Broker:
 
     # -- introspection ------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Router counts, per-subject publish counts, drops, clients, memory,
+        """Router counts, per-subject publish counts (of the most published
+        subjects, see MAX_COUNTED_SUBJECTS), drops, clients, memory,
         and which core routes (``native``, or ``python`` under
         RINGCAST_NO_EXTENSIONS=1)."""
         rs = self.router.stats()

@@ -102,3 +102,24 @@ def test_a_frame_of_stats_records_costs_its_sender_not_the_broker(embedded, zsoc
     sock.send(w.take())
     assert [ev for ev in _answers(sock, (C.STATSREP,)) if ev[0] == C.STATSREP][0][1] == n + 1
     assert broker.counters["internal_errors"] == 0
+
+
+def test_publishes_to_ever_new_subjects_do_not_grow_the_broker(embedded):
+    """STATS counts publishes per subject. Subjects like ``orders.<id>``
+    made that table (and every STATS answer) grow by one entry per subject
+    for the broker's whole life; it is bounded now, the least published
+    subjects counted together, and the total stays exact."""
+    from ringcast.client import connect
+
+    from .conftest import barrier
+
+    _, broker = embedded()
+    with connect(broker.endpoints[0], timeout=10) as client:
+        for i in range(20_000):
+            client.publish(f"orders.{i}", b"x")
+            if i % 100 == 0:
+                client.publish("orders.hot", b"x")
+        subjects = barrier(client)["subjects"]
+    assert len(subjects) <= 4097, len(subjects)
+    assert subjects["orders.hot"] == 200
+    assert sum(subjects.values()) == 20_200
