@@ -1150,6 +1150,8 @@ class Broker:
                 if len(s.frames) > MAX_BACKLOG:
                     self._drop(s, "not reading (outbound backlog full)", notify=False)
                 return
+            if not s.alive:   # the peer is gone (the drop let go of its frames)
+                return
             s.frames.popleft()
             s.last_tx = self._now
 
@@ -1203,14 +1205,26 @@ class Broker:
         if s.waiting is not None:   # the buffer may stay full for good
             self.router._space.cancel(s.waiting)
             s.waiting = None
+        s.frames.clear()   # never sent now: held only by what still refers to s
+        s.out.take()
         # its requests still unanswered are withdrawn: nobody can read their
         # answers, so no responder is handed one any more (every live request
-        # is in the deadline heap; a drop is rare enough to scan it)
+        # is in the deadline heap; a drop is rare enough to scan it). Its
+        # requests leave the heap, answered or not: their deadlines can be
+        # far away, and each would hold the session until then.
         withdrawn = 0
-        for _, _, pending in self._deadlines:
-            if pending.session is s and not pending.settled:
+        heap = self._deadlines
+        kept = []
+        for entry in heap:
+            pending = entry[2]
+            if pending.session is not s:
+                kept.append(entry)
+            elif not pending.settled:
                 pending.settled = True
                 withdrawn += 1
+        if len(kept) < len(heap):
+            heap[:] = kept   # in place: a caller up the stack may hold it
+            heapq.heapify(heap)
         if withdrawn:
             self._live -= withdrawn
             self.counters["requests_withdrawn"] += withdrawn

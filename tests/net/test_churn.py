@@ -123,3 +123,26 @@ def test_publishes_to_ever_new_subjects_do_not_grow_the_broker(embedded):
     assert len(subjects) <= 4097, len(subjects)
     assert subjects["orders.hot"] == 200
     assert sum(subjects.values()) == 20_200
+
+
+def test_a_session_that_ended_is_not_kept_by_the_requests_it_made(embedded, zsocket):
+    """Requests stay in the broker's deadline heap until their deadline,
+    answered or not (it is pruned only once it holds over 1024 entries).
+    Each held its requester's session, with the frames queued to it (up to
+    MAX_BACKLOG of 64 KiB for a client dropped for not reading): a request
+    that waits "forever" kept an ended session's memory for good."""
+    router, broker = embedded()
+    router.serve("echo", lambda m: m.payload)
+    url = broker.endpoints[0]
+    for i in range(5):
+        sock, _ = raw_session(zsocket, url, f"asker{i}")
+        w = C.Writer()
+        w.record(C.REQ, 1, "echo", 1 << 53, None, b"hi")   # "no deadline"
+        sock.send(w.take())
+        (reply,) = [ev for ev in _answers(sock, (C.REPLY,)) if ev[0] == C.REPLY]
+        assert reply[1] == 1
+        w.record(C.BYE)
+        sock.send(w.take())
+        assert wait_for(lambda i=i: broker.counters["sessions_dropped"] == i + 1)
+    assert not _sessions_alive()
+    assert broker.counters["internal_errors"] == 0
