@@ -646,7 +646,7 @@ class Broker:
                     s.credit_since = now
                 s.credit_due += len(frame)
             else:
-                self._process(s, reader)
+                self._process(s, reader, urgent=True)
         except errors.RingcastError as exc:
             self.counters["protocol_errors"] += 1
             log.warning("client %r sent a bad frame: %s; dropping its session", s.name, exc)
@@ -699,15 +699,20 @@ class Broker:
                      self.max_message, self.max_subject, self.window, f"ringcast-{os.getpid()}")
         log.info("client %r connected", name)
 
-    def _process(self, s: _Session, reader: C.Reader) -> bool:
+    def _process(self, s: _Session, reader: C.Reader, urgent: bool = False) -> bool:
         """Apply the records of a frame in order. Returns False when a record
-        met a full block-policy buffer: the reader stays at that record."""
+        met a full block-policy buffer: the reader stays at that record.
+        An ``urgent`` frame is applied on arrival and never parked: an
+        ordered record in it is a protocol error."""
         batch_sends = True
         stats_left = MAX_STATS_PER_FRAME
         while True:
             cmd = reader.peek()
             if cmd == -1 or not s.alive:   # a record may drop the session (a flush
                 return True                # for its responder, BYE): the rest is void
+            if urgent and cmd in _ORDERED:
+                raise errors.ProtocolError(
+                    f"record 0x{cmd:02x} is ordered: it cannot follow an urgent one in a frame")
             if cmd in _PUBLISH:
                 reader.route(self._publish, self._counts)
                 if len(self._counts) > MAX_COUNTED_SUBJECTS:

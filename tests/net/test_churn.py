@@ -146,3 +146,27 @@ def test_a_session_that_ended_is_not_kept_by_the_requests_it_made(embedded, zsoc
         assert wait_for(lambda i=i: broker.counters["sessions_dropped"] == i + 1)
     assert not _sessions_alive()
     assert broker.counters["internal_errors"] == 0
+
+
+
+def test_an_urgent_frame_with_ordered_records_is_refused(embedded, zsocket):
+    """A frame that starts with an urgent record is applied on arrival, never
+    parked, and must not carry ordered records (docs/protocol.md). The broker
+    applied them anyway, outside publish credit; a PUB in it that met a full
+    block-policy buffer registered a wait for room whose frame was never
+    parked: the rest of the frame was lost without a word, and every such
+    frame left one more wait behind, past the session's end."""
+    router, broker = embedded()
+    router.subscribe("blk.>", capacity=2, overflow="block")   # never read
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "mixer")
+    w = C.Writer()
+    w.record(C.HB)
+    for _ in range(3):
+        w.record(C.PUB, "blk.x", None, b"m")
+    sock.send(w.take())
+    (err,) = [ev for ev in _answers(sock, (C.ERR,)) if ev[0] == C.ERR]
+    assert err[1:3] == (0, errors.ProtocolError.code), err
+    assert wait_for(lambda: not broker._sessions)
+    assert router.published == 0 and not router._space._callbacks   # none applied
+    assert broker.counters["internal_errors"] == 0
+
