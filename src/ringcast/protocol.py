@@ -252,9 +252,10 @@ class _Settler(C.Settler):
         self.reply(msg, payload, headers)   # checks stale again, under the lock
 
     def fail(self, msg: Message, exc: BaseException) -> None:
-        code = exc.code if isinstance(exc, errors.RingcastError) and exc.code else \
-            errors.ServiceError.code
-        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, errors.RingcastError) and exc.code:
+            code, text = exc.code, str(exc)
+        else:
+            code, text = errors.ServiceError.code, f"{type(exc).__name__}: {exc}"
         with self.handle.proto.lock:
             self._check().urgent.put(C.REPERR, self.hid, msg._tag, code,
                                      text[:MAX_ERROR_TEXT])
@@ -277,11 +278,14 @@ def reply(msg: Message, result: Any) -> None:
 
 
 def fail(msg: Message, exc: BaseException) -> None:
-    """Fail a request its handler raised for; as in ``reply``, a request of
-    a session that has ended is dropped (not raised into the caller: a
-    threaded handler's worker, an asyncio task)."""
+    """Fail a request its handler raised for: the requester gets
+    ``ServiceError`` naming the exception, as from an embedded responder,
+    also when the handler raised a ringcast error of its own (a request it
+    made that timed out must not read as the requester's own ``Timeout``).
+    As in ``reply``, a request of a session that has ended is dropped (not
+    raised into the caller: a threaded handler's worker, an asyncio task)."""
     try:
-        msg._owner.fail(msg, exc)
+        msg._owner.fail(msg, errors.ServiceError(f"{type(exc).__name__}: {exc}"))
     except errors.AckError:
         log.debug("failure of a request of an ended session dropped")
 

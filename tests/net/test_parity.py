@@ -331,6 +331,8 @@ def handler(msg):
     kind = msg.payload
     if kind == b"raise":
         raise ValueError("boom")
+    if kind == b"raise-typed":   # a ringcast error of the handler's own (its own request)
+        raise errors.NoResponders("nobody serves what the handler asked")
     if kind == b"str":
         return "text"
     if kind == b"int":
@@ -352,6 +354,8 @@ def test_request_reply(impl):
     assert impl.request("svc", b"ok", timeout=float("inf")).payload == b"OK|svc|"
     with pytest.raises(errors.ServiceError, match="ValueError: boom"):
         impl.request("svc", b"raise", timeout=5)
+    with pytest.raises(errors.ServiceError, match="NoResponders: nobody serves what"):
+        impl.request("svc", b"raise-typed", timeout=5)
     for kind in (b"str", b"int"):
         with pytest.raises(errors.WrongType):
             impl.request("svc", kind, timeout=5)
