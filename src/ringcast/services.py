@@ -125,8 +125,12 @@ class Responder(Source):
     def _arm(self) -> bool:
         return bool(self.ring.arm_ready(self._signal.notify)) or self.ring.closed
 
-    def recv_nowait(self) -> Optional[Message]:
-        return self._poll()
+    def recv_nowait(self) -> Message:
+        """Next request, or ``WouldBlock`` when none is waiting."""
+        msg = self._poll()
+        if msg is None:
+            raise errors.WouldBlock(f"no request waiting for {self.name!r}")
+        return msg
 
     def _schedule(self) -> None:
         self._router._dispatcher.schedule(self._run_handler)

@@ -381,3 +381,5 @@ def test_a_responder_without_handler(impl):
     impl.settle()
     with pytest.raises(errors.Timeout):
         responder.recv(timeout=0)
+    with pytest.raises(errors.WouldBlock):
+        responder.recv_nowait()
