@@ -30,6 +30,7 @@ from ._impl import (
     Headers,
     Message,
     Ring,
+    check_message,
     check_pattern,
     check_subject,
     policy_code,
@@ -382,9 +383,13 @@ class Router(CoreRouter):
     def request_cb(self, name: str, payload: Any, on_done: Callable[[Any], None],
                    headers: Headers = None, *, timeout: Optional[float] = None) -> PendingRequest:
         """Start a request without waiting. ``on_done`` gets the reply Message
-        or an error, exactly once; the caller expires it at ``deadline``."""
+        or an error, exactly once; the caller expires it at ``deadline``.
+        A bad payload, headers or timeout raise first, as they do at a client,
+        whether or not anyone serves ``name``."""
+        deadline = _deadline(timeout)
+        check_message(payload, headers)
         service = self.service(name)
-        pending = PendingRequest(service, on_done, _deadline(timeout))
+        pending = PendingRequest(service, on_done, deadline)
         service.submit(payload, headers, pending)
         return pending
 

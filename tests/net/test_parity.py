@@ -194,11 +194,20 @@ BAD_CALLS = {
     "consume prefetch -1": (lambda i: i.consume("q", prefetch=-1), errors.LimitExceeded),
     "request invalid": (lambda i: i.request("a..b", b"x", timeout=1), errors.InvalidSubject),
     "request nobody": (lambda i: i.request("nobody", b"x", timeout=1), errors.NoResponders),
+    "request str payload": (lambda i: i.request("svc", "x", timeout=1), errors.WrongType),
+    "request int header": (lambda i: i.request("svc", b"x", {"k": 1}, timeout=1),
+                           errors.WrongType),
+    "request timeout -1": (lambda i: i.request("svc", b"x", timeout=-1), errors.LimitExceeded),
+    "request timeout str": (lambda i: i.request("svc", b"x", timeout="1"), errors.WrongType),
 }
 
 
 @pytest.mark.parametrize("call", sorted(BAD_CALLS))
-def test_bad_calls_raise_the_same_error_at_the_call(impl, call):
+@pytest.mark.parametrize("served", [False, True], ids=["unserved", "served"])
+def test_bad_calls_raise_the_same_error_at_the_call(impl, call, served):
+    if served:   # the checks of a request do not depend on who serves it
+        impl.serve("svc", lambda m: b"ok")
+        impl.settle()
     fn, expected = BAD_CALLS[call]
     with pytest.raises(expected):
         fn(impl)
