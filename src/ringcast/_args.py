@@ -33,3 +33,10 @@ def check_timeout(timeout: Any, optional: bool = True) -> Optional[float]:
     # longer (infinity included) is as good as forever, and the most that
     # threading's waits take
     return min(float(timeout), TIMEOUT_MAX)
+
+
+def check_request_timeout(timeout: Any) -> float:
+    """A request's timeout in seconds: None (as ``float("inf")``) means no
+    deadline, as it does for an embedded request."""
+    seconds = check_timeout(timeout)
+    return TIMEOUT_MAX if seconds is None else seconds

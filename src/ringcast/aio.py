@@ -243,7 +243,7 @@ class Router:
         return Responder(self.sync.serve(name, capacity=capacity), handler, concurrency)
 
     async def request(self, name: str, payload: Any, headers: Headers = None, *,
-                      timeout: float = 5.0) -> Message:
+                      timeout: Optional[float] = 5.0) -> Message:
         """Ask ``name``; raises ``Timeout`` or ``NoResponders``. Cancelling the
         await withdraws the request: a late answer is counted, never misdelivered."""
         loop = asyncio.get_running_loop()

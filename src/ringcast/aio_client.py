@@ -362,8 +362,9 @@ class Connection:
 
     # -- request/reply ---------------------------------------------------------------------
     async def request(self, service: str, payload: Any, headers: Headers = None, *,
-                      timeout: float = 5.0) -> Message:
-        """Ask ``service``; many may be in flight at once (pipelining)."""
+                      timeout: Optional[float] = 5.0) -> Message:
+        """Ask ``service``; many may be in flight at once (pipelining).
+        ``timeout`` None (or infinity) sets no deadline."""
         fut = self._loop.create_future()
 
         def settle(result: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 import zmq
 
 from . import errors
-from ._args import check_timeout
+from ._args import check_request_timeout, check_timeout
 from ._impl import Message
 from ._waiting import Receiving, _deadline
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVTIMEO, zget, zsend
@@ -427,8 +427,9 @@ class Client:
 
     # -- request/reply ---------------------------------------------------------------------------
     def request(self, service: str, payload: Any, headers: Headers = None, *,
-                timeout: float = 5.0) -> Message:
-        """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``).
+                timeout: Optional[float] = 5.0) -> Message:
+        """Ask ``service`` and wait for the reply (``Timeout``, ``NoResponders``);
+        ``timeout`` None (or infinity) sets no deadline, as embedded.
 
         Each calling thread sends and reads its requests on a socket and
         session of its own (``_DirectRequester``): the reply reaches the
@@ -550,8 +551,8 @@ class _DirectRequester:
         return self._sock
 
     def request(self, service: str, payload: Any, headers: Headers,
-                timeout: float) -> Message:
-        deadline = time.monotonic() + cast(float, check_timeout(timeout, optional=False))
+                timeout: Optional[float]) -> Message:
+        deadline = time.monotonic() + check_request_timeout(timeout)
         with self._lock:
             if self._closed or self._client._closing:
                 raise errors.Closed("client is closed")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 from . import _codec as C
 from . import errors
-from ._args import check_count, check_timeout
+from ._args import check_count, check_request_timeout
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
 from .services import check_reply
@@ -567,12 +567,12 @@ class ClientProtocol:
         """Buffer one message for a queue (the sync client binds ``outbox.send``)."""
         self.outbox.send(queue, payload, headers)
 
-    def request(self, service: str, payload: Any, headers: Headers, timeout: float,
-                settle: Settle) -> int:
+    def request(self, service: str, payload: Any, headers: Headers,
+                timeout: Optional[float], settle: Settle) -> int:
         """Queue a request; ``settle`` gets the reply Message or an exception."""
         self.check_open()
         check_subject(service)
-        timeout = cast(float, check_timeout(timeout, optional=False))
+        timeout = check_request_timeout(timeout)   # None: no deadline
         self.outbox.check_payload(payload)
         ms = max(1, int(timeout * 1000))   # check_timeout caps it: it fits the u64
         with self.lock:

@@ -394,8 +394,9 @@ class Router(CoreRouter):
         return pending
 
     def request(self, name: str, payload: Any, headers: Headers = None, *,
-                timeout: float = 5.0) -> Message:
-        """Ask ``name`` and wait for its one reply (Timeout / NoResponders)."""
+                timeout: Optional[float] = 5.0) -> Message:
+        """Ask ``name`` and wait for its one reply (Timeout / NoResponders);
+        ``timeout`` None (or infinity) sets no deadline."""
         if self._dispatcher.owner == threading.get_ident():
             raise errors.RingcastError(
                 "request() inside a callback or handler would wait on itself; use request_cb()"

@@ -361,6 +361,7 @@ def test_request_reply(impl):
     assert (reply.subject, reply.payload) == ("svc", b"OK|svc|a,b")
     assert bytes(impl.request("svc", b"view", timeout=5).payload) == b"view"
     assert impl.request("svc", b"ok", timeout=float("inf")).payload == b"OK|svc|"
+    assert impl.request("svc", b"ok", timeout=None).payload == b"OK|svc|"   # no deadline
     with pytest.raises(errors.ServiceError, match="ValueError: boom"):
         impl.request("svc", b"raise", timeout=5)
     with pytest.raises(errors.ServiceError, match="NoResponders: nobody serves what"):
