@@ -110,7 +110,7 @@ def test_bad_queue_options_are_rejected(router):
         router.declare_queue("q", on_expire="shrug")
     with pytest.raises(errors.LimitExceeded):
         router.declare_queue("q", durable=True)  # no data_dir
-    with pytest.raises(TypeError):
+    with pytest.raises(errors.LimitExceeded):   # as a client refuses it, not a TypeError
         router.declare_queue("q", colour="blue")
 
 

@@ -272,6 +272,9 @@ class Router(CoreRouter):
         """
         self._check_open()
         check_subject(name)
+        for key in options:
+            if key not in QueueOptions.__slots__:   # as a client refuses it
+                raise errors.LimitExceeded(f"unknown queue option {key!r}")
         binds = (bind,) if isinstance(bind, str) else tuple(bind)
         for pattern in binds:
             check_pattern(pattern)

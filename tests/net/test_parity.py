@@ -189,6 +189,7 @@ BAD_CALLS = {
     "send str payload": (lambda i: i.send("q", "x"), errors.WrongType),
     "declare wildcard": (lambda i: i.declare_queue("q.*"), errors.InvalidSubject),
     "declare bad ttl": (lambda i: i.declare_queue("q", ttl=-1), errors.LimitExceeded),
+    "declare unknown option": (lambda i: i.declare_queue("q", nope=1), errors.LimitExceeded),
     "declare dead-letter to itself": (lambda i: i.declare_queue("q", dead_letter="q"),
                                       errors.LimitExceeded),
     "consume prefetch -1": (lambda i: i.consume("q", prefetch=-1), errors.LimitExceeded),
