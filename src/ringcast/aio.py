@@ -218,6 +218,7 @@ class Router:
     async def send(self, queue: str, payload: Any, headers: Headers = None, *,
                    timeout: Optional[float] = None) -> bool:
         """Put a message on a queue; waits (as a task) while the queue is full."""
+        self.sync._check_open()
         q = self.sync.ensure_queue(queue)
         deadline = _deadline(timeout)
         while True:
@@ -229,6 +230,7 @@ class Router:
     async def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
                         timeout: Optional[float] = None) -> int:
         """As ``Router.send_many``; waits (as a task) while the queue is full."""
+        self.sync._check_open()
         q = self.sync.ensure_queue(queue)
         return await self._offer_all(payloads, lambda items: q.try_put_many(items, headers),
                                      lambda: q.ring, timeout)

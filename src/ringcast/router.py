@@ -320,6 +320,7 @@ class Router(CoreRouter):
         """Put one message on a queue (declared on first use). Returns False
         when a ``msg-id`` header repeats one seen within the dedup window
         (the message was already accepted once)."""
+        self._check_open()
         return self.ensure_queue(queue).put(payload, headers, timeout)
 
     def send_many(self, queue: str, payloads: Sequence[Any], headers: Headers = None, *,
@@ -328,6 +329,7 @@ class Router(CoreRouter):
         returns how many were enqueued. A ``msg-id`` header applies to every
         message of the batch: the queue keeps the first one not seen within the
         dedup window (only ``send`` reports a duplicate by its return value)."""
+        self._check_open()
         q = self.ensure_queue(queue)
         return q.put_many(payloads if isinstance(payloads, list) else list(payloads),
                           headers, timeout)
@@ -341,6 +343,7 @@ class Router(CoreRouter):
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
         """A competing consumer of ``queue`` (declared on first use), with at
         most ``prefetch`` messages unacked (0: no limit)."""
+        self._check_open()
         check_count("prefetch", prefetch, 0)
         q = self.ensure_queue(queue)
         consumer = Consumer(q, prefetch)
@@ -389,6 +392,7 @@ class Router(CoreRouter):
         or an error, exactly once; the caller expires it at ``deadline``.
         A bad payload, headers or timeout raise first, as they do at a client,
         whether or not anyone serves ``name``."""
+        self._check_open()
         deadline = _deadline(timeout)
         check_message(payload, headers)
         service = self.service(name)

@@ -394,3 +394,26 @@ def test_a_responder_without_handler(impl):
         responder.recv(timeout=0)
     with pytest.raises(errors.WouldBlock):
         responder.recv_nowait()
+
+
+# -- closed ------------------------------------------------------------------------------------
+
+CLOSED_CALLS = {
+    "subscribe": lambda i: i.subscribe("t"),
+    "send": lambda i: i.send("q", b"x"),
+    "send_many": lambda i: i.send_many("q", [b"x"]),
+    "consume": lambda i: i.consume("q", prefetch=1),
+    "declare_queue": lambda i: i.declare_queue("q"),
+    "serve": lambda i: i.serve("other", handler),
+    "request": lambda i: i.request("svc", b"x", timeout=1),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CLOSED_CALLS))
+def test_a_closed_router_or_client_accepts_nothing(impl, call):
+    impl.declare_queue("q")
+    impl.serve("svc", handler)
+    impl.settle()
+    impl.close()
+    with pytest.raises(errors.Closed):
+        CLOSED_CALLS[call](impl)
