@@ -61,6 +61,10 @@ class _AsyncSource:
             except errors.Closed:
                 return
 
+    @property
+    def closed(self) -> bool:
+        return bool(self.sync.closed)
+
     def close(self) -> None:
         self.sync.close()
 
@@ -105,6 +109,16 @@ class Consumer(_AsyncSource):
     """A competing consumer of a queue; ``msg.ack()`` / ``msg.nack()`` as usual."""
 
     sync: "_sync.Consumer"
+
+    async def recv_many(self, max_count: int = 1024,
+                        timeout: Optional[float] = None) -> List[Message]:
+        """Up to ``max_count`` messages (within credit), waiting up to
+        ``timeout`` for the first."""
+        msgs: List[Message] = self.sync.recv_many(max_count)
+        if msgs:
+            return msgs
+        first = await self.recv(timeout)
+        return [first] + self.sync.recv_many(max_count - 1)
 
     @property
     def unacked(self) -> int:

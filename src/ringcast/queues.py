@@ -682,11 +682,17 @@ class Consumer(Source):
             raise errors.WouldBlock(f"queue {self.queue.name!r} is empty")
         return msg
 
-    def recv_many(self, max_count: int = 1024) -> List[Message]:
-        """Up to ``max_count`` waiting messages (within credit), without waiting."""
+    def recv_many(self, max_count: int = 1024, timeout: Optional[float] = 0.0) -> List[Message]:
+        """Up to ``max_count`` waiting messages (within credit); waits up to
+        ``timeout`` for the first (0: not at all)."""
         if self.prefetch and len(self._unacked) >= self.prefetch:
-            return []
-        return self._take(max_count)
+            msgs: List[Message] = []
+        else:
+            msgs = self._take(max_count)
+        if msgs or timeout == 0:
+            return msgs
+        first = self.recv(timeout)
+        return [first] + self.recv_many(max_count - 1)
 
     def ack(self, msg: Message) -> None:
         q = self.queue

@@ -162,6 +162,10 @@ class Responder(Source):
     def pending(self) -> int:
         return len(self.ring)
 
+    @property
+    def closed(self) -> bool:
+        return bool(self.ring.closed)
+
     def has_room(self) -> bool:
         return bool(self.ring.free) and not self.ring.closed
 

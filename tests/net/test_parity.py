@@ -241,8 +241,10 @@ def test_receive_timeouts(impl):
 def test_a_closed_subscription(impl):
     sub = impl.subscribe("t")
     impl.settle()
+    assert not sub.closed
     sub.close()
     sub.close()   # twice: nothing happens
+    assert sub.closed
     for call in (lambda: sub.recv(timeout=0), lambda: sub.recv(timeout=None), sub.recv_nowait):
         with pytest.raises(errors.Closed):
             call()
@@ -320,13 +322,31 @@ def test_a_rejected_message_without_dead_letter_queue_is_counted_and_gone(impl):
     assert fields(consumer.recv(timeout=5)) == ("work", b"next", None, False, 1)
 
 
+def test_a_consumer_receives_in_batches(impl):
+    consumer = impl.consume("work", prefetch=10)
+    impl.settle()
+    if impl.aio:
+        with pytest.raises(errors.Timeout):
+            consumer.recv_many(10, timeout=0)
+    else:
+        assert consumer.recv_many(10, timeout=0) == []
+    impl.send_many("work", [b"1", b"2", b"3"])
+    impl.settle()
+    got = []
+    while len(got) < 3:
+        got += consumer.recv_many(10, timeout=5)
+    assert [m.payload for m in got] == [b"1", b"2", b"3"]
+
+
 def test_a_closed_consumer_gives_back_what_it_held(impl):
     first = impl.consume("work", prefetch=10)
     impl.settle()
     impl.send("work", b"x")
     impl.settle()
     held = first.recv(timeout=5)
+    assert not first.closed
     first.close()
+    assert first.closed
     with pytest.raises(errors.Closed):
         first.recv(timeout=0)
     with pytest.raises(errors.AckError):
@@ -379,7 +399,9 @@ def test_a_closed_responder_serves_no_more(impl):
     responder = impl.serve("svc", handler)
     impl.settle()
     assert impl.request("svc", b"ok", timeout=5).payload == b"OK|svc|"
+    assert not responder.closed
     responder.close()
+    assert responder.closed
     impl.settle()
     with pytest.raises(errors.NoResponders):
         impl.request("svc", b"ok", timeout=5)
