@@ -713,18 +713,27 @@ cdef class Settler:
 
     def ack(self, Message msg not None):
         """An ACK record; only the first of a batch kicks (the rest ride
-        on the send it asks for)."""
+        on the send it asks for). A delivery is settled once: its tag is
+        cleared (broker tags start at 1), and settling it again raises
+        AckError here, as an embedded consumer does."""
         cdef Urgent u = self.urgent
         cdef bint first
         u._acquire()
         try:
             self._live()   # under the lock: a reconnect may have just made it so
+            self.settling(msg)
             if u.ready:
                 first = u.w.length == 0
                 u.w._ack(self.hid, msg._tag)
                 u._written(first)
+            msg._tag = 0
         finally:
             u._release()
+
+    cpdef settling(self, Message msg):
+        """AckError if ``msg`` was acked or nacked already (see ``ack``)."""
+        if msg._tag == 0:
+            raise AckError("this delivery is already settled (acked or nacked)")
 
     def reply(self, Message msg not None, payload, headers=None):
         """A REP record, unchecked (``respond`` checks it first)."""

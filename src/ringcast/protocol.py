@@ -218,7 +218,7 @@ class RemoteService(_Handle):
     def __init__(self, proto: "ClientProtocol", hid: int, name: str, concurrency: int) -> None:
         super().__init__(proto, hid, (C.SERVE, hid, name, concurrency))
         self.name = name
-        self.owner = _Settler(self, hid, proto.urgent)
+        self.owner = _RequestSettler(self, hid, proto.urgent)
 
     def deliver(self, msg: Any) -> None:   # one request per RQST record
         self.inbox.append(msg)
@@ -226,7 +226,7 @@ class RemoteService(_Handle):
     def reset(self) -> None:
         super().reset()
         self.owner.stale = True
-        self.owner = _Settler(self, self.id, self.proto.urgent)
+        self.owner = _RequestSettler(self, self.id, self.proto.urgent)
 
 
 class _Settler(C.Settler):
@@ -244,9 +244,14 @@ class _Settler(C.Settler):
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         with self.handle.proto.lock:
-            self._check().urgent.put(C.NACK, self.hid, msg._tag, 1 if requeue else 0)
+            urgent = self._check().urgent
+            self.settling(msg)
+            urgent.put(C.NACK, self.hid, msg._tag, 1 if requeue else 0)
+            msg._tag = 0   # settled: once (see C.Settler.ack)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
+        if isinstance(self.handle, RemoteConsumer):   # as embedded
+            raise errors.RingcastError("queue messages are acked, not responded to")
         proto = self._check()
         check_reply(payload, headers, proto.max_message)
         self.reply(msg, payload, headers)   # checks stale again, under the lock
@@ -259,6 +264,19 @@ class _Settler(C.Settler):
         with self.handle.proto.lock:
             self._check().urgent.put(C.REPERR, self.hid, msg._tag, code,
                                      text[:MAX_ERROR_TEXT])
+
+
+class _RequestSettler(_Settler):
+    """A responder's: its requests are answered, never acked or nacked (an
+    ACK would be refused by the broker after the call returned)."""
+
+    __slots__ = ()
+
+    def ack(self, msg: Message) -> None:
+        raise errors.RingcastError("requests are responded to, not acked")
+
+    def nack(self, msg: Message, requeue: bool = True) -> None:
+        raise errors.RingcastError("requests are responded to, not nacked")
 
 
 def reply(msg: Message, result: Any) -> None:

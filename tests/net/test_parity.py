@@ -291,6 +291,11 @@ def test_ack_nack_redelivery_and_dead_letters(impl):
         ("work", b"s3", None, False, 1)]
     m1.ack()
     m2.nack()
+    for settle_again in (m1.ack, m1.nack, m2.ack, m2.nack):   # a delivery settles once
+        with pytest.raises(errors.AckError):
+            settle_again()
+    with pytest.raises(errors.RingcastError, match="acked, not responded to"):
+        m3.respond(b"x")
     again = consumer.recv(timeout=5)
     assert fields(again) == ("orders.x", b"p2", None, True, 2)
     again.ack()
@@ -371,6 +376,11 @@ def handler(msg):
         return None
     if kind == b"view":
         return memoryview(b"view")
+    if kind in (b"ack", b"nack"):   # a request is answered, never settled
+        try:
+            getattr(msg, kind.decode())()
+        except errors.RingcastError as exc:
+            return str(exc).encode()
     return msg.payload.upper() + b"|" + msg.subject.encode() + b"|" + \
         ",".join(sorted((msg.headers or {}))).encode()
 
@@ -381,6 +391,9 @@ def test_request_reply(impl):
     reply = impl.request("svc", b"ok", {"a": "1", "b": "2"}, timeout=5)
     assert (reply.subject, reply.payload) == ("svc", b"OK|svc|a,b")
     assert bytes(impl.request("svc", b"view", timeout=5).payload) == b"view"
+    for kind in (b"ack", b"nack"):
+        answer = impl.request("svc", kind, timeout=5).payload
+        assert answer == b"requests are responded to, not " + kind + b"ed"
     assert impl.request("svc", b"ok", timeout=float("inf")).payload == b"OK|svc|"
     assert impl.request("svc", b"ok", timeout=None).payload == b"OK|svc|"   # no deadline
     with pytest.raises(errors.ServiceError, match="ValueError: boom"):
