@@ -91,6 +91,16 @@ class Client:
         self._workers: List[threading.Thread] = []    # one per threaded callback/handler
         self._direct = threading.local()               # each thread's _DirectRequester
         self._requesters: List["_DirectRequester"] = []
+        # the first socket is made here, so that an endpoint ZeroMQ refuses
+        # raises in the caller (as in the asyncio client), not in the I/O
+        # thread; the thread's start hands it over (a full memory barrier)
+        self._first: Optional[zmq.Socket] = None
+        try:
+            self._first = self._socket()
+        except BaseException:
+            self._wake_tx.close()
+            self._wake_rx.close()
+            raise
         self._io.start()
         if timeout:
             try:
@@ -178,13 +188,17 @@ class Client:
         sock.setsockopt(zmq.RCVHWM, 0)   # bounded by subscription credit
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.connect(self.url)
+        try:
+            sock.connect(self.url)
+        except BaseException:
+            sock.close(linger=0)
+            raise
         return sock
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
         proto = self.proto
-        sock = self._socket()
+        sock, self._first = cast(zmq.Socket, self._first), None
         waiter = _IOWait(self._wake_rx)
         waiter.watch(sock)
         clean = False   # the last call on sock was an EVENTS check that said "no input"

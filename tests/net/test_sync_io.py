@@ -46,3 +46,20 @@ def test_io_thread_misses_no_input_and_no_kick_with_a_long_heartbeat():
             assert sorted(got) == sorted(b"%d-%d" % (k, j) for k in range(4) for j in range(50))
     finally:
         broker.stop()
+
+
+def test_an_endpoint_zeromq_refuses_fails_at_connect_like_the_asyncio_client():
+    """A URL libzmq cannot connect to raised in the I/O thread (a stray
+    thread traceback), and ``connect`` then waited its whole timeout to
+    report ConnectionLost, "no broker answered", as if the URL were fine."""
+    import time
+
+    import pytest
+    import zmq
+
+    for url in ("foo://x", "tcp://127.0.0.1"):
+        t0 = time.monotonic()
+        with pytest.raises(zmq.ZMQError):
+            connect(url, timeout=30)
+        assert time.monotonic() - t0 < 10, url
+    assert not [t for t in threading.enumerate() if t.name == "ringcast-client-io"]
