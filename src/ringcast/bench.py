@@ -1992,19 +1992,24 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     try:
         names = _resolve(args.scenarios)
     except ValueError as exc:
-        print(f"ringcast bench: {exc}", file=sys.stderr)
+        print(f"ringcast bench: error: {exc}", file=sys.stderr)
         return 2
     for flag, value, low in (("--size", args.size, 1), ("--batch", args.batch, 1),
                              ("--inflight", args.inflight, 1),
                              ("--count", args.count, 1)):
         if value is not None and value < low:
-            print(f"ringcast bench: {flag} must be at least {low}", file=sys.stderr)
+            print(f"ringcast bench: error: {flag} must be at least {low}", file=sys.stderr)
             return 2
     if args.subscribers is not None and args.subscribers < 1:
-        print("ringcast bench: --subscribers must be at least 1", file=sys.stderr)
+        print("ringcast bench: error: --subscribers must be at least 1", file=sys.stderr)
         return 2
-    if args.count is None and args.duration <= 0:
-        print("ringcast bench: --duration must be positive", file=sys.stderr)
+    if args.count is None and not 0 < args.duration < float("inf"):   # also NaN
+        print("ringcast bench: error: --duration must be a positive number of seconds",
+              file=sys.stderr)
+        return 2
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        # found now, not after the whole run
+        print(f"ringcast bench: error: --json {args.json}: no such directory", file=sys.stderr)
         return 2
     opts = Options(size=args.size, subscribers=args.subscribers, duration=args.duration,
                    count=args.count, batch=args.batch, publish=args.publish, recv=args.recv,

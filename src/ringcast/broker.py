@@ -378,12 +378,22 @@ class Broker:
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "Broker":
         """Run in a daemon thread; returns once the sockets are bound."""
-        self._thread = threading.Thread(target=self.run, name="ringcast-broker", daemon=True)
+        self._thread = threading.Thread(target=self._run_started, name="ringcast-broker",
+                                        daemon=True)
         self._thread.start()
         self._started.wait()
         if self._start_error is not None:
             raise self._start_error
         return self
+
+    def _run_started(self) -> None:
+        try:
+            self.run()
+        except BaseException:
+            if self._start_error is None:
+                raise
+            # raised by start() in its caller: not a second time as the thread's
+
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop (from any thread or a signal handler) and wait for it."""

@@ -13,11 +13,12 @@ import ctypes
 import gc
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NoReturn, Optional, Tuple
 
 from ._version import __version__
 
@@ -37,29 +38,104 @@ def register(name: str, help: str, setup: Setup, run: Run) -> None:
     _COMMANDS[name] = (help, setup, run)
 
 
-# -- broker ------------------------------------------------------------------------------
+# -- argument types: a bad value is one line from argparse, exit status 2 -----------------
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _bytes_arg(text: str) -> int:
-    n = int(text)
+    n = _int_arg(text)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 (0: no bound), not {n}")
     return n
 
 
+def _at_least(least: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        n = _int_arg(text)
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, not {n}")
+        return n
+    check.__name__ = f"int >= {least}"
+    return check
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not t >= 0:   # also NaN
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
+    return t
+
+
+def _heartbeat_arg(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < t < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
+    return t
+
+
+def _endpoint(text: str, bind: bool) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a tcp://HOST:PORT or ipc://PATH endpoint")
+    if scheme == "tcp":
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host:
+            raise argparse.ArgumentTypeError(f"{text!r} has no HOST:PORT")
+        if not (bind and port == "*"):
+            least = 0 if bind else 1
+            if not port.isdigit() or not least <= int(port) <= 65535:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r}: the port must be {least}..65535"
+                    + (" or *" if bind else ""))
+    return text
+
+
+def _bind_arg(text: str) -> str:
+    return _endpoint(text, bind=True)
+
+
+def _url_value(text: str) -> str:
+    return _endpoint(text, bind=False)
+
+
+def _dir_arg(text: str) -> str:
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return text
+
+
+# -- broker ------------------------------------------------------------------------------
+
+
 def _broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", action="append", metavar="ENDPOINT",
+    p.add_argument("--bind", action="append", metavar="ENDPOINT", type=_bind_arg,
                    help=f"tcp:// or ipc:// endpoint to listen on, repeatable "
                         f"(default {DEFAULT_URL})")
-    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1.0)")
-    p.add_argument("--max-frame", type=int, default=None, help="bytes per ZeroMQ frame")
-    p.add_argument("--max-message", type=int, default=None, help="bytes per message payload")
+    p.add_argument("--heartbeat", type=_heartbeat_arg, default=1.0,
+                   help="seconds (default 1.0)")
+    p.add_argument("--max-frame", type=_at_least(1), default=None,
+                   help="bytes per ZeroMQ frame")
+    p.add_argument("--max-message", type=_at_least(1), default=None,
+                   help="bytes per message payload")
     p.add_argument("--max-buffer-bytes", type=_bytes_arg, default=None, metavar="BYTES",
                    help="payload bytes a client's subscription or queue may hold here "
                         "(default 64 MiB; 0: bounded by capacity only)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", default=None, type=_dir_arg,
                    help="directory of the durable queues' logs (needed for durable=True)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                    help="default fsync policy of durable queues (docs/reliability.md)")
-    p.add_argument("--spin-us", type=int, default=None, metavar="US",
+    p.add_argument("--spin-us", type=_at_least(0), default=None, metavar="US",
                    help="after input, poll this many microseconds before sleeping: lower "
                         "request latency for a core kept busy (0: never spin; default: "
                         "around request traffic only, up to 1000 after an answer)")
@@ -150,14 +226,17 @@ def _broker(args: argparse.Namespace) -> int:
 
 # -- pub / sub / req ------------------------------------------------------------------------
 def _url_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help=f"broker endpoint (default {DEFAULT_URL})")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--url", default=DEFAULT_URL, type=_url_value,
+                   help=f"broker endpoint (default {DEFAULT_URL})")
+    p.add_argument("--timeout", type=_seconds_arg, default=5.0,
+                   help="seconds to wait (default 5)")
 
 
 def _pub_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("subject")
     p.add_argument("data", help="payload (UTF-8)")
-    p.add_argument("--count", type=int, default=1, help="publish it this many times")
+    p.add_argument("--count", type=_at_least(1), default=1,
+                   help="publish it this many times")
     _url_arg(p)
 
 
@@ -174,7 +253,8 @@ def _pub(args: argparse.Namespace) -> int:
 
 def _sub_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", help="subject pattern: '*' one token, '>' the rest")
-    p.add_argument("--count", type=int, default=0, help="exit after this many (0: never)")
+    p.add_argument("--count", type=_at_least(0), default=0,
+                   help="exit after this many (0: never)")
     _url_arg(p)
 
 
@@ -184,9 +264,9 @@ def _sub(args: argparse.Namespace) -> int:
     with connect(args.url, timeout=args.timeout) as client:
         sub = client.subscribe(args.pattern)
         client.flush(args.timeout)   # in place at the broker before we say so
-        print(f"subscribed to {args.pattern}", file=sys.stderr, flush=True)
         n = 0
-        try:
+        try:   # Ctrl-C is how a user stops it, from the moment it says it is ready
+            print(f"subscribed to {args.pattern}", file=sys.stderr, flush=True)
             for msg in sub:
                 print(f"[{msg.seq}] {msg.subject}: {msg.payload.decode(errors='replace')}",
                       flush=True)
@@ -205,15 +285,10 @@ def _req_args(p: argparse.ArgumentParser) -> None:
 
 
 def _req(args: argparse.Namespace) -> int:
-    from . import errors
     from .client import connect
 
     with connect(args.url, timeout=args.timeout) as client:
-        try:
-            reply = client.request(args.service, args.data.encode(), timeout=args.timeout)
-        except errors.RingcastError as exc:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+        reply = client.request(args.service, args.data.encode(), timeout=args.timeout)
         print(reply.payload.decode(errors="replace"))
     return 0
 
@@ -250,6 +325,13 @@ register("stats", "print a broker's statistics (JSON)", _stats_args, _stats)
 register("demo", "run the embedded orders demo", _demo_args, _demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line (and exit status 2), not the usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in _PLUGINS:
         try:
@@ -257,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-    parser = argparse.ArgumentParser(prog="ringcast", description="ringcast message broker")
+    parser = _Parser(prog="ringcast", description="ringcast message broker")
     parser.add_argument("--version", action="version", version=f"ringcast {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, setup, run) in _COMMANDS.items():
@@ -273,7 +355,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    import zmq
+
+    from . import errors
+
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:   # Ctrl-C while connecting or waiting: no traceback
+        return 130
+    except errors.RingcastError as exc:   # no broker, a timeout, a refused argument
+        print(f"ringcast {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (zmq.ZMQError, OSError) as exc:   # an endpoint or a file that cannot be used
+        print(f"ringcast {args.command}: error: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

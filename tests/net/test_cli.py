@@ -127,3 +127,163 @@ def test_broker_refuses_a_negative_buffer_bound():
     p = ringcast_cmd("broker", "--bind", "tcp://127.0.0.1:0", "--max-buffer-bytes", "-1")
     out, err = p.communicate(timeout=30)
     assert p.returncode == 2 and "--max-buffer-bytes" in err and "listening" not in out
+
+
+# -- what a user may get wrong: one line on stderr, no traceback, a non-zero status ------
+def one_line_error(p, timeout=30):
+    """Wait for a ringcast command; its status and its one line of stderr."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"still running after {timeout} s: {p.args}\n{out}{err}") from None
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, (p.args, err)
+    return p.returncode, lines[0], out
+
+
+BROKER = ("broker", "--bind", "tcp://127.0.0.1:0")
+BAD_ARGUMENTS = [
+    # (argv, what the message names)
+    (("pub", "a.b", "x", "--count", "-3"), "--count"),
+    (("pub", "a.b", "x", "--count", "0"), "--count"),
+    (("pub", "a.b", "x", "--count", "many"), "--count"),
+    (("sub", "a.b", "--count", "-1"), "--count"),
+    (("pub", "a.b", "x", "--timeout", "-1"), "--timeout"),
+    (("req", "svc", "x", "--timeout", "nan"), "--timeout"),
+    (("sub", "a.b", "--timeout", "soon"), "--timeout"),
+    (("pub", "a.b", "x", "--url", "tcp://nowhere:99999"), "--url"),
+    (("req", "svc", "x", "--url", "foo://x"), "--url"),
+    (("stats", "--url", "tcp://127.0.0.1"), "--url"),
+    (("sub", "a", "--url", "127.0.0.1:7450"), "--url"),
+    (("broker", "--bind", "tcp://127.0.0.1:99999"), "--bind"),   # zmq would take 34463
+    (("broker", "--bind", "foo://x"), "--bind"),
+    (BROKER + ("--heartbeat", "0"), "--heartbeat"),
+    (BROKER + ("--heartbeat", "-1"), "--heartbeat"),
+    (BROKER + ("--max-message", "-5"), "--max-message"),
+    (BROKER + ("--max-frame", "0"), "--max-frame"),
+    (BROKER + ("--spin-us", "-5"), "--spin-us"),
+    (BROKER + ("--data-dir", __file__), "--data-dir"),
+    (("bench", "embedded-pubsub", "--duration", "nan"), "--duration"),
+    (("bench", "embedded-pubsub", "--count", "100", "--no-progress",
+      "--json", "/nonexistent-rc/out.json"), "--json"),
+    (("nosuch",), "nosuch"),
+]
+
+
+def test_bad_arguments_are_one_line_errors_with_status_2():
+    started = [(argv, what, ringcast_cmd(*argv)) for argv, what in BAD_ARGUMENTS]
+    try:
+        for argv, what, p in started:
+            status, line, out = one_line_error(p)
+            assert status == 2 and what in line and "error" in line, (argv, line)
+            assert "listening" not in out and "ringcast x" not in out, (argv, out)
+    finally:
+        for _, _, p in started:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_no_broker_is_a_one_line_error(tmp_path):
+    """A dead tcp port and an ipc path nobody listens on: each command says
+    that no broker answered, within its --timeout."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead_tcp = "tcp://127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    dead_ipc = f"ipc://{tmp_path}/nobody.sock"
+    started = []
+    for url in (dead_tcp, dead_ipc):
+        for argv in (("pub", "a.b", "x"), ("sub", "a.>"), ("req", "svc", "x"), ("stats",)):
+            started.append(ringcast_cmd(*argv, "--url", url, "--timeout", "0.5"))
+    try:
+        for p in started:
+            status, line, _ = one_line_error(p)
+            assert status == 1 and "ConnectionLost: no broker answered at" in line, line
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_what_the_broker_refuses_is_a_one_line_error(broker, client, procs):
+    """Bad subjects and patterns, a request nobody answers in time."""
+    client.serve("slow", lambda m: None, threaded=True)   # never replies
+    barrier(client)
+    cases = [
+        (("pub", "a..b", "x"), "InvalidSubject"),
+        (("pub", "a.*", "x"), "InvalidSubject"),
+        (("sub", "a.>.b"), "InvalidSubject"),
+        (("req", "a..b", "x"), "InvalidSubject"),
+        (("req", "nobody", "x"), "NoResponders"),
+        (("req", "slow", "x", "--timeout", "0.5"), "Timeout: request to 'slow' timed out"),
+    ]
+    started = [(argv, what, ringcast_cmd(*argv, "--url", broker.url)) for argv, what in cases]
+    procs.extend(p for _, _, p in started)
+    for argv, what, p in started:
+        status, line, _ = one_line_error(p)
+        assert status == 1 and line.startswith(f"ringcast {argv[0]}: error: ") \
+            and what in line, (argv, line)
+
+
+def test_a_broker_that_cannot_listen_says_so_in_one_line(broker, tmp_path):
+    cases = [("ipc://%s/no/such/dir.sock" % tmp_path, "No such file or directory")]
+    if broker.url.startswith("tcp://"):
+        cases.append((broker.url, "Address already in use"))
+    for url, what in cases:
+        status, line, out = one_line_error(ringcast_cmd("broker", "--bind", url))
+        assert status == 1 and line.startswith("ringcast broker: error: ") \
+            and what in line and not out, line
+
+
+def python_cli(*args):
+    """``ringcast ARGS`` in a child whose SIGINT raises KeyboardInterrupt even
+    where this test run was started with SIGINT ignored (a background job)."""
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from ringcast.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def test_sub_stops_cleanly_on_sigint(broker, procs):
+    sub = python_cli("sub", "x.>", "--url", broker.url)
+    procs.append(sub)
+    assert sub.stderr.readline().startswith("subscribed to x.>")
+    sub.send_signal(signal.SIGINT)
+    out, err = sub.communicate(timeout=20)
+    assert (sub.returncode, out, err) == (0, "", "")
+
+
+def test_sigint_while_waiting_for_a_broker_is_no_traceback(tmp_path, procs):
+    """Ctrl-C before any broker answered: status 130, nothing on stderr."""
+    sub = python_cli("sub", "x.>", "--url", f"ipc://{tmp_path}/nobody.sock",
+                     "--timeout", "60")
+    procs.append(sub)
+    assert wait_for_threads(sub.pid, 2), "the client did not start"
+    sub.send_signal(signal.SIGINT)
+    out, err = sub.communicate(timeout=20)
+    assert (sub.returncode, out, err) == (130, "", "")
+
+
+def wait_for_threads(pid, n, timeout=20):
+    """The process runs ``n`` threads (its client's I/O thread is up)."""
+    import psutil
+
+    from .conftest import wait_for
+    return wait_for(lambda: psutil.Process(pid).num_threads() >= n, timeout)
+
+
+@pytest.mark.parametrize("command", [None, "broker", "pub", "sub", "req", "stats", "demo",
+                                     "bench"])
+def test_help_of_every_command(command):
+    argv = ("--help",) if command is None else (command, "--help")
+    out = subprocess.run([sys.executable, "-m", "ringcast", *argv], capture_output=True,
+                         text=True, env=ENV, timeout=30)
+    prog = "ringcast" if command is None else f"ringcast {command}"
+    assert out.returncode == 0 and out.stdout.startswith(f"usage: {prog} "), out
+    assert not out.stderr
