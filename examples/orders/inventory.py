@@ -2,6 +2,7 @@
 
 import json
 import signal
+import threading
 
 from common import say, url
 
@@ -19,13 +20,16 @@ def check(msg: ringcast.Message) -> bytes:
 
 
 def main() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     with ringcast.connect(url(), name="inventory") as client:
-        client.serve("inventory.check", check)
+        client.serve("inventory.check", check)   # answered on the client's I/O thread
         client.flush()
         say("inventory", "ready")
-        signal.sigwait([signal.SIGTERM, signal.SIGINT])
+        while not stop.wait(0.5):   # a timeout lets the handler run, on Windows too
+            pass
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
     main()

@@ -22,6 +22,9 @@ def ringcast_cmd(*args, **kw):
                             stderr=subprocess.PIPE, text=True, env=ENV, **kw)
 
 
+needs_sigint = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
 def test_sub_pub_and_req_commands(broker, client, procs):
     sub = ringcast_cmd("sub", "cli.>", "--url", broker.url, "--count", "3")
     procs.append(sub)
@@ -55,6 +58,7 @@ def test_stats_command_prints_the_broker_statistics(broker, client):
     assert st.returncode == 0 and stats["subjects"] == {"s.x": 1} and stats["clients"] == 2
 
 
+@needs_sigint
 def test_broker_stops_cleanly_on_sigint(endpoint):
     b = ringcast_cmd("broker", "--bind", endpoint)
     line = b.stdout.readline()
@@ -257,7 +261,6 @@ def python_cli(*args):
                             stderr=subprocess.PIPE, text=True, env=ENV)
 
 
-needs_sigint = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 @needs_sigint
