@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 
 import zmq
 
+from . import _codec as C
 from . import errors
 from ._args import check_request_timeout, check_timeout
 from ._impl import Message
@@ -567,6 +568,7 @@ class _DirectRequester:
     def request(self, service: str, payload: Any, headers: Headers,
                 timeout: Optional[float]) -> Message:
         deadline = time.monotonic() + check_request_timeout(timeout)
+        losses = self._client.proto.losses
         with self._lock:
             if self._closed or self._client._closing:
                 raise errors.Closed("client is closed")
@@ -575,8 +577,8 @@ class _DirectRequester:
                 box: List[Any] = []
                 rid = self.proto.request(service, payload, headers, timeout, box.append)
                 try:
-                    lost = self._drive(sock, box, deadline)
-                except errors.Closed:
+                    lost = self._drive(sock, box, deadline, losses)
+                except (errors.Closed, errors.ConnectionLost):
                     self.proto.forget_request(rid)
                     raise
                 if lost is None:
@@ -590,26 +592,44 @@ class _DirectRequester:
             raise result
         return result  # type: ignore[no-any-return]
 
-    def _drive(self, sock: zmq.Socket, box: List[Any],
-               deadline: float) -> Optional[errors.RingcastError]:
+    def _drive(self, sock: zmq.Socket, box: List[Any], deadline: float,
+               losses: int) -> Optional[errors.RingcastError]:
         """Send and read until the reply is in ``box`` or the deadline; returns
         the error when the broker says it has no session for us.
 
         It waits in a blocking ``recv`` bounded by RCVTIMEO, as a REQ socket
         would: ``Socket.poll`` builds a Poller per call and adds a zmq_poll
-        and the EVENTS checks of a non-blocking read to every round trip."""
+        and the EVENTS checks of a non-blocking read to every round trip.
+
+        A request that waits sends HB every client heartbeat: it keeps the
+        session alive, and a broker that took the place of ours answers it
+        "no session", which fails the request with ``ConnectionLost`` (it was
+        in flight at a broker that is gone). A broker that is gone for good
+        shows as the client's own session lost twice (``losses``)."""
         proto = self.proto
         recv = sock.recv
         clock = time.monotonic
+        client = self._client.proto
+        probe_every = client.heartbeat
+        probed = False
+        sent = clock()
         while True:
             now = clock()
-            for frame in proto.data_to_send(now, eager=True):
+            if proto.ready and now - sent >= probe_every:
+                proto.urgent.record(C.HB)
+                probed = True
+            frames = proto.data_to_send(now, eager=True)
+            for frame in frames:
                 zsend(sock, frame)
+            if frames:
+                sent = now
             left = deadline - now
             if left <= 0:
                 return None
             if self._client._closing:
                 raise errors.Closed("client closed while the request waited")
+            if client.losses - losses >= 2:
+                raise errors.ConnectionLost("no broker answers this client any more")
             ms = max(1, int(min(left, self.SLICE) * 1000))
             # reset only when it would wait past the deadline (by more than
             # the 1 ms rounding) or time out early: usually once per timeout
@@ -622,6 +642,9 @@ class _DirectRequester:
                 continue
             err = proto.frame_received(frame, clock())
             if err is not None:
+                if probed:   # refused after it was sent: in flight at a broker now gone
+                    raise errors.ConnectionLost(
+                        f"the broker holding the request was replaced: {err}")
                 if box:   # the request was refused with the session: retry it
                     box.clear()
                 return err

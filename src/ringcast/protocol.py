@@ -339,6 +339,7 @@ class ClientProtocol:
         self.draining: Dict[int, int] = {}
         self.hello_sent_at = -1.0
         self.sessions = 0            # completed handshakes
+        self.losses = 0              # sessions ended (or tries that got none)
         self.handles: Dict[int, _Handle] = {}
         self.owners: Dict[int, _Settler] = {}
         # rid -> (service, settle, deadline): the broker answers Timeout at the
@@ -410,6 +411,7 @@ class ClientProtocol:
             if self.ready:
                 self.unconfirmed_lost += max(0, self.window - self.credit)
             self.ready = False
+            self.losses += 1
             # what it delivered can no longer be settled: an ack now would be
             # written nowhere, and the broker redelivers the message anyway
             for owner in self.owners.values():
