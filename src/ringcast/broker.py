@@ -260,7 +260,7 @@ class _RemoteResponder:
             broker._call_soon(self.service.dispatch, payload, headers, pending)
             return True
         if pending.deadline is None:
-            left = 60000
+            left = MAX_TIMEOUT_MS   # no deadline (docs/protocol.md, Requests)
         else:
             ms = (pending.deadline - broker._now) * 1000
             # a REQ may ask any u64 of ms; past MAX_TIMEOUT_MS it means

@@ -57,3 +57,83 @@ def test_a_sync_request_in_flight_when_the_broker_dies_fails_with_connection_los
         b.stop()
         if b2 is not None:
             b2.stop()
+
+
+HOLDER = """
+import sys, ringcast
+c = ringcast.connect(sys.argv[1], heartbeat=0.2)
+r = c.serve("work", concurrency=1)   # takes one request and never answers it
+c.flush()
+print("ready", flush=True)
+print(r.recv(timeout=30).payload.decode(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_responder_killed_holding_a_request_fails_it_and_the_backlog_goes_on(
+        broker, client, procs):
+    """kill -9 of a responder: the request it held fails with ServiceError
+    (docs/protocol.md, Session 3) instead of waiting forever, and requests
+    still in the backlog go to the responder that is left."""
+    import subprocess
+
+    from .conftest import run_script
+
+    holder = run_script(HOLDER, broker.url, stdin=subprocess.PIPE)
+    procs.append(holder)
+    assert holder.stdout.readline().strip() == "ready"
+    mine = client.serve("work", concurrency=1)   # stalls until we answer
+    barrier(client)
+    results = {}
+
+    def ask(i):
+        try:
+            results[i] = client.request("work", b"%d" % i, timeout=None).payload
+        except errors.RingcastError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    first = mine.recv(timeout=10)             # one for us, one for the holder,
+    held = holder.stdout.readline().strip()   # two wait in the backlog
+    assert wait_for(lambda: client.stats()["services"]["work"]["backlog"] == 2), \
+        client.stats()["services"]
+    holder.kill()
+    holder.wait(10)
+    holder.stdin.close()
+    first.respond(b"ok:" + first.payload)
+    for _ in range(2):
+        m = mine.recv(timeout=10)
+        m.respond(b"ok:" + m.payload)
+    for t in threads:
+        t.join(10)
+    assert isinstance(results.pop(int(held)), errors.ServiceError), results
+    assert sorted(results.values()) == sorted(b"ok:%d" % i for i in results)
+
+
+def test_an_embedded_request_without_deadline_reaches_a_remote_responder_as_one(
+        embedded, zsocket):
+    """An RQST carries the ms left until the deadline, and 2**53 means none
+    (docs/protocol.md, Requests). An embedded request with no deadline used
+    to carry 60,000 ms: a responder honouring it would give up after a minute
+    on a requester that waits forever."""
+    from ringcast import _codec as C
+    from ringcast.broker import MAX_TIMEOUT_MS
+
+    from .conftest import raw_session, serving
+
+    router, broker = embedded()
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    w = C.Writer()
+    w.record(C.SERVE, 1, "svc", 4)
+    sock.send(w.take())
+    serving(router, "svc")
+    router.request_cb("svc", b"x", lambda _: None, timeout=None)
+    router.request_cb("svc", b"y", lambda _: None, timeout=float("inf"))
+    left = []
+    while len(left) < 2:
+        assert sock.poll(5000), "no request reached the responder"
+        left += [ev[3] for ev in C.Reader(sock.recv()).events({}) if ev[0] == C.RQST]
+    year_ms = 365 * 86400 * 1000
+    assert left[0] == MAX_TIMEOUT_MS and left[1] > 100 * year_ms, left
