@@ -123,3 +123,19 @@ def test_reconnecting_again_and_again_loses_nothing_that_was_not_sent():
     _ordered_records(proto)
     proto.take_loss()
 
+
+
+def test_a_request_made_while_reconnecting_fails_instead_of_waiting_for_ever():
+    """A request made between a lost session and the next socket had its REQ
+    cleared with the outbox by ``connection_made``, never sent, and stayed
+    in ``requests``: with no deadline it waited for good."""
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    proto.connection_lost(errors.ConnectionLost("broker gone"))
+    results = []
+    proto.request("svc", b"q", None, None, results.append)   # no deadline
+    assert results == []
+    proto.connection_made(time.monotonic())
+    assert len(results) == 1 and isinstance(results[0], errors.ConnectionLost)
+    assert proto.requests == {}

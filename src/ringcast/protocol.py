@@ -378,8 +378,12 @@ class ClientProtocol:
         self.urgent.ready = value
 
     def connection_made(self, now: float) -> None:
-        """A fresh socket: start a session and queue everything to re-declare."""
+        """A fresh socket: start a session and queue everything to re-declare.
+        Requests still waiting were made since the last session ended (or it
+        ended unnoticed): their REQ is cleared with the outbox, never to be
+        sent, so they fail now instead of waiting out their deadline."""
         with self.lock:
+            orphans, self.requests = self.requests, {}
             self.ready = False
             self.credit = self.confirmed = 0
             self.draining.clear()
@@ -398,6 +402,11 @@ class ClientProtocol:
             self.redeclared = int(self.outbox.unsent)
             self.last_rx = self.last_tx = now
             self._send_hello(now)
+        if orphans:
+            exc = errors.ConnectionLost("the session to the broker ended before the request "
+                                        "was sent; it may be sent again")
+            for _, settle, _ in orphans.values():
+                settle(exc)
 
     def _send_hello(self, now: float) -> None:
         self.urgent.clear()   # nothing else may go before HELLO
