@@ -45,3 +45,26 @@ def test_settle_takes_acked_deliveries_out_and_reports_the_rest(impl):
     missing, ids = impl.ring_module.settle([2, 9, 1, 2], unacked, inflight)
     assert missing == [9, 2] and ids == [41]   # unknown, then already settled
     assert unacked == {3: msgs[2]} and list(inflight) == [3]
+
+
+def test_hand_out_leaves_a_consumer_and_its_deliveries_collectable(impl):
+    """A ring's messages are untracked by the garbage collector while nothing
+    they hold can lead back to them; handed out, each holds its consumer,
+    whose unacked map holds it: that cycle must still be collected."""
+    import gc
+    import weakref
+
+    class Consumer:
+        pass
+
+    ring = impl.Ring(4)
+    ring.put("jobs", b"a")
+    ready = collections.deque(ring.pop_many())
+    consumer = Consumer()
+    consumer.unacked = {}
+    got, _ = impl.ring_module.hand_out(ready, 10, consumer, 1, consumer.unacked, TTL)
+    assert len(got) == 1
+    gone = weakref.ref(consumer)
+    del consumer, got
+    gc.collect()
+    assert gone() is None

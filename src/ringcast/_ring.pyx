@@ -47,6 +47,8 @@ def hand_out(object ready, Py_ssize_t limit, object owner, uint64_t tag, dict un
             break
         popleft()
         m.owner = owner
+        if owner is not None and not PyObject_GC_IsTracked(m):
+            PyObject_GC_Track(<void *>m)   # as ``_owner`` does: it may now be in a cycle
         m._tag = tag
         unacked[tag] = m
         tag += 1
