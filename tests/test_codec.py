@@ -586,3 +586,19 @@ def test_write_ring_encodes_a_pure_python_ring_the_same_as_a_native_one():
         assert w.write_ring(ring, 7, 100, 1 << 20) == 6 and len(ring) == 0
         frames.append(w.take())
     assert frames[0] == frames[1]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_write_ring_wakes_a_blocked_publisher_when_it_only_drops(native):
+    """Messages write_ring drops (over max_message) leave the ring too: a
+    publisher waiting for room is woken, as by messages written."""
+    from ringcast._ring_py import Ring as PyRing
+
+    ring = (Ring if native else PyRing)(2, "block")
+    ring.put("t", bytes(101))
+    ring.put("t", b"h", {"k": "v" * C.MAX_HEADERS})
+    woken = []
+    assert ring.arm_space(lambda: woken.append(1))
+    assert C.Writer().write_ring(ring, 1, 10, 1 << 20, False, 100) == 0
+    assert len(ring) == 0 and ring.dropped == 2 and woken == [1]
+

@@ -484,7 +484,9 @@ cdef class Writer:
         cdef const char *sp = NULL
         cdef Py_ssize_t sn = 0
         cdef bint same
+        cdef bint took = False
         while n < max_count and self.length < max_bytes and native.take(&s):
+            took = True
             try:
                 if max_message and s.size > max_message:
                     native.dropped += 1
@@ -553,7 +555,7 @@ cdef class Writer:
                 Py_XDECREF(<PyObject *>s.headers)
         if in_run:
             self._end(run_start)
-        if n:
+        if took:   # a dropped message made room too
             native.fire_space()
         return n
 
