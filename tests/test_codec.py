@@ -602,3 +602,32 @@ def test_write_ring_wakes_a_blocked_publisher_when_it_only_drops(native):
     assert C.Writer().write_ring(ring, 1, 10, 1 << 20, False, 100) == 0
     assert len(ring) == 0 and ring.dropped == 2 and woken == [1]
 
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("runs", [False, True])
+def test_write_ring_leaves_no_partial_record(native, runs):
+    """A slot whose record fails midway (headers its publisher changed after
+    the publish, a payload whose buffer was released) raises and leaves the
+    frame as it was before that record: whole records, counted, any open run
+    closed."""
+    from ringcast._ring_py import Ring as PyRing
+
+    for bad in ({"headers": {"k": 1}}, {"payload": memoryview(b"gone")}):
+        ring = (Ring if native else PyRing)(8)
+        ring.put("t", b"a")
+        ring.put("t", b"b")
+        headers = {"k": "v"}
+        ring.put("t", bad.get("payload", b"c"), headers)
+        if "payload" in bad:
+            bad["payload"].release()
+        else:
+            headers.update(bad["headers"])
+        w = C.Writer()
+        with pytest.raises((errors.WrongType, ValueError)):
+            w.write_ring(ring, 1, 10, 1 << 20, runs)
+        records = w.records
+        frame = w.take()
+        evs = C.Reader(frame).events()
+        assert [m.payload for _, _, run in evs for m in run.take()] == [b"a", b"b"]
+        reader = C.Reader(frame)
+        assert records == sum(1 for _ in iter(reader.next, None))

@@ -485,78 +485,83 @@ cdef class Writer:
         cdef Py_ssize_t sn = 0
         cdef bint same
         cdef bint took = False
-        while n < max_count and self.length < max_bytes and native.take(&s):
-            took = True
-            try:
-                if max_message and s.size > max_message:
-                    native.dropped += 1
-                    continue
-                n += 1
-                same = s.subject == <PyObject *>last
-                if not same:
-                    last = <object>s.subject
-                    sp = _utf8(last, &sn)
-                if s.headers == NULL and PyBytes_CheckExact(<object>s.payload):
-                    pn = <size_t>PyBytes_GET_SIZE(<object>s.payload)
-                    if in_run and same and s.seq == next_seq:
-                        # the next message of the open run: its length and bytes
-                        self._room(RC_UVARINT_MAX + pn)
-                        q = self.buf + self.length
-                        k = rc_uvarint_put(q, <uint64_t>pn)
-                        memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
-                        self.length += k + pn
-                        next_seq += 1
-                        continue
-                    if in_run:
-                        self._end(run_start)
-                        in_run = False
-                    # the common record, written in one piece
-                    self._room(RC_REC_HDR + hn + 3 * RC_UVARINT_MAX + <size_t>sn + 1 + pn)
-                    start = self.length
-                    q = self.buf + start
-                    q[0] = RC_MSGS if runs else RC_MSG
-                    k = RC_REC_HDR + rc_uvarint_put(q + RC_REC_HDR, handle)   # no memcpy call
-                    k += rc_uvarint_put(q + k, s.seq)
-                    k += rc_uvarint_put(q + k, <uint64_t>sn)
-                    memcpy(q + k, sp, <size_t>sn)
-                    k += <size_t>sn
-                    if runs:
-                        k += rc_uvarint_put(q + k, <uint64_t>pn)
-                    else:
-                        q[k] = 0   # no headers
-                        k += 1
-                    memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
-                    self.length = start + k + pn
-                    if runs:   # left open for the messages that follow
-                        run_start, in_run, next_seq = start, True, s.seq + 1
-                    else:
-                        self._end(start)
-                else:
-                    if in_run:
-                        self._end(run_start)
-                        in_run = False
-                    start = self._begin(RC_MSG)
-                    self._raw(<const char *>hv, hn)
-                    self._uv(s.seq)
-                    self._uv(<uint64_t>sn)
-                    self._raw(sp, <size_t>sn)
-                    try:
-                        self._headers(<object>s.headers if s.headers != NULL else None)
-                    except LimitExceeded:
-                        self.length = start
+        try:
+            while n < max_count and self.length < max_bytes and native.take(&s):
+                took = True
+                try:
+                    if max_message and s.size > max_message:
                         native.dropped += 1
-                        n -= 1
                         continue
-                    self._payload(<object>s.payload)
-                    self._end(start)
-            finally:
-                Py_XDECREF(<PyObject *>s.subject)
-                Py_XDECREF(<PyObject *>s.payload)
-                Py_XDECREF(<PyObject *>s.headers)
-        if in_run:
-            self._end(run_start)
-        if took:   # a dropped message made room too
-            native.fire_space()
+                    n += 1
+                    same = s.subject == <PyObject *>last
+                    if not same:
+                        last = <object>s.subject
+                        sp = _utf8(last, &sn)
+                    if s.headers == NULL and PyBytes_CheckExact(<object>s.payload):
+                        pn = <size_t>PyBytes_GET_SIZE(<object>s.payload)
+                        if in_run and same and s.seq == next_seq:
+                            # the next message of the open run: its length and bytes
+                            self._room(RC_UVARINT_MAX + pn)
+                            q = self.buf + self.length
+                            k = rc_uvarint_put(q, <uint64_t>pn)
+                            memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
+                            self.length += k + pn
+                            next_seq += 1
+                            continue
+                        if in_run:
+                            self._end(run_start)
+                            in_run = False
+                        # the common record, written in one piece
+                        self._room(RC_REC_HDR + hn + 3 * RC_UVARINT_MAX + <size_t>sn + 1 + pn)
+                        start = self.length
+                        q = self.buf + start
+                        q[0] = RC_MSGS if runs else RC_MSG
+                        k = RC_REC_HDR + rc_uvarint_put(q + RC_REC_HDR, handle)   # no memcpy call
+                        k += rc_uvarint_put(q + k, s.seq)
+                        k += rc_uvarint_put(q + k, <uint64_t>sn)
+                        memcpy(q + k, sp, <size_t>sn)
+                        k += <size_t>sn
+                        if runs:
+                            k += rc_uvarint_put(q + k, <uint64_t>pn)
+                        else:
+                            q[k] = 0   # no headers
+                            k += 1
+                        memcpy(q + k, PyBytes_AS_STRING(<object>s.payload), pn)
+                        self.length = start + k + pn
+                        if runs:   # left open for the messages that follow
+                            run_start, in_run, next_seq = start, True, s.seq + 1
+                        else:
+                            self._end(start)
+                    else:
+                        if in_run:
+                            self._end(run_start)
+                            in_run = False
+                        start = self._begin(RC_MSG)
+                        try:
+                            self._raw(<const char *>hv, hn)
+                            self._uv(s.seq)
+                            self._uv(<uint64_t>sn)
+                            self._raw(sp, <size_t>sn)
+                            self._headers(<object>s.headers if s.headers != NULL else None)
+                            self._payload(<object>s.payload)
+                        except LimitExceeded:   # headers over MAX_HEADERS
+                            self.length = start
+                            native.dropped += 1
+                            n -= 1
+                            continue
+                        except BaseException:   # no partial record
+                            self.length = start
+                            raise
+                        self._end(start)
+                finally:
+                    Py_XDECREF(<PyObject *>s.subject)
+                    Py_XDECREF(<PyObject *>s.payload)
+                    Py_XDECREF(<PyObject *>s.headers)
+        finally:   # also when a record failed: the open run is whole, and
+            if in_run:   # what was taken (dropped ones too) made room
+                self._end(run_start)
+            if took:
+                native.fire_space()
         return n
 
     cdef Py_ssize_t _write_popped(self, object ring, uint64_t handle, Py_ssize_t max_count,
