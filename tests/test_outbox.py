@@ -112,3 +112,26 @@ def test_received_messages_skip_the_cycle_collector_only_when_they_cannot_cycle(
 
 class Owner:
     msg = None
+
+
+def test_an_ack_written_settles_its_delivery_even_if_the_kick_raises():
+    """Settler.ack writes the ACK record, then asks its owner to send: if
+    that raises, the ACK is still in the urgent buffer and goes with the
+    next send, so the delivery is settled and a second ack is refused, not
+    written again."""
+    from ringcast.errors import AckError
+
+    class Driver:
+        def kick(self):
+            raise RuntimeError("the event loop is closed")
+
+    urgent = C.Urgent(Driver(), C.NoLock())
+    urgent.ready = True
+    settler = C.Settler(None, 5, urgent)
+    msg = C.message("jobs", b"a", tag=7)
+    with pytest.raises(RuntimeError):
+        settler.ack(msg)
+    with pytest.raises(AckError):
+        settler.ack(msg)
+    (frame,) = urgent.take()
+    assert C.Reader(frame).acks() == {5: [7]}

@@ -732,8 +732,10 @@ cdef class Settler:
             if u.ready:
                 first = u.w.length == 0
                 u.w._ack(self.hid, msg._tag)
+                msg._tag = 0   # written: settled, even if the kick raises
                 u._written(first)
-            msg._tag = 0
+            else:
+                msg._tag = 0
         finally:
             u._release()
 
