@@ -271,7 +271,20 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
             w = C.Writer()
             w.record(C.SUB, 1, "feed.>", 4096, 0, 4096)
             gone.send(w.take())
+            # the SUB frame's credit comes back on its own a moment later: had it
+            # not come yet, its send would drop the session before the frame below
+            credited = False
+            while not credited:
+                assert gone.poll(10000), "no PCREDIT for the SUB frame"
+                credited = any(e[0] == C.PCREDIT for e in C.Reader(gone.recv()).events())
             assert wait_for(lambda: len(router.stats()["subscriptions"]) == 2)
+            # one frame, one pass: its first publishes ready 1 MB for it (16
+            # frames), its last the good sub (a frame that starts with an
+            # urgent record, such as CREDIT, may not carry publishes)
+            for _ in range(1000):
+                w.pub("feed.bulk", b"x" * 1000)
+            w.pub("feed.good", b"after")
+            frame = w.take()
 
             zsend = broker_mod.zsend
 
@@ -281,13 +294,7 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
                 return zsend(sock, data, flags)
 
             monkeypatch.setattr(broker_mod, "zsend", vanished)
-            # one frame, one pass: its first publishes ready 1 MB for it (16
-            # frames), its last the good sub (a frame that starts with an
-            # urgent record, such as CREDIT, may not carry publishes)
-            for _ in range(1000):
-                w.pub("feed.bulk", b"x" * 1000)
-            w.pub("feed.good", b"after")
-            gone.send(w.take())
+            gone.send(frame)
             assert sub.recv(timeout=10).payload == b"after"
             assert broker.counters["sessions_dropped"] == 1
             assert broker.counters.get("internal_errors", 0) == 0
