@@ -8,7 +8,8 @@
 #   5. auditwheel repair gives a manylinux tag (Linux only)
 #   6. that wheel installs into a fresh venv with no compiler (CC=false,
 #      CXX=false, binary-only) and the test suite passes against it, run
-#      from a directory holding only tests/, examples/ and pyproject.toml
+#      from a directory holding only tests/, examples/, pyproject.toml and
+#      README.md (tests/test_docs.py runs its snippets)
 #   7. mypy --strict on tests/typing/example_public_api.py against the
 #      installed wheel (proves py.typed and the .pyi stubs ship), and
 #      mypy.stubtest of the shipped stubs against the shipped modules
@@ -75,7 +76,7 @@ vpy="$work/venv/bin/python"
 CC=false CXX=false LDSHARED=false "$vpy" -m pip install -q --disable-pip-version-check \
     --only-binary=:all: "${wheel}[test]" || fail "install without a compiler"
 mkdir "$work/t"
-cp -R tests examples pyproject.toml "$work/t/"
+cp -R tests examples pyproject.toml README.md "$work/t/"
 (cd "$work/t" && RINGCAST_TEST_INSTALLED=1 "$vpy" -m pytest tests -q -p no:cacheprovider) \
     || fail "tests against the installed wheel"
 pass "tests pass against $(basename "$wheel") installed with CC=false"
