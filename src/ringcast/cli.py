@@ -63,21 +63,22 @@ def _at_least(least: int) -> Callable[[str], int]:
     return check
 
 
-def _seconds_arg(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
-        t = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+
+
+def _seconds_arg(text: str) -> float:
+    t = _seconds(text)
     if not t >= 0:   # also NaN
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
     return t
 
 
 def _heartbeat_arg(text: str) -> float:
-    try:
-        t = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    t = _seconds(text)
     if not 0 < t < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
     return t
