@@ -158,7 +158,7 @@ def test_build_targets_agree():
     assert cibw["macos"]["archs"] == ["x86_64", "arm64"]
     assert cibw["windows"]["archs"] == ["AMD64"]
     # the test command must run against the wheel, from the copied tests
-    assert cibw["test-sources"] == ["tests", "examples", "pyproject.toml"]
+    assert cibw["test-sources"] == ["tests", "examples", "pyproject.toml", "README.md"]
     assert "tests" in cibw["test-command"]
     ci = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     matrix = re.search(r"python: \[(.*)\]", ci)
