@@ -699,8 +699,8 @@ cdef class Settler:
     """The ``_owner`` of one remote handle's queue deliveries or requests
     for one session: their acks and replies become urgent records. The end
     of its session (or closing its consumer) makes it ``stale``: the broker
-    redelivers what it held, so settling it then is an error. Subclassed by the protocol for the rarer
-    nack, fail and the checks of respond."""
+    redelivers what it held, so settling it then is an error. Subclassed by
+    the protocol for the rarer nack, fail and the checks of respond."""
 
     cdef readonly object handle
     cdef readonly uint64_t hid
@@ -711,6 +711,10 @@ cdef class Settler:
         self.handle = handle
         self.hid = hid
         self.urgent = urgent
+
+    def live(self):
+        """AckError once ``stale`` (the protocol's checks, and ours)."""
+        self._live()
 
     cdef inline int _live(self) except -1:
         if self.stale:

@@ -45,8 +45,8 @@ QUEUED_LIMIT = 1 << 20
 MAX_ERROR_TEXT = 4096
 
 
-_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT, _REP = (
-    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT, C.REP)
+_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (
+    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
 
 
 class _Handle:
@@ -237,9 +237,7 @@ class _Settler(C.Settler):
     __slots__ = ()
 
     def _check(self) -> "ClientProtocol":
-        if self.stale:
-            raise errors.AckError("delivered in a session that has ended, or to a consumer "
-                                  "since closed: the broker redelivers it")
+        self.live()
         return cast("ClientProtocol", self.handle.proto)
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
