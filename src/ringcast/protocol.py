@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 from . import _codec as C
 from . import errors
-from ._args import check_count, check_request_timeout
+from ._args import check_count
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
 from .services import check_reply
@@ -597,15 +597,11 @@ class ClientProtocol:
     def request(self, service: str, payload: Any, headers: Headers,
                 timeout: Optional[float], settle: Settle) -> int:
         """Queue a request; ``settle`` gets the reply Message or an exception."""
-        self.check_open()
-        check_subject(service)
-        timeout = check_request_timeout(timeout)   # None: no deadline
-        self.outbox.check_payload(payload)
-        ms = max(1, int(timeout * 1000))   # check_timeout caps it: it fits the u64
         with self.lock:
             rid = next(self.ids)
-            self.outbox.record(C.REQ, rid, service, ms, headers, payload)   # may refuse headers
-            self.requests[rid] = (service, settle, time.monotonic() + timeout + REQUEST_GRACE)
+            # checks (closed, name, timeout, size; headers as written) and REQ, natively
+            deadline = self.outbox.request(rid, service, payload, headers, timeout, REQUEST_GRACE)
+            self.requests[rid] = (service, settle, deadline)
             return rid
 
     def expire_requests(self, now: float) -> None:

@@ -200,6 +200,10 @@ BAD_CALLS = {
                            errors.WrongType),
     "request timeout -1": (lambda i: i.request("svc", b"x", timeout=-1), errors.LimitExceeded),
     "request timeout str": (lambda i: i.request("svc", b"x", timeout="1"), errors.WrongType),
+    "request timeout nan": (lambda i: i.request("svc", b"x", timeout=float("nan")),
+                            errors.LimitExceeded),
+    "request timeout bool": (lambda i: i.request("svc", b"x", timeout=True), errors.WrongType),
+    "request bytes name": (lambda i: i.request(b"svc", b"x", timeout=1), errors.WrongType),
 }
 
 
