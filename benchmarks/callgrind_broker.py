@@ -76,6 +76,7 @@ c.serve("bench", echo, concurrency={inflight})
 c.flush(timeout=60)
 print("ready", flush=True)
 done.wait(600)
+c.close()   # the last reply leaves after its handler set done: send it
 print("done", flush=True)
 """
 

@@ -188,7 +188,11 @@ class _WireRequest(PendingRequest):
 
     def __init__(self, broker: "Broker", service: _Service, deadline: float,
                  session: _Session, rid: int) -> None:
-        PendingRequest.__init__(self, service, _no_callback, deadline)
+        # PendingRequest's fields, set here: a Python call less per request
+        self.service = service
+        self.on_done = _no_callback
+        self.deadline = deadline
+        self.settled = False
         self.broker = broker
         self.session = session
         self.rid = rid
@@ -1038,7 +1042,8 @@ class Broker:
             pending._respond(payload, headers)   # we are on the loop
         else:
             pending.respond(None, payload, headers)
-        responder.refill()
+        if responder.service.backlog:   # the freed slot goes to a waiting request
+            responder.refill()
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, code, text = rec

@@ -252,7 +252,8 @@ class _Service:
             pending.fail(errors.NoResponders(f"no responders left for {self.name!r}"))
             return
         if not self.backlog:
-            for responder in self.pick():
+            responders = self.responders
+            for responder in responders if len(responders) == 1 else self.pick():
                 if responder._offer(payload, headers, pending):
                     return
         if len(self.backlog) >= MAX_REQUEST_BACKLOG:
