@@ -25,7 +25,7 @@ from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_is
 from ringcast._ring cimport Ring, Message, rc_slot, untracked, payload_size
 from ringcast._router cimport CoreRouter, _check_payload
 
-from ringcast._args import TIMEOUT_MAX, check_request_timeout
+from ringcast._args import TIMEOUT_MAX as _TIMEOUT_MAX, check_request_timeout as _check_timeout
 from ringcast.errors import (AckError, Closed, LimitExceeded, ProtocolError, RingcastError,
                              UnknownCommand, WrongType)
 
@@ -923,10 +923,10 @@ cdef class Outbox:
             raise Closed("client is closed")
         self._check_subject(service)
         if ((type(timeout) is float or type(timeout) is int)
-                and 0 <= timeout < TIMEOUT_MAX):   # NaN fails too
+                and 0 <= timeout < _TIMEOUT_MAX):   # NaN fails too
             seconds = timeout
         else:   # None, infinity or more (no deadline), or a bad value: its error
-            seconds = check_request_timeout(timeout)
+            seconds = _check_timeout(timeout)
         self._check_size(payload)
         cdef double ms = seconds * 1000   # at most TIMEOUT_MAX s: fits the u64
         self._ordered(RC_REQ, (rid, service, <uint64_t>ms if ms >= 1 else 1, headers, payload))
