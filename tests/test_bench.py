@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import statistics
 
 import pytest
 
@@ -104,6 +105,7 @@ def test_bad_arguments(capsys):
     assert bench.main(["no-such-scenario", "--count", "10"]) == 2
     assert bench.main(["embedded-pubsub", "--size", "0"]) == 2
     assert bench.main(["embedded-pubsub", "--subscribers", "0"]) == 2
+    assert bench.main(["reqrep", "--rounds", "-1"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
     assert bench.main(["--list"]) == 0
     assert "embedded-fanout" in capsys.readouterr().out
@@ -143,21 +145,90 @@ def test_broker_stream_scenarios(tmp_path, scenario, subs, baselines, extra):
     assert rows[0]["deliveries_per_s"] == pytest.approx(rows[0]["msgs_per_s"] * fanout)
 
 
+REQREP_SYSTEMS = ["ringcast", "ringcast --spin-us 0", "ringcast --spin-us 1000",
+                  "pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"]
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("scenario,baselines", [
-    ("reqrep", ["ringcast --spin-us 0", "ringcast --spin-us 1000", "pyzmq REQ/REP",
-                "zmq.proxy ROUTER/DEALER"]),
-    ("reqrep-pipelined", ["pyzmq DEALER/ROUTER", "zmq.proxy ROUTER/DEALER"]),
+@pytest.mark.parametrize("scenario,baselines,extra", [
+    ("reqrep", REQREP_SYSTEMS[1:], ()),
+    ("reqrep", REQREP_SYSTEMS[1:], ("--rounds", "0")),   # one system after another
+    ("reqrep-pipelined", ["pyzmq DEALER/ROUTER", "zmq.proxy ROUTER/DEALER"], ()),
 ])
-def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines):
+def test_broker_reqrep_reports_latency(tmp_path, scenario, baselines, extra):
     pytest.importorskip("zmq")
-    rc, doc = _run(tmp_path, scenario, "--count", "300", "--inflight", "8", "--no-external")
+    rc, doc = _run(tmp_path, scenario, "--count", "300", "--inflight", "8", "--no-external",
+                   *extra)
     assert rc == 0
     rows = doc["results"]
     assert [r["system"] for r in rows] == ["ringcast", *baselines]
     for row in rows:
         assert 0 < row["p50_us"] <= row["p99_us"]
         assert row["lost"] == 0 and row["msgs_per_s"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_reqrep_interleaved_rounds(tmp_path, monkeypatch, capsys):
+    """Every system runs one block per round, one at a time, each round starting
+    one system later; rows report the medians over rounds of the per-round p50
+    and p99, and the ratios under the baselines are medians of per-round ratios."""
+    pytest.importorskip("zmq")
+    seen = {}
+    real_rows = bench._rounds_rows
+
+    def spy(name, opts, blocks, baselines):
+        seen["blocks"] = blocks
+        return real_rows(name, opts, blocks, baselines)
+
+    monkeypatch.setattr(bench, "_rounds_rows", spy)
+    rc, doc = _run(tmp_path, "reqrep", "--count", "60", "--rounds", "3", "--no-external")
+    assert rc == 0
+    rows = {r["system"]: r for r in doc["results"]}
+    assert list(rows) == REQREP_SYSTEMS
+    blocks = seen["blocks"]
+    assert list(blocks) == REQREP_SYSTEMS
+    for system, bs in blocks.items():
+        assert [b["n"] for b in bs] == [20, 20, 20]   # --count split over the rounds
+        row = rows[system]
+        assert 0 < row["p50_us"] <= row["p99_us"] and row["msgs_per_s"] > 0
+        assert row["p50_us"] == pytest.approx(statistics.median(b["p50"] for b in bs))
+        assert row["p99_us"] == pytest.approx(statistics.median(b["p99"] for b in bs))
+    # the blocks ran one at a time, round after round, the order rotating
+    previous_end = 0.0
+    for i in range(3):
+        by_start = sorted(REQREP_SYSTEMS, key=lambda s: blocks[s][i]["started"])
+        assert by_start == bench._rotated(REQREP_SYSTEMS, bench.WARMUP_ROUNDS + i)
+        spans = [(blocks[s][i]["started"], blocks[s][i]["started"] + blocks[s][i]["elapsed"])
+                 for s in by_start]
+        for (start, _), (_, end_before) in zip(spans, [(0.0, previous_end)] + spans):
+            assert start > end_before
+        previous_end = spans[-1][1]
+    assert bench._rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    out = capsys.readouterr().out
+    for base in ("pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER"):
+        (note,) = [line for line in out.splitlines() if line.startswith(f"reqrep / {base}:")]
+        assert note.startswith(f"reqrep / {base}: 3 rounds of 20 round trips; p50 by round ")
+        for ours in REQREP_SYSTEMS[:3]:
+            ratios = [a["p50"] / b["p50"] for a, b in zip(blocks[ours], blocks[base])]
+            assert f"{ours} {statistics.median(ratios):.2f}x " in note
+
+
+def test_interleaved_ratios_pair_systems_within_rounds():
+    """The ratio is the median of the per-round ratios, not the ratio of the
+    medians: a slow round slows both systems measured in it."""
+    def blocks(*p50s):
+        return [{"n": 10, "elapsed": 0.01, "p50": p, "p99": 2 * p} for p in p50s]
+
+    rows = bench._rounds_rows("reqrep", bench.Options(), {
+        "ringcast": blocks(200.0, 300.0, 400.0),
+        "pyzmq REQ/REP": blocks(100.0, 100.0, 400.0)}, ["pyzmq REQ/REP"])
+    ours, base = rows
+    assert (ours.p50_us, ours.p99_us, base.p50_us) == (300.0, 600.0, 100.0)  # 3x apart
+    assert ours.msgs_per_s == pytest.approx(1000.0)
+    assert ours.note == ("3 rounds of 10 round trips; p50 by round 200.0-400.0 us, "
+                         "p99 400.0-800.0 us")
+    assert base.note.endswith("p50 ratio to this within each round, median (range): "
+                              "ringcast 2.00x (1.00-3.00)")
 
 
 def test_processes_clean_up_on_error():

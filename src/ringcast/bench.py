@@ -190,6 +190,7 @@ class Options:
     batch: int = 1000                  # messages per publish/receive cycle
     publish: str = "call"              # "call": publish() per message; "many": publish_many
     inflight: int = 100                # requests outstanding in reqrep-pipelined
+    rounds: int = 10                   # reqrep: interleaved rounds (0: one system after another)
     recv: str = "messages"             # "messages": recv_many; "payloads": recv_payloads
     external: bool = True              # redis / nats baselines, where installed
 
@@ -561,6 +562,12 @@ class _ChildControl:
                     t0 = time.monotonic()
                     samples = []
             samples.append((round(time.monotonic() - t0, 2), rss_bytes()))
+
+    def answer(self, result: Any) -> None:
+        """Report one of several results, e.g. a block of an interleaved round
+        (the parent reads each with ``Proc.result()``); the final return value
+        is still sent when the target returns."""
+        self._conn.send(("result", result))
 
     def send_result(self, result: Any) -> None:
         """Report the result now, e.g. before lingering until stop (a sender
@@ -1516,10 +1523,16 @@ def _latency_loop(opts: Options, ask: Callable[[], Any]) -> Dict[str, Any]:
     """Synchronous round trips until count/duration; latency of each one."""
     for _ in range(50):   # warm-up: connections, caches
         ask()
+    return _latency_block(ask, opts.count, opts.duration)
+
+
+def _latency_block(ask: Callable[[], Any], count: Optional[int], seconds: float
+                   ) -> Dict[str, Any]:
+    """``count`` synchronous round trips (None: for ``seconds``), timing each one."""
+    started = time.monotonic()   # one clock for all processes: when each block ran
     clock = time.perf_counter
     lat: List[float] = []
     t0 = clock()
-    count = opts.count
     while True:
         t = clock()
         ask()
@@ -1528,10 +1541,26 @@ def _latency_loop(opts: Options, ask: Callable[[], Any]) -> Dict[str, Any]:
         if count is not None:
             if len(lat) >= count:
                 break
-        elif now - t0 >= opts.duration:
+        elif now - t0 >= seconds:
             break
     p50, p99 = percentiles_us(lat)
-    return {"n": len(lat), "elapsed": clock() - t0, "p50": p50, "p99": p99}
+    return {"n": len(lat), "elapsed": clock() - t0, "p50": p50, "p99": p99,
+            "started": started}
+
+
+def _requester(ctl: "_ChildControl", opts: Options, ask: Callable[[], Any]) -> Dict[str, Any]:
+    """A ready requester's part. ``opts.rounds`` 0: one run of ``opts``' length on
+    go. Otherwise (interleaved rounds) every message from the bench is a block,
+    ``(count, seconds)`` as :func:`_latency_block` takes them, answered with its
+    result, until stop."""
+    msg = ctl.wait_go(None if opts.rounds else 60.0)
+    if not opts.rounds:
+        return {} if msg == "stop" else _latency_loop(opts, ask)
+    while msg != "stop":
+        count, seconds = msg
+        ctl.answer(_latency_block(ask, count, seconds))
+        msg = ctl.wait_go(None)   # the other systems' blocks run meanwhile
+    return {}
 
 
 def _rc_responder_child(ctl: "_ChildControl", url: str, concurrency: int = 16) -> None:
@@ -1550,9 +1579,7 @@ def _rc_requester_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[s
     payload = opts.payload()
     with connect(url) as c:
         ctl.ready()
-        if ctl.wait_go() == "stop":
-            return {}
-        return _latency_loop(opts, lambda: c.request(SERVICE, payload, timeout=10))
+        return _requester(ctl, opts, lambda: c.request(SERVICE, payload, timeout=10))
 
 
 def _zmq_rep_child(ctl: "_ChildControl", endpoint: str, bind: bool) -> None:
@@ -1572,9 +1599,6 @@ def _zmq_req_child(ctl: "_ChildControl", endpoint: str, opts: Options) -> Dict[s
 
     s = _zmq_socket(zmq.REQ)
     s.connect(endpoint)
-    ctl.ready()
-    if ctl.wait_go() == "stop":
-        return {}
     payload = opts.payload()
     send, recv = s.send, s.recv
 
@@ -1582,7 +1606,8 @@ def _zmq_req_child(ctl: "_ChildControl", endpoint: str, opts: Options) -> Dict[s
         send(payload)
         recv()
 
-    out = _latency_loop(opts, ask)
+    ctl.ready()
+    out = _requester(ctl, opts, ask)
     s.close(0)
     return out
 
@@ -1594,15 +1619,119 @@ def _latency_row(name: str, system: str, opts: Options, res: Dict[str, Any]) -> 
                   p50_us=res["p50"], p99_us=res["p99"], lost=0)
 
 
-@scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99), "
-          "as `ringcast broker` runs by default, never spinning (--spin-us 0) and "
-          "always spinning (--spin-us 1000); "
-          "baselines pyzmq REQ/REP direct, REQ -> ROUTER/DEALER proxy -> REP, and "
-          "nats-server + nats-py request() where installed",
-          group="broker")
-def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
-    if _pyzmq_missing(name):
-        return []
+#: interleaved reqrep: rounds run first and thrown away (connections, caches), of
+#: WARMUP_TRIPS round trips per system (fewer when --count asks for fewer per round)
+WARMUP_ROUNDS = 1
+WARMUP_TRIPS = 200
+
+
+def _rotated(systems: Sequence[str], round_no: int) -> List[str]:
+    """The order a round runs the systems in: each round starts one later."""
+    k = round_no % len(systems) if systems else 0
+    return [*systems[k:], *systems[:k]]
+
+
+def _run_rounds(name: str, opts: Options, progress: Progress, requesters: Dict[str, Proc]
+                ) -> Dict[str, List[Dict[str, Any]]]:
+    """``WARMUP_ROUNDS`` + ``opts.rounds`` rounds; each runs one block of round trips
+    against every system in turn (``opts.count`` or ``opts.duration`` split evenly
+    over the measured rounds), one system at a time, each round starting one
+    system later. Returns each system's measured blocks in round order, so that
+    index i of every list is round i."""
+    count = None if opts.count is None else -(-opts.count // opts.rounds)
+    seconds = opts.duration / opts.rounds
+    warmup = min(WARMUP_TRIPS, count or WARMUP_TRIPS)
+    budget = (seconds if count is None else count / 500) + 60.0
+    blocks: Dict[str, List[Dict[str, Any]]] = {system: [] for system in requesters}
+    t0 = time.monotonic()
+    for r in range(WARMUP_ROUNDS + opts.rounds):
+        stage = "warm-up" if r < WARMUP_ROUNDS else f"round {r - WARMUP_ROUNDS + 1}/{opts.rounds}"
+        for system in _rotated(list(requesters), r):
+            p = requesters[system]
+            p.go((warmup, seconds) if r < WARMUP_ROUNDS else (count, seconds))
+            t_block = time.monotonic()
+            while not p.conn.poll(0.2):
+                if time.monotonic() - t_block > budget:
+                    raise TimeoutError(f"{name} {system}: no result within {budget:.0f} s")
+                progress.update(f"{name} {stage} {system}", time.monotonic() - t0)
+            res = p.result(0)
+            if r >= WARMUP_ROUNDS:
+                blocks[system].append(res)
+    progress.clear()
+    return blocks
+
+
+def _round_ratios(blocks: Dict[str, List[Dict[str, Any]]], system: str, baseline: str
+                  ) -> List[float]:
+    """Per round, ``system``'s p50 over ``baseline``'s: two systems measured
+    seconds apart, whatever the machine did between rounds."""
+    return [a["p50"] / b["p50"] for a, b in zip(blocks[system], blocks[baseline])]
+
+
+def _span(values: Sequence[float], fmt: str) -> str:
+    """``"lo-hi"`` of ``values`` in ``fmt``; one number when both print the same."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _rounds_rows(name: str, opts: Options, blocks: Dict[str, List[Dict[str, Any]]],
+                 baselines: Sequence[str]) -> List[Result]:
+    """One row per system: p50 and p99 the medians over rounds of each round's,
+    the rates over all measured round trips. Notes: each system's spread over
+    rounds; under each of ``baselines``, every ringcast row's per-round p50
+    ratio to it, median and range."""
+    rows = []
+    for system, bs in blocks.items():
+        n = sum(b["n"] for b in bs)
+        rate = n / max(sum(b["elapsed"] for b in bs), 1e-9)
+        p50s = [b["p50"] for b in bs]
+        p99s = [b["p99"] for b in bs]
+        note = (f"{len(bs)} rounds of {_span([b['n'] for b in bs], 'd')} round trips; "
+                f"p50 by round {_span(p50s, '.1f')} us, p99 {_span(p99s, '.1f')} us")
+        if system in baselines:
+            ratios = []
+            for ours in blocks:
+                if ours.startswith("ringcast"):
+                    rs = _round_ratios(blocks, ours, system)
+                    ratios.append(f"{ours} {statistics.median(rs):.2f}x "
+                                  f"({_span(rs, '.2f')})")
+            note += "; p50 ratio to this within each round, median (range): "
+            note += ", ".join(ratios)
+        rows.append(Result(scenario=name, system=system, size=opts.size, subscribers=1,
+                           msgs_per_s=rate, deliveries_per_s=rate,
+                           p50_us=statistics.median(p50s), p99_us=statistics.median(p99s),
+                           lost=0, note=note))
+    return rows
+
+
+REQREP_BASELINES = ("pyzmq REQ/REP", "zmq.proxy ROUTER/DEALER")
+
+
+def _reqrep_interleaved(name: str, opts: Options, progress: Progress) -> List[Result]:
+    """Every system set up at once (three brokers with their responders, a REP,
+    a ``zmq.proxy`` with its REP; a requester each) and kept running while
+    :func:`_run_rounds` measures them in turn."""
+    spins = [("ringcast", None), ("ringcast --spin-us 0", 0.0),
+             (f"ringcast --spin-us {int(SPIN * 1e6)}", SPIN)]
+    servers: List[Spec] = [("broker", _broker_child, (False, spin)) for _, spin in spins]
+    servers.append(("proxy", _zmq_proxy_child, ("ROUTER", "DEALER")))
+    with processes(*servers) as started:
+        urls = [p.ready_info for p in started[:len(spins)]]
+        front, back = started[-1].ready_info
+        ep = free_tcp_endpoint()
+        peers: List[Spec] = [("responder", _rc_responder_child, (url,)) for url in urls]
+        peers += [("rep", _zmq_rep_child, (ep, True)), ("rep", _zmq_rep_child, (back, False))]
+        askers: List[Spec] = [("requester", _rc_requester_child, (url, opts)) for url in urls]
+        askers += [("req", _zmq_req_child, (ep, opts)), ("req", _zmq_req_child, (front, opts))]
+        systems = [label for label, _ in spins] + list(REQREP_BASELINES)
+        with processes(*peers, *askers) as procs:
+            blocks = _run_rounds(name, opts, progress,
+                                 dict(zip(systems, procs[len(peers):])))
+    return _rounds_rows(name, opts, blocks, REQREP_BASELINES)
+
+
+def _reqrep_one_after_another(name: str, opts: Options, progress: Progress) -> List[Result]:
+    """``--rounds 0``: each system alone with fresh processes, one after another."""
     rows = []
     with _server("broker", _broker_child) as url:
         (res,) = _measure(f"{name} ringcast", opts, progress,
@@ -1625,6 +1754,23 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
                           [("req", _zmq_req_child, (front, opts))],
                           peers=[("rep", _zmq_rep_child, (back, False))])
     rows.append(_latency_row(name, "zmq.proxy ROUTER/DEALER", opts, res))
+    return rows
+
+
+@scenario("reqrep", "synchronous request/reply latency through the broker (p50/p99), "
+          "as `ringcast broker` runs by default, never spinning (--spin-us 0) and "
+          "always spinning (--spin-us 1000); "
+          "baselines pyzmq REQ/REP direct, REQ -> ROUTER/DEALER proxy -> REP, and "
+          "nats-server + nats-py request() where installed; all but nats measured "
+          "in --rounds interleaved rounds",
+          group="broker")
+def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
+    if _pyzmq_missing(name):
+        return []
+    if opts.rounds:
+        rows = _reqrep_interleaved(name, opts, progress)
+    else:
+        rows = _reqrep_one_after_another(name, opts, progress)
     rows.extend(_nats_reqrep_rows(name, opts, progress))
     return rows
 
@@ -1956,6 +2102,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or recv_payloads()")
     p.add_argument("--inflight", type=int, default=100,
                    help="requests in flight for reqrep-pipelined (default 100)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="reqrep: measure the systems in this many interleaved rounds, "
+                        "each system's --duration/--count split over them, after one "
+                        "warm-up round; p50/p99 are medians over rounds (default 10; "
+                        "0: one system after another)")
     p.add_argument("--no-external", action="store_true",
                    help="leave out the redis-server / nats-server baselines even where "
                         "they are installed")
@@ -1996,7 +2147,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for flag, value, low in (("--size", args.size, 1), ("--batch", args.batch, 1),
                              ("--inflight", args.inflight, 1),
-                             ("--count", args.count, 1)):
+                             ("--count", args.count, 1), ("--rounds", args.rounds, 0)):
         if value is not None and value < low:
             print(f"ringcast bench: error: {flag} must be at least {low}", file=sys.stderr)
             return 2
@@ -2013,7 +2164,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         return 2
     opts = Options(size=args.size, subscribers=args.subscribers, duration=args.duration,
                    count=args.count, batch=args.batch, publish=args.publish, recv=args.recv,
-                   inflight=args.inflight, external=not args.no_external)
+                   inflight=args.inflight, rounds=args.rounds,
+                   external=not args.no_external)
     progress = Progress(enabled=False if args.no_progress else None)
     failed: List[str] = []
     results = run_scenarios(names, opts, progress, failed)
