@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 
 from ringcast._router_py import subject_matches
-from ringcast.errors import InvalidSubject, WrongType
+from ringcast.errors import Closed, InvalidSubject, WrongType
 
 # (pattern, subject, matches)
 WILDCARDS = [
@@ -191,6 +191,19 @@ def test_a_ring_bound_by_overlapping_patterns_gets_one_copy(impl, core):
     assert len(r) == 1 and len(other) == 1
     assert core.publish_many("a.b", [b"1", b"2"]) == 2
     assert [m.payload for m in r.pop_many()] == [b"x", b"1", b"2"]
+
+
+def test_a_closed_core_refuses_every_publish(impl, core):
+    r = ring(impl)
+    core.add("a", r)
+    assert core.closed is False
+    core.closed = True
+    for publish in (lambda: core.publish("a", b"x"), lambda: core.try_publish("a", b"x"),
+                    lambda: core.publish_many("a", [b"x"]),
+                    lambda: core.try_publish_many("a", [b"x"])):
+        with pytest.raises(Closed):
+            publish()
+    assert len(r) == 0 and core.published == 0 and core.delivered == 0
 
 
 def test_match_uncached_also_gives_one_copy_per_ring(impl, core):

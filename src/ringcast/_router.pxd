@@ -30,6 +30,7 @@ cdef class CoreRouter:
     cdef readonly unsigned long long delivered
     cdef readonly unsigned long long cache_misses
     cdef readonly Ring blocked_ring
+    cdef public bint closed        # set by Router.close(): publishing raises Closed
 
     cdef _Match lookup(self, str subject)
     cdef _Match _miss(self, str subject)

@@ -15,7 +15,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.buffer cimport PyObject_CheckBuffer
 
 from ringcast._ring cimport Ring, RC_BLOCK
-from ringcast.errors import InvalidSubject, WrongType
+from ringcast.errors import Closed, InvalidSubject, WrongType
 
 cdef extern from "rc_subject.h":
     int RC_SUBJECT_MAX_LEN
@@ -278,6 +278,8 @@ cdef class CoreRouter:
         return out
 
     cdef int _publish(self, object subject, object payload, object headers) except -2:
+        if self.closed:
+            raise Closed("router is closed")
         if type(subject) is not str:
             _check(subject, False)
         if type(payload) is not bytes:
@@ -309,6 +311,8 @@ cdef class CoreRouter:
         return stored
 
     cdef Py_ssize_t _publish_many(self, object subject, list items, object headers) except -1:
+        if self.closed:
+            raise Closed("router is closed")
         if type(subject) is not str:
             _check(subject, False)
         if headers is not None:

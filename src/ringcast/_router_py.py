@@ -10,7 +10,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._ring_py import RC_BLOCK, Ring
-from .errors import InvalidSubject, WrongType
+from .errors import Closed, InvalidSubject, WrongType
 
 MAX_SUBJECT_LEN = 1024
 # ASCII and C1 controls, and every character str.isspace() calls whitespace
@@ -113,6 +113,7 @@ class CoreRouter:
         self.delivered = 0
         self.cache_misses = 0
         self.blocked_ring: Optional[Ring] = None
+        self.closed = False   # set by Router.close(): publishing raises Closed
 
     @property
     def subscriptions(self) -> int:
@@ -179,6 +180,8 @@ class CoreRouter:
         return done
 
     def try_publish(self, subject: str, payload: Any, headers: Any = None) -> int:
+        if self.closed:
+            raise Closed("router is closed")
         _check_payload(payload)
         _check_headers(headers)
         rings = self.match(subject)
@@ -195,6 +198,8 @@ class CoreRouter:
         return stored
 
     def try_publish_many(self, subject: str, payloads: Any, headers: Any = None) -> int:
+        if self.closed:
+            raise Closed("router is closed")
         items = _as_list(payloads)
         _check_headers(headers)
         for p in items:

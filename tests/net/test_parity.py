@@ -438,6 +438,8 @@ def test_a_responder_without_handler(impl):
 # -- closed ------------------------------------------------------------------------------------
 
 CLOSED_CALLS = {
+    "publish": lambda i: i.publish("t", b"x"),
+    "publish_many": lambda i: i.publish_many("t", [b"x"]),
     "subscribe": lambda i: i.subscribe("t"),
     "send": lambda i: i.send("q", b"x"),
     "send_many": lambda i: i.send_many("q", [b"x"]),
