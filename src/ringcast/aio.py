@@ -75,19 +75,25 @@ class _AsyncSource:
         self.close()
 
 
-class Subscription(_AsyncSource):
-    """``await sub.recv()``, ``async for msg in sub``."""
-
-    sync: _sync.Subscription
+class _AsyncBatches(_AsyncSource):
+    """``recv_many`` over a sync source that has one (subscription, consumer)."""
 
     async def recv_many(self, max_count: int = 1024,
                         timeout: Optional[float] = None) -> List[Message]:
-        """Up to ``max_count`` messages, waiting up to ``timeout`` for the first."""
+        """Up to ``max_count`` messages, waiting up to ``timeout`` for the
+        first; ``timeout=0`` does not wait: ``[]`` when none is waiting, as
+        the sync ``recv_many`` gives."""
         msgs: List[Message] = self.sync.recv_many(max_count, 0)
-        if msgs:
+        if msgs or timeout == 0:
             return msgs
         first = await self.recv(timeout)
         return [first] + self.sync.recv_many(max_count - 1, 0)
+
+
+class Subscription(_AsyncBatches):
+    """``await sub.recv()``, ``async for msg in sub``."""
+
+    sync: _sync.Subscription
 
     def recv_payloads(self, max_count: int = 1 << 30) -> List[Any]:
         return self.sync.recv_payloads(max_count)
@@ -105,20 +111,11 @@ class Subscription(_AsyncSource):
         return self.sync.pattern
 
 
-class Consumer(_AsyncSource):
-    """A competing consumer of a queue; ``msg.ack()`` / ``msg.nack()`` as usual."""
+class Consumer(_AsyncBatches):
+    """A competing consumer of a queue; ``msg.ack()`` / ``msg.nack()`` as
+    usual. ``recv_many`` takes no more than the prefetch credit allows."""
 
     sync: "_sync.Consumer"
-
-    async def recv_many(self, max_count: int = 1024,
-                        timeout: Optional[float] = None) -> List[Message]:
-        """Up to ``max_count`` messages (within credit), waiting up to
-        ``timeout`` for the first."""
-        msgs: List[Message] = self.sync.recv_many(max_count)
-        if msgs:
-            return msgs
-        first = await self.recv(timeout)
-        return [first] + self.sync.recv_many(max_count - 1)
 
     @property
     def unacked(self) -> int:
