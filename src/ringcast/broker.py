@@ -992,12 +992,12 @@ class Broker:
         _, hid, name, concurrency = rec
         try:
             self._admit(s, hid, 0)
-            self._close_handle(s, hid)
             responder = self.router.attach_responder(
                 name, lambda service: _RemoteResponder(self, s, hid, service, max(1, concurrency)))
         except errors.RingcastError as exc:
-            self._error(s, hid, exc)
+            self._error(s, hid, exc)   # a handle it replaces serves on
             return
+        self._close_handle(s, hid)
         s.services[hid] = responder   # it took up the service's backlog on joining
 
     def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:

@@ -281,3 +281,57 @@ def test_a_request_refused_at_the_call_leaves_nothing_waiting(embedded):
             client.request("echo", b"x", {"k": "v" * (70 << 10)}, timeout=5)   # over 64 KiB
         assert client._direct.requester.proto.requests == {}
         assert client.request("echo", b"ok", timeout=5).payload == b"ok"
+
+
+# -- 8. SERVE under a handle id the session holds -------------------------------------------
+
+def _until_stats(sock, ref, timeout=10.0):
+    """The events before STATSREP ``ref``: the records sent ahead of that
+    STATS have all been applied by then."""
+    got = []
+    while True:
+        assert sock.poll(int(timeout * 1000)), f"no STATSREP {ref}: {got}"
+        for ev in C.Reader(sock.recv()).events({}):
+            if ev[0] == C.STATSREP and ev[1] == ref:
+                return got
+            got.append(ev)
+
+
+def test_a_refused_serve_under_a_handle_in_use_leaves_that_responder_serving(
+        embedded, zsocket):
+    """As with SUB and CONSUME, a SERVE reusing a handle id replaces that
+    handle once the new one is accepted (docs/protocol.md). A refused one
+    (ERR <hid>, here an invalid name) must leave the old responder serving:
+    the broker used to close it first, so its service had none left."""
+    router, broker = embedded()
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    w = C.Writer()
+    w.record(C.SERVE, 1, "svc", 4)
+    w.record(C.SERVE, 1, "bad..name", 4)
+    w.record(C.STATS, 1)
+    sock.send(w.take())
+    errs = [ev for ev in _until_stats(sock, 1) if ev[0] == C.ERR]
+    assert [ev[:3] for ev in errs] == [(C.ERR, 1, errors.InvalidSubject.code)], errs
+
+    answered = threading.Event()
+    results = []
+    router.request_cb("svc", b"q", lambda r: (results.append(r), answered.set()), timeout=10)
+    while True:
+        assert sock.poll(10000), "the request never reached the responder"
+        rqsts = [ev for ev in C.Reader(sock.recv()).events({}) if ev[0] == C.RQST]
+        if rqsts:
+            break
+    ((_, hid, msg, _),) = rqsts
+    assert (hid, msg.subject, msg.payload) == (1, "svc", b"q")
+    w.record(C.REP, 1, msg._tag, None, b"answer")
+    sock.send(w.take())
+    assert answered.wait(10)
+    assert results[0].payload == b"answer"
+
+    w.record(C.SERVE, 1, "other", 4)   # accepted: it replaces the old responder
+    w.record(C.STATS, 2)
+    sock.send(w.take())
+    assert not [ev for ev in _until_stats(sock, 2) if ev[0] == C.ERR]
+    with pytest.raises(errors.NoResponders):
+        router.service("svc")
+    assert len(router.service("other").responders) == 1
