@@ -221,3 +221,45 @@ def test_a_timeout_past_what_waits_take_means_forever(router, timeout):
 
     router.serve("slow", handler, threaded=True)
     assert router.request("slow", b"x", timeout=timeout).payload == b"late:x"
+
+
+def test_a_service_nobody_serves_any_more_is_forgotten(router):
+    """Per-instance names (``worker.<id>``) come and go: the router keeps a
+    service only while it has responders, or its table grows for good."""
+    before = len(router._services)
+    for i in range(10_000):
+        responder = router.serve(f"worker.{i}", lambda m: b"re:" + m.payload)
+        if i % 1000 == 0:
+            assert router.request(f"worker.{i}", b"x", timeout=5).payload == b"re:x"
+            assert router.stats()["services"][f"worker.{i}"]["requests"] == 1
+        responder.close()
+    assert len(router._services) == before
+    assert router.stats()["services"] == {}
+    with pytest.raises(errors.NoResponders):
+        router.request("worker.0", b"x", timeout=5)
+    router.serve("worker.0", lambda m: b"again")   # the name may be served anew
+    assert router.request("worker.0", b"x", timeout=5).payload == b"again"
+
+
+def test_a_service_stays_while_one_of_its_responders_does(router):
+    first = router.serve("svc", lambda m: b"first")
+    second = router.serve("svc", lambda m: b"second")
+    first.close()
+    assert router.request("svc", b"x", timeout=5).payload == b"second"
+    assert router.stats()["services"]["svc"]["requests"] == 1
+    second.close()
+    assert "svc" not in router.stats()["services"]
+
+
+def test_the_backlog_of_a_service_whose_last_responder_leaves_fails(router):
+    """What waits for room when the last responder goes fails at once with
+    NoResponders (it is not kept for a responder that may come later), and
+    the service is forgotten with it."""
+    responder = router.serve("svc", capacity=1)
+    results = []
+    for i in range(3):
+        router.request_cb("svc", b"%d" % i, results.append, timeout=30)
+    assert router.stats()["services"]["svc"]["backlog"] == 2
+    responder.close()
+    assert [type(r) for r in results] == [errors.NoResponders] * 3
+    assert "svc" not in router._services

@@ -372,11 +372,20 @@ class Router(CoreRouter):
         with self._lock:
             service = self._services.get(name)
             if service is None:
-                service = self._services[name] = _Service(name)
+                service = self._services[name] = _Service(name, self._forget_service)
             responder = make(service)
             service.responders.append(responder)
         service.refill(responder)
         return responder
+
+    def _forget_service(self, service: _Service) -> None:
+        """Drop ``service`` from the table once nobody serves it: a later
+        ``serve`` of its name starts a new one (under the lock, so never one
+        that a responder has just joined)."""
+        with self._lock:
+            if not service.responders and not service.backlog \
+                    and self._services.get(service.name) is service:
+                del self._services[service.name]
 
     def service(self, name: str) -> _Service:
         """The service ``name``; NoResponders when nobody serves it."""
@@ -467,6 +476,7 @@ class Router(CoreRouter):
             "dropped": self._closed_drops + sum(int(s["dropped"]) for s in subs),
             "subscriptions": subs,
             "queues": {name: q.stats() for name, q in list(self._queues.items())},
+            # served now: a service nobody serves is forgotten, counts and all
             "services": {
                 name: {"responders": len(s.responders), "requests": s.requests,
                        "late_replies": s.late_replies, "failed": s.failed,

@@ -226,13 +226,18 @@ def reply(msg: Message, result: Any) -> None:
 
 
 class _Service:
-    """Responders of one name, plus requests waiting for room in any of them."""
+    """Responders of one name, plus requests waiting for room in any of them.
 
-    __slots__ = ("name", "responders", "backlog", "_next", "requests", "late_replies",
-                 "failed", "expired")
+    It lives while it has responders: when the last one leaves, its backlog
+    fails and ``on_idle(self)`` lets the router forget it (with its counts),
+    so names served once each (``worker.<id>``) do not pile up."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("name", "on_idle", "responders", "backlog", "_next", "requests",
+                 "late_replies", "failed", "expired")
+
+    def __init__(self, name: str, on_idle: Callable[["_Service"], None] = lambda _: None) -> None:
         self.name = name
+        self.on_idle = on_idle
         self.responders: List[ServiceMember] = []
         self.backlog: Deque[Tuple[Any, Headers, PendingRequest]] = collections.deque()
         self._next = 0
@@ -266,9 +271,12 @@ class _Service:
         # A responder on another thread may have made room after we found it
         # full, and refilled from a backlog still without this request: take
         # it up now, or it waits for that responder's next answer (if any).
+        # The last one may have left meanwhile: then nobody ever would.
         for responder in list(self.responders):
             if responder.has_room():
                 self.refill(responder)
+        if not self.responders:
+            self.responder_gone()
 
     def refill(self, responder: ServiceMember) -> None:
         """Move backlogged requests into ``responder`` while it has room."""
@@ -302,3 +310,4 @@ class _Service:
             while self.backlog:
                 self.backlog.popleft()[2].fail(
                     errors.NoResponders(f"no responders left for {self.name!r}"))
+            self.on_idle(self)

@@ -481,3 +481,31 @@ def test_a_blocking_embedded_handler_does_not_stall_the_broker(shared):
         gate.set()
         asker.join(10)
     assert box == [b"late"]
+
+
+def test_remote_per_instance_service_names_leave_no_trace(shared):
+    """Remote clients serving names of their own (``worker.<id>``): the
+    router forgets each service once nobody serves it, whether its responder
+    was closed (CLOSE) or went with its session, or the table grows for good."""
+    from .conftest import barrier, wait_for
+
+    router, broker, client = shared
+    before = len(router._services)
+    for start in range(0, 10_000, 2_000):   # a session holds at most 10,000 handles
+        names = [f"worker.{i}" for i in range(start, start + 2_000)]
+        responders = [client.serve(name, lambda m: b"re:" + m.payload) for name in names]
+        barrier(client)
+        assert len(router._services) == before + len(names)
+        assert router.request(names[-1], b"x", timeout=5).payload == b"re:x"
+        for responder in responders:
+            responder.close()
+        barrier(client)
+        assert len(router._services) == before
+    with connect(broker.endpoints[0], timeout=10) as leaving:
+        for i in range(100):
+            leaving.serve(f"leaving.{i}", lambda m: b"")
+        barrier(leaving)
+        assert len(router._services) == before + 100
+    assert wait_for(lambda: len(router._services) == before)   # its session ended
+    with pytest.raises(errors.NoResponders):
+        client.request("worker.0", b"x", timeout=5)
