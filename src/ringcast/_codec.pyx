@@ -130,13 +130,18 @@ cdef enum:
     _ROUTE_RUN = 512   # most messages Reader.route hands a native router at once
 DEFAULT_MAX_MESSAGE = 1 << 20
 DEFAULT_MAX_SUBJECT = 1024
-MAX_HEADERS = 64 << 10
+cdef size_t RC_MAX_HEADERS = 64 << 10   # what a reader refuses past (C: no global lookup)
+MAX_HEADERS = RC_MAX_HEADERS
 
 
 def max_record(Py_ssize_t max_message, Py_ssize_t max_subject):
     """The largest record a reader with these limits accepts (payload,
     subject, headers and fields): a peer's max_frame must hold one."""
-    return max_message + max_subject + MAX_HEADERS + 64
+    return _max_record(max_message, max_subject)
+
+
+cdef inline size_t _max_record(size_t max_message, size_t max_subject):
+    return max_message + max_subject + RC_MAX_HEADERS + 64
 
 #: a client that has taken this many bytes of MSG records of a subscription
 #: since its last CREDIT grants one as soon as it holds none of them
@@ -244,7 +249,7 @@ cdef class Writer:
                 raise WrongType("headers must be a dict of str to str")
             self._str(k)
             self._str(v)
-        if self.length - start > <size_t>MAX_HEADERS:   # what a reader refuses
+        if self.length - start > RC_MAX_HEADERS:   # what a reader refuses
             raise LimitExceeded(f"headers exceed the limit of {MAX_HEADERS} bytes")
         return 0
 
@@ -1035,7 +1040,7 @@ cdef class Reader:
         self.n = <size_t>self.view.len
         self.max_message = max_message
         self.max_subject = max_subject
-        self.max_record = max_record(max_message, max_subject)
+        self.max_record = _max_record(max_message, max_subject)   # per frame: no Python call
         self.subjects = subjects if subjects is not None else {}
         self.pubs_read = -1
 
