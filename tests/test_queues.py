@@ -216,6 +216,9 @@ def test_try_send_many_takes_what_fits_and_never_waits(router):
     assert [c.recv(timeout=0).payload for _ in range(4)] == [b"0", b"1", b"2", b"3"]
     assert router.try_send_many("auto", [b"a"]) == 1          # declared on first use
     assert router.consume("auto").recv(timeout=0).payload == b"a"
+    router.close()
+    with pytest.raises(errors.Closed):   # as send_many: a closed router takes nothing
+        router.try_send_many("full", [b"x"])
 
 
 def test_ack_many_acks_a_run_and_reports_the_ones_it_cannot(router):

@@ -338,6 +338,7 @@ class Router(CoreRouter):
         """As ``send_many`` without headers, never waiting for room: how many
         were enqueued before a ``block`` queue filled up (the broker's runs of
         SEND records; it parks the rest)."""
+        self._check_open()
         return self.ensure_queue(queue).try_put_many(payloads, None)
 
     def consume(self, queue: str, *, prefetch: int = 0) -> Consumer:
