@@ -431,14 +431,21 @@ class Broker:
         # (which costs several syscalls per pass: EVENTS on each, two polls).
         # Connected before any network endpoint exists: no peer can take its id.
         addr = f"inproc://ringcast-broker-{id(self)}"
-        sock.bind(addr)
-        self._wake_tx = self._ctx.socket(zmq.DEALER)
-        self._wake_tx.setsockopt(zmq.LINGER, 0)
-        self._wake_tx.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
-        self._wake_tx.connect(addr)
-        for ep in self.bind:
-            sock.bind(ep)
-            self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        wake = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.bind(addr)
+            wake.setsockopt(zmq.LINGER, 0)
+            wake.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
+            wake.connect(addr)
+            for ep in self.bind:
+                sock.bind(ep)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except BaseException:   # an endpoint taken or refused: leave no socket open
+            wake.close(linger=0)
+            sock.close(linger=0)
+            self.endpoints.clear()
+            raise
+        self._wake_tx = wake
         self._sock = sock
 
     def run(self) -> None:

@@ -537,3 +537,22 @@ def test_a_handle_id_used_again_is_armed_afresh(broker, client, zsocket):
     consume()   # replaces the full consumer, whose delivery goes back
     assert next_delivery() == 2
     assert next_delivery() == 3   # never acked: taken back and redelivered
+
+
+def test_a_broker_that_cannot_bind_leaves_no_socket_open(embedded):
+    """A start that fails on an endpoint (here: one another broker holds)
+    closes the sockets it had made: its context can be terminated, and a
+    program that retries does not leak two sockets per attempt."""
+    import threading
+
+    from ringcast.broker import Broker
+
+    _, taken = embedded()
+    ctx = zmq.Context()
+    with pytest.raises(zmq.ZMQError) as failed:
+        Broker(["tcp://127.0.0.1:0", taken.endpoints[0]], context=ctx).start()
+    assert failed.value.errno == zmq.EADDRINUSE
+    term = threading.Thread(target=ctx.term, daemon=True)   # blocks while a socket is open
+    term.start()
+    term.join(10)
+    assert not term.is_alive(), "a socket of the failed broker is still open"
