@@ -211,6 +211,20 @@ def embedded():
         router.close()
 
 
+def start_again(url, timeout=10.0, **kw):
+    """A new Broker on the endpoint of one just stopped: ZeroMQ closes the old
+    listener on its own I/O thread after ``stop()`` returns, and on a busy
+    machine a bind at once can still find the port taken (EADDRINUSE)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Broker(url, **kw).start()
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)   # poll the port: nothing signals its release
+
+
 def serving(router, name, n=1, timeout=10.0):
     """Wait until ``n`` responders serve ``name`` on ``router`` (a remote
     SERVE is applied by the broker loop a moment after the client sent it)."""

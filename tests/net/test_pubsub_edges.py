@@ -6,11 +6,10 @@ import pytest
 
 from ringcast import _codec as C
 from ringcast import errors
-from ringcast.broker import Broker
 from ringcast.client import connect
 from ringcast.router import Router
 
-from .conftest import HEARTBEAT, barrier, take, wait_for
+from .conftest import HEARTBEAT, barrier, start_again, take, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,7 +86,7 @@ def test_messages_of_an_earlier_session_grant_the_new_one_no_credit(embedded):
         assert wait_for(lambda: sub.pending == 4)
         broker.stop()
         router = Router()
-        restarted = Broker(url, router=router, heartbeat=HEARTBEAT).start()
+        restarted = start_again(url, router=router, heartbeat=HEARTBEAT)
         try:
             assert wait_for(lambda: c.sessions == 2 and c.connected)
             barrier(c)
