@@ -272,7 +272,8 @@ class Client:
                 if err is not None:
                     log.warning("session ended by the broker: %s", err)
                     return self._reconnect(sock, waiter, errors.ConnectionLost(str(err))), False
-                self._wake_waiters()
+                if self._notify:   # tested here: a Python call less per frame
+                    self._wake_waiters()
                 for out in proto.data_to_send(now):
                     zsend(sock, out)
                 # test before reading: a recv that raises Again costs ~3-7 us
@@ -285,7 +286,8 @@ class Client:
             return self._reconnect(sock, waiter, errors.ConnectionLost(
                 f"client error: {exc}")), False
         finally:
-            self._wake_waiters()
+            if self._notify:
+                self._wake_waiters()
         return sock, False   # 256 frames: more may be waiting
 
     def _wake_waiters(self) -> None:
