@@ -263,3 +263,20 @@ def test_the_backlog_of_a_service_whose_last_responder_leaves_fails(router):
     responder.close()
     assert [type(r) for r in results] == [errors.NoResponders] * 3
     assert "svc" not in router._services
+
+
+@pytest.mark.parametrize("capacity", [0, "x"])
+def test_a_refused_serve_leaves_no_service_behind(router, capacity):
+    """A serve refused when its responder is built (a bad capacity) must not
+    leave its name in the table with no responders: the service would be
+    listed in stats() and never forgotten, the trace per-instance names must
+    not leave."""
+    with pytest.raises(errors.LimitExceeded):
+        router.serve("worker.1", capacity=capacity)
+    assert "worker.1" not in router._services
+    assert router.stats()["services"] == {}
+    router.serve("svc", lambda m: b"a")
+    with pytest.raises(errors.LimitExceeded):   # one of a name already served
+        router.serve("svc", capacity=capacity)
+    assert router.request("svc", b"x", timeout=5).payload == b"a"
+    assert router.stats()["services"]["svc"]["responders"] == 1

@@ -374,7 +374,12 @@ class Router(CoreRouter):
             service = self._services.get(name)
             if service is None:
                 service = self._services[name] = _Service(name, self._forget_service)
-            responder = make(service)
+            try:
+                responder = make(service)
+            except BaseException:   # refused (a bad capacity): a new service goes again
+                if not service.responders and not service.backlog:
+                    del self._services[name]
+                raise
             service.responders.append(responder)
         service.refill(responder)
         return responder
