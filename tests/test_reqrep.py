@@ -280,3 +280,33 @@ def test_a_refused_serve_leaves_no_service_behind(router, capacity):
         router.serve("svc", capacity=capacity)
     assert router.request("svc", b"x", timeout=5).payload == b"a"
     assert router.stats()["services"]["svc"]["responders"] == 1
+
+
+def test_the_backlog_fails_once_when_two_threads_find_the_service_empty(router):
+    """When the last responder leaves, the closing thread fails the backlog,
+    and so does a request backlogged meanwhile (its dispatch finds nobody
+    left). Each must take only what is still there: here the closing thread
+    finds the backlog non-empty, and the other empties it before its popleft
+    (simulated at that check), which must not raise IndexError."""
+    import collections
+
+    responder = router.serve("svc", capacity=1)
+    results = []
+    for i in range(2):   # the second waits in the backlog
+        router.request_cb("svc", b"%d" % i, results.append, timeout=30)
+    service = router._services["svc"]
+    raced = []
+
+    class Racing(collections.deque):
+        def __len__(self):
+            n = super().__len__()
+            if n and not raced:   # the other thread runs between the check and popleft
+                raced.append(True)
+                service.responder_gone()
+            return n
+
+    service.backlog = Racing(service.backlog)
+    responder.close()
+    assert raced
+    assert [type(r) for r in results] == [errors.NoResponders] * 2
+    assert "svc" not in router._services

@@ -307,7 +307,12 @@ class _Service:
         for other in self.responders:
             self.refill(other)
         if not self.responders:
+            # another thread may fail it too (a request backlogged meanwhile,
+            # another responder leaving): each takes only what is still there
             while self.backlog:
-                self.backlog.popleft()[2].fail(
-                    errors.NoResponders(f"no responders left for {self.name!r}"))
+                try:
+                    item = self.backlog.popleft()
+                except IndexError:   # the other took the last one
+                    break
+                item[2].fail(errors.NoResponders(f"no responders left for {self.name!r}"))
             self.on_idle(self)
