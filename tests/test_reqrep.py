@@ -1,5 +1,6 @@
 """Embedded request/reply: replies, NoResponders, timeouts, load balancing."""
 
+import collections
 import sys
 import threading
 
@@ -288,8 +289,6 @@ def test_the_backlog_fails_once_when_two_threads_find_the_service_empty(router):
     left). Each must take only what is still there: here the closing thread
     finds the backlog non-empty, and the other empties it before its popleft
     (simulated at that check), which must not raise IndexError."""
-    import collections
-
     responder = router.serve("svc", capacity=1)
     results = []
     for i in range(2):   # the second waits in the backlog
@@ -310,3 +309,46 @@ def test_the_backlog_fails_once_when_two_threads_find_the_service_empty(router):
     assert raced
     assert [type(r) for r in results] == [errors.NoResponders] * 2
     assert "svc" not in router._services
+
+
+def test_a_request_offered_as_its_responder_closes_is_not_stranded(router):
+    """A thread dispatching a request found the responder in the service's
+    list; another closed it (and drained its ring) before the put. A closed
+    ring still takes a put: the request must not sit there for good (no
+    deadline: it would never be settled); it goes to the other responders,
+    or fails with NoResponders. The close is simulated right after the
+    offer's first step."""
+    responder = router.serve("svc", capacity=4)
+    closed = []
+
+    class ClosingMeanwhile(collections.deque):
+        def append(self, item):
+            super().append(item)
+            if not closed:
+                closed.append(True)
+                responder.close()
+
+    responder._pending = ClosingMeanwhile()
+    results = []
+    router.request_cb("svc", b"x", results.append, timeout=None)
+    assert closed
+    assert [type(r) for r in results] == [errors.NoResponders]
+    assert len(responder.ring) == 0
+
+
+def test_a_request_offered_as_its_responder_closes_goes_to_another(router):
+    first = router.serve("svc", capacity=4)
+    closed = []
+
+    class ClosingMeanwhile(collections.deque):
+        def append(self, item):
+            super().append(item)
+            if not closed:
+                closed.append(True)
+                first.close()
+
+    first._pending = ClosingMeanwhile()
+    router.serve("svc", lambda m: b"second:" + m.payload)
+    router._services["svc"]._next = 0   # the next request goes to ``first``
+    assert router.request("svc", b"x", timeout=5).payload == b"second:x"
+    assert closed

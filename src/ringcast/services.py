@@ -94,6 +94,7 @@ class Responder(Source):
         self._handler = handler
         self._signal = _Signal()
         self._pending: Deque[PendingRequest] = collections.deque()  # parallel to the ring
+        self._giving_back = threading.RLock()   # see _give_back
         self.handled = 0
         if handler is not None and threaded:
             threading.Thread(target=self._run_threaded, args=(handler,), daemon=True,
@@ -106,6 +107,11 @@ class Responder(Source):
         if self.ring.put(self.name, payload, headers) < 0:
             self._pending.pop()
             return False
+        if self.ring.closed:
+            # closed by another thread since the service listed it: a
+            # closed ring still takes a put, and close() may have given
+            # back what it held before this one was in it
+            self._give_back()
         return True
 
     def _poll(self) -> Optional[Message]:
@@ -177,14 +183,21 @@ class Responder(Source):
         self._service.responders.remove(self)
         self.ring.close()
         self._signal.notify()
-        while True:
-            msg = self.ring.pop()
-            if msg is None:
-                break
-            pending = self._pending.popleft()
-            if not pending.settled:
-                self._service.dispatch(msg.payload, msg.headers, pending)
+        self._give_back()
         self._service.responder_gone()
+
+    def _give_back(self) -> None:
+        """Once closed: queued requests go to the other responders, or fail
+        with NoResponders. One thread at a time (close, or an offer that
+        raced it), so that each message is paired with its own request."""
+        with self._giving_back:
+            while True:
+                msg = self.ring.pop()
+                if msg is None:
+                    break
+                pending = self._pending.popleft()
+                if not pending.settled:
+                    self._service.dispatch(msg.payload, msg.headers, pending)
 
 
 def answer(msg: Message, handler: Handler) -> None:
