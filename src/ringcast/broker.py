@@ -469,10 +469,15 @@ class Broker:
             self._close()
 
     def _close(self) -> None:
+        # what other threads handed to the loop after its last pass (a request
+        # for a remote responder, an embedded handler's answer): run it, or a
+        # request without a deadline would wait for good
+        self._run_calls()
         for s in list(self._sessions.values()):
             self._flush_out(s, force=True)
         for s in list(self._sessions.values()):
             self._drop(s, "broker stopping", notify=False)
+        self._run_calls()   # handed over meanwhile: they now meet closed responders
         if self._owns_router:
             self.router.close()
         assert self._sock is not None
@@ -494,6 +499,17 @@ class Broker:
                 self._wake_tx.send(b"", zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+
+    def _run_calls(self) -> None:
+        """As the loop's last pass would (on the loop thread, as it stops):
+        one failing call must not keep the others, or the close, from running."""
+        while self._calls:
+            fn, args = self._calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("internal error in the broker loop")
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread."""

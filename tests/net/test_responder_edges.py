@@ -335,3 +335,31 @@ def test_a_refused_serve_under_a_handle_in_use_leaves_that_responder_serving(
     with pytest.raises(errors.NoResponders):
         router.service("svc")
     assert len(router.service("other").responders) == 1
+
+
+# -- 9. work handed to the broker loop as it stops ----------------------------------------------
+
+def test_a_request_handed_to_the_loop_as_the_broker_stops_is_settled(embedded):
+    """An embedded thread's request to a remote responder is handed to the
+    broker loop (the responder is the loop's). Handed over after the loop's
+    last pass, it was never run: the request, without a deadline, waited for
+    good. The broker runs what was handed to it as it stops (here the
+    responder's session then ends: ServiceError)."""
+    router, broker = embedded()
+    results = []
+    with connect(broker.endpoints[0], timeout=10) as c:
+        c.serve("svc", lambda m: b"re:" + m.payload)
+        serving(router, "svc")
+        real_close = broker._close
+
+        def close_after_a_hand_off():
+            asker = threading.Thread(target=router.request_cb, args=("svc", b"x", results.append),
+                                     kwargs={"timeout": None})
+            asker.start()
+            asker.join(10)
+            real_close()
+
+        broker._close = close_after_a_hand_off
+        broker.stop()
+    assert len(results) == 1
+    assert isinstance(results[0], (errors.ServiceError, errors.NoResponders)), results
