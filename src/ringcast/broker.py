@@ -501,8 +501,9 @@ class Broker:
                 pass
 
     def _run_calls(self) -> None:
-        """As the loop's last pass would (on the loop thread, as it stops):
-        one failing call must not keep the others, or the close, from running."""
+        """What other threads handed to the loop (on the loop thread: each
+        pass, and as it stops): one failing call must not keep the others,
+        or the close, from running."""
         while self._calls:
             fn, args = self._calls.popleft()
             try:
@@ -630,9 +631,8 @@ class Broker:
                         # input (later frames of a busy pass are batched)
                         self._flush_dirty()
             ident = None
-        while self._calls:
-            fn, args = self._calls.popleft()
-            fn(*args)
+        if self._calls:
+            self._run_calls()
         if self._retry:
             retry, self._retry = self._retry, set()
             try:
