@@ -37,6 +37,7 @@ import zmq
 
 from . import _codec as C
 from . import errors
+from ._args import check_count
 from ._impl import USE_EXTENSIONS, Message
 from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
 from .queues import Consumer, Queue, queue_options_from_wire
@@ -52,6 +53,9 @@ FRAME_TARGET = 64 << 10
 DEFAULT_WINDOW = 4 << 20
 #: largest buffer (ring slots) a client may ask for, per subscription or queue
 DEFAULT_MAX_CAPACITY = 1 << 20
+#: the most max_frame, max_message or max_subject may be (sums of them stay
+#: far inside the reader's size_t)
+MAX_LIMIT = 1 << 40
 #: payload bytes one client's subscription or queue may hold at the broker
 #: (NATS's default pending-bytes limit per subscription is the same)
 DEFAULT_MAX_BUFFER_BYTES = 64 << 20
@@ -327,21 +331,25 @@ class Broker:
                  spin: Optional[float] = DEFAULT_SPIN,
                  context: Optional[zmq.Context] = None) -> None:
         self.bind = [bind] if isinstance(bind, str) else list(bind)
-        # data_dir/fsync: where durable queues live (ignored when a router is given)
-        self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
-        self._owns_router = router is None   # closed with the broker (logs, threads)
-        self.max_capacity = max_capacity
+        # the limits first: a broker refused leaves no router (threads, logs) behind
+        for name, limit in (("max_frame", max_frame), ("max_message", max_message),
+                            ("max_subject", max_subject)):
+            check_count(name, limit, 1, MAX_LIMIT)
         if max_buffer_bytes < 0:
             raise errors.LimitExceeded(f"max_buffer_bytes must be >= 0 (0: no bound), "
                                        f"got {max_buffer_bytes}")
-        self.max_buffer_bytes = max_buffer_bytes
-        self.max_handles = max_handles
-        self.heartbeat = heartbeat
         if max_frame < C.max_record(max_message, max_subject):
             raise errors.LimitExceeded(
                 f"max_frame {max_frame} cannot hold a record of max_message {max_message}, "
                 f"max_subject {max_subject} and {C.MAX_HEADERS} bytes of headers: it must be "
                 f"at least {C.max_record(max_message, max_subject)}")
+        # data_dir/fsync: where durable queues live (ignored when a router is given)
+        self.router = router if router is not None else Router(data_dir=data_dir, fsync=fsync)
+        self._owns_router = router is None   # closed with the broker (logs, threads)
+        self.max_capacity = max_capacity
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_handles = max_handles
+        self.heartbeat = heartbeat
         self.max_frame = max_frame
         self.max_message = max_message
         self.max_subject = max_subject

@@ -198,3 +198,16 @@ def test_limits_that_cannot_hold_a_record_are_refused():
 
     with pytest.raises(errors.LimitExceeded, match="must be at least"):
         Broker("tcp://127.0.0.1:0", max_frame=65536, max_message=1024)
+
+
+@pytest.mark.parametrize("limits", [{"max_message": -1_000_000}, {"max_subject": 0},
+                                    {"max_frame": -1}, {"max_message": 1.5},
+                                    {"max_frame": 1 << 41}])
+def test_limits_that_are_not_sizes_are_refused_by_name(limits):
+    """A negative or fractional limit is named in the error (it used to be
+    refused, if at all, with a max_record sum wrapped around in C)."""
+    from ringcast import Broker
+
+    (name,) = limits
+    with pytest.raises(errors.LimitExceeded, match=name):
+        Broker("tcp://127.0.0.1:0", **limits)
