@@ -311,14 +311,10 @@ def test_the_backlog_fails_once_when_two_threads_find_the_service_empty(router):
     assert "svc" not in router._services
 
 
-def test_a_request_offered_as_its_responder_closes_is_not_stranded(router):
-    """A thread dispatching a request found the responder in the service's
-    list; another closed it (and drained its ring) before the put. A closed
-    ring still takes a put: the request must not sit there for good (no
-    deadline: it would never be settled); it goes to the other responders,
-    or fails with NoResponders. The close is simulated right after the
-    offer's first step."""
-    responder = router.serve("svc", capacity=4)
+def _close_on_first_offer(responder):
+    """Close ``responder`` from inside its first offer, right after the
+    request is paired and before the put: another thread's close, made
+    to happen there. Returns a list that holds True once it has."""
     closed = []
 
     class ClosingMeanwhile(collections.deque):
@@ -329,6 +325,18 @@ def test_a_request_offered_as_its_responder_closes_is_not_stranded(router):
                 responder.close()
 
     responder._pending = ClosingMeanwhile()
+    return closed
+
+
+def test_a_request_offered_as_its_responder_closes_is_not_stranded(router):
+    """A thread dispatching a request found the responder in the service's
+    list; another closed it (and drained its ring) before the put. A closed
+    ring still takes a put: the request must not sit there for good (no
+    deadline: it would never be settled); it goes to the other responders,
+    or fails with NoResponders. The close is simulated right after the
+    offer's first step."""
+    responder = router.serve("svc", capacity=4)
+    closed = _close_on_first_offer(responder)
     results = []
     router.request_cb("svc", b"x", results.append, timeout=None)
     assert closed
@@ -338,16 +346,7 @@ def test_a_request_offered_as_its_responder_closes_is_not_stranded(router):
 
 def test_a_request_offered_as_its_responder_closes_goes_to_another(router):
     first = router.serve("svc", capacity=4)
-    closed = []
-
-    class ClosingMeanwhile(collections.deque):
-        def append(self, item):
-            super().append(item)
-            if not closed:
-                closed.append(True)
-                first.close()
-
-    first._pending = ClosingMeanwhile()
+    closed = _close_on_first_offer(first)
     router.serve("svc", lambda m: b"second:" + m.payload)
     router._services["svc"]._next = 0   # the next request goes to ``first``
     assert router.request("svc", b"x", timeout=5).payload == b"second:x"
