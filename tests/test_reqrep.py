@@ -351,3 +351,32 @@ def test_a_request_offered_as_its_responder_closes_goes_to_another(router):
     router._services["svc"]._next = 0   # the next request goes to ``first``
     assert router.request("svc", b"x", timeout=5).payload == b"second:x"
     assert closed
+
+
+def _close_router_after(monkeypatch, router, check):
+    """Close ``router`` right after ``ringcast.router.<check>`` ran: as if
+    another thread closed it between a method's first closed check and
+    its lock."""
+    real = getattr(ringcast.router, check)
+
+    def checking_then_closed(*args):
+        real(*args)
+        router.close()
+
+    monkeypatch.setattr(ringcast.router, check, checking_then_closed)
+
+
+def test_serve_as_the_router_closes_is_refused(router, monkeypatch):
+    """A close() between serve's closed check and its lock listed the
+    responders to close without the new one: it must not stay open."""
+    _close_router_after(monkeypatch, router, "check_subject")
+    with pytest.raises(errors.Closed):
+        router.serve("svc", lambda m: b"")
+    assert "svc" not in router._services
+
+
+def test_subscribe_as_the_router_closes_is_refused(router, monkeypatch):
+    _close_router_after(monkeypatch, router, "check_pattern")
+    with pytest.raises(errors.Closed):
+        router.subscribe("a.b")
+    assert not router._subs

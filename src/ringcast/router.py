@@ -202,6 +202,7 @@ class Router(CoreRouter):
         policy_code(overflow)
         sub = Subscription(self, pattern, capacity, overflow, callback, max_bytes)
         with self._lock:
+            self._check_open()   # again, under the lock: close() lists what it closes there
             self.add(pattern, sub.ring)
             self._subs[id(sub)] = sub
         return sub
@@ -371,6 +372,7 @@ class Router(CoreRouter):
         self._check_open()
         check_subject(name)
         with self._lock:
+            self._check_open()   # again, under the lock: close() lists what it closes there
             service = self._services.get(name)
             if service is None:
                 service = self._services[name] = _Service(name, self._forget_service)
