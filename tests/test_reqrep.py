@@ -380,3 +380,97 @@ def test_subscribe_as_the_router_closes_is_refused(router, monkeypatch):
     with pytest.raises(errors.Closed):
         router.subscribe("a.b")
     assert not router._subs
+
+
+def _meanwhile(start, action):
+    """``start(fn)`` patches something to call ``fn`` once; ``fn`` runs
+    ``action`` in another thread and gives it a moment to finish (it may
+    rightly wait for this thread instead). Returns that thread's box."""
+    box = {}
+
+    def fn():
+        t = threading.Thread(target=action)
+        box["thread"] = t
+        t.start()
+        t.join(0.5)
+
+    start(fn)
+    return box
+
+
+def _on_first(responder, method, fn):
+    """Run ``fn()`` inside ``responder._pending.<method>``, the first time,
+    right after the request was added (append) or before it is taken (popleft)."""
+    done = []
+
+    class Meanwhile(collections.deque):
+        def append(self, item):
+            super().append(item)
+            if method == "append" and not done:
+                done.append(True)
+                fn()
+
+        def popleft(self):
+            if method == "popleft" and not done:
+                done.append(True)
+                fn()
+            return super().popleft()
+
+    responder._pending = Meanwhile(responder._pending)
+
+
+def _answer_all(responder, count):
+    for _ in range(count):
+        msg = responder.recv(timeout=5)
+        msg.respond(b"re:" + msg.payload)
+
+
+@pytest.mark.parametrize("capacity", [4, 1])
+def test_two_threads_offering_to_one_responder_keep_their_pairs(router, capacity):
+    """Another thread offers to the same responder between this one's
+    pairing of its request and its put (with capacity 1, its put then
+    fails): each request must still get the answer to its own message."""
+    responder = router.serve("svc", capacity=capacity)
+    results = {}
+
+    def ask(payload):
+        router.request_cb("svc", payload, lambda r: results.setdefault(payload, r),
+                          timeout=None)
+
+    box = _meanwhile(lambda fn: _on_first(responder, "append", fn), lambda: ask(b"second"))
+    ask(b"first")
+    box["thread"].join(5)
+    _answer_all(responder, 2)
+    assert {k: v.payload for k, v in results.items()} == {
+        b"first": b"re:first", b"second": b"re:second"}
+
+
+def test_an_offer_waits_for_no_handler_running_inline(router):
+    """A handler runs in the thread whose request made it ready (inside
+    that offer): another thread's offer to the same responder meanwhile
+    must not wait for it (a broker's loop offers so)."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def handler(msg):
+        if msg.payload == b"slow":
+            started.set()
+            release.wait(10)
+        return b"re:" + msg.payload
+
+    router.serve("svc", handler)
+    results = []
+    slow = threading.Thread(target=lambda: router.request_cb(
+        "svc", b"slow", results.append, timeout=None))
+    slow.start()
+    try:
+        assert started.wait(5)
+        other = threading.Thread(target=lambda: router.request_cb(
+            "svc", b"next", results.append, timeout=None))
+        other.start()
+        other.join(2)
+        assert not other.is_alive(), "an offer waited for a handler running elsewhere"
+    finally:
+        release.set()
+        slow.join(5)
+    assert sorted(r.payload for r in results) == [b"re:next", b"re:slow"]

@@ -94,19 +94,31 @@ class Responder(Source):
         self._handler = handler
         self._signal = _Signal()
         self._pending: Deque[PendingRequest] = collections.deque()  # parallel to the ring
-        self._giving_back = threading.RLock()   # see _give_back
+        # held while the ring and _pending change together, so that each
+        # message stays paired with its own request whatever threads offer,
+        # take and give back at once; never held while a handler runs
+        self._pairing = threading.RLock()
+        self._deferred = False   # made ready inside _offer's put: see _ready
         self.handled = 0
         if handler is not None and threaded:
             threading.Thread(target=self._run_threaded, args=(handler,), daemon=True,
                              name=f"ringcast-serve-{self.name}").start()
         elif handler is not None:
-            self.ring.arm_ready(self._schedule)
+            self.ring.arm_ready(self._ready)
 
     def _offer(self, payload: Any, headers: Headers, pending: PendingRequest) -> bool:
-        self._pending.append(pending)  # first: a handler may run inside put()
-        if self.ring.put(self.name, payload, headers) < 0:
-            self._pending.pop()
-            return False
+        pairing = self._pairing   # not ``with``: half the cost, on every request
+        pairing.acquire()
+        try:
+            self._pending.append(pending)
+            if self.ring.put(self.name, payload, headers) < 0:
+                self._pending.pop()
+                return False
+        finally:
+            pairing.release()
+        if self._deferred:   # the put made the handler ready: run it now, lock let go
+            self._deferred = False
+            self._schedule()
         if self.ring.closed:
             # closed by another thread since the service listed it: a
             # closed ring still takes a put, and close() may have given
@@ -138,6 +150,14 @@ class Responder(Source):
             raise errors.WouldBlock(f"no request waiting for {self.name!r}")
         return msg
 
+    def _ready(self) -> None:
+        """The ring's ready callback (with a handler): fired inside _offer's
+        put, under _pairing, where running the handler would hold _pairing
+        all along (other threads offering -- a broker's loop -- would wait
+        for it); _offer runs it once it let go. (Fired by close() too: then
+        there is nothing to run.)"""
+        self._deferred = True
+
     def _schedule(self) -> None:
         self._router._dispatcher.schedule(self._run_handler)
 
@@ -150,7 +170,7 @@ class Responder(Source):
                 break
             answer(msg, handler)
             self.handled += 1
-        if not self.ring.closed and not self.ring.arm_ready(self._schedule):
+        if not self.ring.closed and not self.ring.arm_ready(self._ready):
             self._schedule()
 
     def _run_threaded(self, handler: Handler) -> None:
@@ -188,16 +208,17 @@ class Responder(Source):
 
     def _give_back(self) -> None:
         """Once closed: queued requests go to the other responders, or fail
-        with NoResponders. One thread at a time (close, or an offer that
-        raced it), so that each message is paired with its own request."""
-        with self._giving_back:
-            while True:
+        with NoResponders. Each message is taken with its own request under
+        _pairing, and dispatched without it (another responder may run a
+        handler inline)."""
+        while True:
+            with self._pairing:
                 msg = self.ring.pop()
                 if msg is None:
                     break
                 pending = self._pending.popleft()
-                if not pending.settled:
-                    self._service.dispatch(msg.payload, msg.headers, pending)
+            if not pending.settled:
+                self._service.dispatch(msg.payload, msg.headers, pending)
 
 
 def answer(msg: Message, handler: Handler) -> None:
