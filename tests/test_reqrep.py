@@ -474,3 +474,22 @@ def test_an_offer_waits_for_no_handler_running_inline(router):
         release.set()
         slow.join(5)
     assert sorted(r.payload for r in results) == [b"re:next", b"re:slow"]
+
+
+def test_a_request_taken_as_its_responder_closes_keeps_its_pair(router):
+    """Another thread closes the responder (giving back what it holds)
+    between this thread's taking of a message and of its request: the
+    message taken must still be answered to its own request, and the one
+    given back fail on its own (nobody else serves)."""
+    responder = router.serve("svc", capacity=4)
+    results = {}
+    for payload in (b"a", b"b"):
+        router.request_cb("svc", payload, lambda r, p=payload: results.setdefault(p, r),
+                          timeout=None)
+    box = _meanwhile(lambda fn: _on_first(responder, "popleft", fn), responder.close)
+    msg = responder.recv(timeout=5)
+    box["thread"].join(5)
+    msg.respond(b"re:" + msg.payload)
+    assert msg.payload == b"a"
+    assert results[b"a"].payload == b"re:a"
+    assert isinstance(results[b"b"], errors.NoResponders)

@@ -127,13 +127,19 @@ class Responder(Source):
         return True
 
     def _poll(self) -> Optional[Message]:
+        pairing = self._pairing   # a close() may be giving back meanwhile
         while True:
-            msg = self.ring.pop()
+            pairing.acquire()
+            try:
+                msg = self.ring.pop()
+                if msg is not None:
+                    pending = self._pending.popleft()
+            finally:
+                pairing.release()
             if msg is None:
                 if self.ring.closed:
                     raise errors.Closed(f"responder for {self.name!r} is closed")
                 return None
-            pending = self._pending.popleft()
             self._service.refill(self)
             if not pending.settled:  # expired or withdrawn requests are never handed out
                 msg._owner = pending
