@@ -334,9 +334,7 @@ class _Service:
 
     def pick(self) -> List[ServiceMember]:
         """Responders in round-robin order starting after the last one used."""
-        n = len(self.responders)
-        if n == 1:
-            return self.responders
+        n = len(self.responders)   # dispatch takes a lone responder without asking
         start = self._next % n if n else 0
         self._next = start + 1
         return self.responders[start:] + self.responders[:start]
