@@ -230,9 +230,10 @@ class RemoteService(_Handle):
 
 
 class _Settler(C.Settler):
-    """The ``_owner`` of remote queue deliveries and requests, for one
-    session: ``ack`` and the REP write are native (every consumed message
-    and every request comes there); the rest is here."""
+    """The ``_owner`` of a remote consumer's deliveries for one session, and
+    the base of a responder's (``_RequestSettler``): ``ack`` and the REP
+    write are native (every consumed message and every request comes
+    there); the rest is here."""
 
     __slots__ = ()
 
@@ -249,11 +250,7 @@ class _Settler(C.Settler):
             msg._tag = 0   # settled: once (see C.Settler.ack)
 
     def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
-        if isinstance(self.handle, RemoteConsumer):   # as embedded
-            raise errors.RingcastError("queue messages are acked, not responded to")
-        proto = self._check()
-        check_reply(payload, headers, proto.max_message)
-        self.reply(msg, payload, headers)   # checks stale again, under the lock
+        raise errors.RingcastError("queue messages are acked, not responded to")   # as embedded
 
     def fail(self, msg: Message, exc: BaseException) -> None:
         if isinstance(exc, errors.RingcastError) and exc.code:
@@ -266,8 +263,9 @@ class _Settler(C.Settler):
 
 
 class _RequestSettler(_Settler):
-    """A responder's: its requests are answered, never acked or nacked (an
-    ACK would be refused by the broker after the call returned)."""
+    """A responder's: its requests are answered (``respond`` checks the
+    reply, then the native REP write), never acked or nacked (an ACK would
+    be refused by the broker after the call returned)."""
 
     __slots__ = ()
 
@@ -276,6 +274,11 @@ class _RequestSettler(_Settler):
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         raise errors.RingcastError("requests are responded to, not nacked")
+
+    def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
+        proto = self._check()
+        check_reply(payload, headers, proto.max_message)
+        self.reply(msg, payload, headers)   # checks stale again, under the lock
 
 
 def reply(msg: Message, result: Any) -> None:
