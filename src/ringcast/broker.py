@@ -406,7 +406,6 @@ class Broker:
                 raise
             # raised by start() in its caller: not a second time as the thread's
 
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop (from any thread or a signal handler) and wait for it."""
         self._stopping = True
