@@ -360,6 +360,30 @@ def test_events_group_deliveries_and_attach_owners():
     assert evs[2][0] == C.RQST and evs[2][2]._tag == 77 and evs[2][3] == 1500
 
 
+def test_events_settle_replies_of_known_requests_natively():
+    def settle_a(_):
+        pass
+
+    def settle_b(_):
+        pass
+
+    requests = {5: ("svc", settle_a, 1.0), 6: ("other", settle_b, 2.0)}
+    settles = []
+    w = C.Writer()
+    w.record(C.REPLY, 5, {"h": "1"}, b"r")
+    w.record(C.PCREDIT, 40)
+    w.record(C.REPLY, 9, None, b"late")   # given up on: dropped, no event
+    w.record(C.REPLY, 6, None, b"s")
+    evs = C.Reader(w.take()).events(None, requests, settles)
+    assert evs == [(C.PCREDIT, 40)]
+    assert requests == {}
+    assert [(fn, m.subject, m.headers, m.payload, m.delivery_count, m._tag)
+            for fn, m in settles] == [(settle_a, "svc", {"h": "1"}, b"r", 1, 0),
+                                      (settle_b, "other", None, b"s", 1, 0)]
+    with pytest.raises(TypeError, match="settles"):
+        C.Reader(b"").events(None, {})
+
+
 def test_write_deliveries_round_trips_queue_deliveries():
     msgs = [C.message("jobs", b"a", None, tag=11), C.message("jobs", b"b", {"k": "v"}, tag=12,
                                                                redelivered=True, delivery_count=3)]
@@ -631,3 +655,18 @@ def test_write_ring_leaves_no_partial_record(native, runs):
         assert [m.payload for _, _, run in evs for m in run.take()] == [b"a", b"b"]
         reader = C.Reader(frame)
         assert records == sum(1 for _ in iter(reader.next, None))
+
+
+def test_settle_future_sets_a_pending_future_and_skips_a_cancelled_one():
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        pending, cancelled = loop.create_future(), loop.create_future()
+        cancelled.cancel()
+        C.settle_future(pending, "reply")
+        C.settle_future(cancelled, "late reply")   # no InvalidStateError
+        C.settle_future(pending, "again")   # settled once
+        assert pending.result() == "reply" and cancelled.cancelled()
+    finally:
+        loop.close()

@@ -139,3 +139,41 @@ def test_a_request_made_while_reconnecting_fails_instead_of_waiting_for_ever():
     proto.connection_made(time.monotonic())
     assert len(results) == 1 and isinstance(results[0], errors.ConnectionLost)
     assert proto.requests == {}
+
+
+def test_replies_ahead_of_an_undecodable_record_are_settled_not_lost():
+    from ringcast import _codec as C
+
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    got = []
+    rid = proto.request("svc", b"q", None, 5.0, got.append)
+    other = proto.request("svc", b"q2", None, 5.0, got.append)
+    w = C.Writer()
+    w.record(C.REPLY, rid, None, b"answer")
+    frame = w.take() + b"\xff\x00\x00\x00\x00"   # then a record of no known command
+    err = proto.frame_received(frame, time.monotonic())
+    assert isinstance(err, errors.ProtocolError)
+    assert [m.payload for m in got] == [b"answer"]
+    assert list(proto.requests) == [other]   # the driver's reconnection fails it
+    proto.connection_lost(err)
+    assert isinstance(got[1], errors.ProtocolError)
+
+
+def test_an_oversized_reply_leaves_its_request_to_the_lost_session():
+    from ringcast import _codec as C
+
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    proto.max_message = 8
+    got = []
+    rid = proto.request("svc", b"q", None, 5.0, got.append)
+    w = C.Writer()
+    w.record(C.REPLY, rid, None, b"x" * 9)
+    err = proto.frame_received(w.take(), time.monotonic())
+    assert isinstance(err, errors.ProtocolError) and "exceeds" in str(err)
+    assert got == [] and list(proto.requests) == [rid]
+    proto.connection_lost(errors.ConnectionLost("gone"))
+    assert isinstance(got[0], errors.ConnectionLost)

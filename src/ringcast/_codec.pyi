@@ -210,7 +210,10 @@ class Reader:
         publish: Union[CoreRouter, Callable[[str, Any, Optional[Dict[str, str]]], int]],
         counts: Optional[Dict[str, int]] = None,
     ) -> int: ...
-    def events(self, owners: Optional[Dict[int, Any]] = None) -> List[Tuple[Any, ...]]: ...
+    def events(self, owners: Optional[Dict[int, Any]] = None,
+               requests: Optional[Dict[int, Tuple[str, Callable[[Any], None], float]]] = None,
+               settles: Optional[List[Tuple[Callable[[Any], None], Any]]] = None,
+               ) -> List[Tuple[Any, ...]]: ...
 
 @final
 class Deliveries:
@@ -227,6 +230,7 @@ class Deliveries:
     def take(self, max_count: int = ...) -> List[Message]: ...
     def take_payloads(self, max_count: int = ...) -> List[bytes]: ...
 
+def settle_future(fut: Any, result: Any) -> None: ...
 def message(
     subject: str,
     payload: Any,

@@ -13,7 +13,7 @@ cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_CheckExact)
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
@@ -1430,15 +1430,24 @@ cdef class Reader:
                 done += 1
                 _bump_taken(counts, subject, 1)
 
-    def events(self, dict owners=None):
+    def events(self, dict owners=None, dict requests=None, list settles=None):
         """Decode a broker frame for a client: a list of tuples ``(cmd, ...)``.
 
         Deliveries become Message objects, and consecutive ones for one
         handle are grouped as ``(MSG|QMSG, handle, [Message, ...])``; a
         request for a responder is ``(RQST, handle, Message, timeout_ms)``.
         ``owners`` maps handle -> the object that settles its messages.
+        With ``requests`` (rid -> ``(service, settle, deadline)``) and
+        ``settles``, a REPLY is no event: its request is popped and
+        ``(settle, Message)`` appended to ``settles`` (a reply to a request
+        not there, given up on, is dropped): a pipelined requester's hot
+        path, without a tuple and a Python pass per reply.
         """
         cdef list out = []
+        cdef object rid, headers, payload
+        cdef tuple entry
+        if requests is not None and settles is None:
+            raise TypeError("events() takes settles with requests")
         cdef list batch = None
         cdef Deliveries run = None
         cdef int cmd, batch_cmd = -1
@@ -1503,6 +1512,21 @@ cdef class Reader:
                     batch_handle = handle
                     out.append((cmd, handle, batch))
                 batch.append(m)
+            elif cmd == RC_REPLY and requests is not None:
+                rid = self._uv()
+                headers = self._headers()
+                payload = self._payload()   # the rest of the record
+                self.pos = self.e
+                o = PyDict_GetItem(requests, rid)
+                if o != NULL:
+                    entry = <tuple>o
+                    m = Message.__new__(Message)
+                    m.subject = entry[0]
+                    m.headers = headers
+                    m.payload = payload
+                    m.delivery_count = 1
+                    settles.append((entry[1], m))
+                    PyDict_DelItem(requests, rid)
             else:
                 batch = None
                 run = None
@@ -1617,6 +1641,14 @@ cdef inline void _bump(dict counts, object key, Py_ssize_t n):
         counts[key] = n
     else:
         counts[key] = <object>c + n
+
+
+def settle_future(fut, result):
+    """``fut.set_result(result)``, unless it is done (its awaiter was
+    cancelled): bound with ``functools.partial``, an asyncio request's
+    settle with no Python frame per reply."""
+    if not fut.done():
+        fut.set_result(result)
 
 
 def message(str subject, payload, headers=None, uint64_t seq=0, bint redelivered=False,

@@ -19,12 +19,14 @@ import inspect
 import logging
 import os
 import time
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union, cast
 
 import zmq
 
 from . import errors
 from ._args import check_timeout
+from ._codec import settle_future
 from ._impl import Message
 from ._waiting import EXPIRED, _await, _deadline
 from ._zsock import EVENTS, NOBLOCK, POLLIN, zget, zsend
@@ -338,7 +340,8 @@ class Connection:
                             timeout: float = 5.0, **options: Any) -> None:
         fut = self._loop.create_future()
         binds = [bind] if isinstance(bind, str) else list(bind)
-        self.proto.declare_queue(name, binds, capacity, overflow, options, _settler(fut))
+        self.proto.declare_queue(name, binds, capacity, overflow, options,
+                                 partial(settle_future, fut))
         result = await _await(fut, timeout, EXPIRED)
         if result is EXPIRED:
             raise errors.Timeout(f"declare_queue({name!r}) got no answer")
@@ -366,14 +369,9 @@ class Connection:
         """Ask ``service``; many may be in flight at once (pipelining).
         ``timeout`` None (or infinity) sets no deadline."""
         fut = self._loop.create_future()
-
-        def settle(result: Any) -> None:
-            if not fut.done():
-                fut.set_result(result)
-
         # No timer per request: the broker answers Timeout at the deadline, and
         # the protocol's sweep (each tick) fails requests it never answers.
-        rid = self.proto.request(service, payload, headers, timeout, settle)
+        rid = self.proto.request(service, payload, headers, timeout, partial(settle_future, fut))
         try:
             result = await fut
         except BaseException:   # cancelled (fut is then done too): a late reply is dropped
@@ -393,7 +391,7 @@ class Connection:
 
     async def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
         fut = self._loop.create_future()
-        self.proto.stats(_settler(fut))
+        self.proto.stats(partial(settle_future, fut))
         result = await _await(fut, timeout, EXPIRED)
         if result is EXPIRED:
             raise errors.Timeout("stats request timed out")
@@ -402,11 +400,6 @@ class Connection:
         return result  # type: ignore[no-any-return]
 
 
-def _settler(fut: "asyncio.Future[Any]") -> Callable[[Any], None]:
-    def settle(result: Any) -> None:
-        if not fut.done():
-            fut.set_result(result)
-    return settle
 
 
 def _would_block(timeout: Optional[float]) -> None:

@@ -45,8 +45,7 @@ QUEUED_LIMIT = 1 << 20
 MAX_ERROR_TEXT = 4096
 
 
-_REPLY, _REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (
-    C.REPLY, C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
+_REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
 
 
 class _Handle:
@@ -648,26 +647,26 @@ class ClientProtocol:
         """Apply one frame from the broker. Returns an error when the session
         is over and the driver must reconnect."""
         settles: List[Tuple[Settle, Any]] = []
+        result: Optional[errors.RingcastError] = None
         with self.lock:
             self.last_rx = now
             try:
+                # replies settle natively: into ``settles``, no event each
                 events = C.Reader(frame, self.max_message, 1 << 20, self.subjects).events(
-                    self.owners)
+                    self.owners, self.requests, settles)
             except errors.RingcastError as exc:
                 log.error("undecodable frame from the broker: %s", exc)
-                return errors.ProtocolError(f"undecodable frame from the broker: {exc}")
-            result: Optional[errors.RingcastError] = None
+                # the session ends; replies decoded ahead of the bad record
+                # left ``requests``: they are settled below, not lost
+                events = []
+                result = errors.ProtocolError(f"undecodable frame from the broker: {exc}")
             handles = self.handles
             fed: List[_Handle] = []   # handles that got deliveries: told once per frame
-            # most frequent first: replies (requesters), deliveries (requests
-            # for responders too), credit; module constants as locals
+            # most frequent first: deliveries (requests for responders too),
+            # credit; module constants as locals
             for ev in events:
                 cmd = ev[0]
-                if cmd == _REPLY:
-                    entry = self.requests.pop(ev[1], None)
-                    if entry is not None:   # else: a late reply to one given up on
-                        settles.append((entry[1], C.message(entry[0], ev[3], ev[2])))
-                elif cmd == _RQST or cmd == _MSG or cmd == _QMSG:
+                if cmd == _RQST or cmd == _MSG or cmd == _QMSG:
                     h = handles.get(ev[1])
                     if h is not None and h.delivery == cmd:   # else: not for a live handle
                         h.deliver(ev[2])                      # of that kind: ignored
