@@ -216,3 +216,22 @@ async def test_a_closed_client_accepts_nothing(broker):
             else:
                 wrong.append((type(client).__name__, name, "accepted"))
     assert wrong == []
+
+
+@pytest.mark.parametrize("scenario", [test_pubsub_queue_and_requests,
+                                      test_cancelled_recv_loses_nothing,
+                                      test_cancelled_request_leaves_the_connection_usable])
+def test_on_uvloop(broker, scenario):
+    """The tests above, on uvloop's event loop: the client relies on
+    add_reader and on how futures are cancelled, which uvloop implements anew."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        c = await aio.connect(broker.url, heartbeat=HEARTBEAT)
+        try:
+            await scenario(broker, c)
+        finally:
+            await c.close()
+
+    uvloop.run(main())
