@@ -1775,8 +1775,10 @@ def net_reqrep(name: str, opts: Options, progress: Progress) -> List[Result]:
     return rows
 
 
-def _rc_pipelined_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[str, Any]:
-    """asyncio client with ``opts.inflight`` requests outstanding at all times."""
+def _rc_pipelined_child(ctl: "_ChildControl", url: str, opts: Options,
+                        uvloop: bool = False) -> Dict[str, Any]:
+    """asyncio client with ``opts.inflight`` requests outstanding at all times,
+    on asyncio's own event loop or on uvloop's."""
     import asyncio
 
     from .aio_client import connect
@@ -1813,6 +1815,10 @@ def _rc_pipelined_child(ctl: "_ChildControl", url: str, opts: Options) -> Dict[s
         p50, p99 = percentiles_us(lat)
         return {"n": len(lat), "elapsed": elapsed, "p50": p50, "p99": p99}
 
+    if uvloop:
+        import uvloop as _uvloop
+
+        return _uvloop.run(main())  # type: ignore[no-any-return]
     return asyncio.run(main())
 
 
@@ -1893,11 +1899,18 @@ def net_reqrep_pipelined(name: str, opts: Options, progress: Progress) -> List[R
     if _pyzmq_missing(name):
         return []
     rows = []
+    loops = [("ringcast", False)]
+    if _importable("uvloop"):
+        loops.append(("ringcast (uvloop)", True))
+    else:
+        _skip(name, "ringcast (uvloop)", "uvloop is not installed (pip install uvloop)")
     with _server("broker", _broker_child) as url:
-        (res,) = _measure(
-            f"{name} ringcast", opts, progress, [("requester", _rc_pipelined_child, (url, opts))],
-            peers=[("responder", _rc_responder_child, (url, min(opts.inflight, 1024)))])
-    rows.append(_latency_row(name, "ringcast", opts, res))
+        for system, uvloop in loops:
+            (res,) = _measure(
+                f"{name} {system}", opts, progress,
+                [("requester", _rc_pipelined_child, (url, opts, uvloop))],
+                peers=[("responder", _rc_responder_child, (url, min(opts.inflight, 1024)))])
+            rows.append(_latency_row(name, system, opts, res))
     ep = free_tcp_endpoint()
     (res,) = _measure(f"{name} pyzmq", opts, progress,
                       [("client", _zmq_pipelined_child, (ep, opts))],
