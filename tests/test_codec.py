@@ -558,6 +558,23 @@ def test_garbage_never_crashes_the_decoder(data):
         pass
 
 
+@given(st.lists(st.binary(max_size=40), max_size=6))
+def test_garbage_replies_never_crash_the_decoder_nor_settle_twice(bodies):
+    """REPLY records with random bodies, settled natively (events with
+    requests): each request is popped once, with a Message, or left."""
+    frame = b"".join(bytes([C.REPLY]) + struct.pack("<I", len(b)) + b for b in bodies)
+    requests = {rid: ("svc", rid, 0.0) for rid in range(130)}
+    settles = []
+    try:
+        C.Reader(frame, max_message=1000).events(None, requests, settles)
+    except errors.RingcastError:
+        pass
+    settled = [rid for rid, _ in settles]
+    assert len(settled) == len(set(settled)) and not set(settled) & set(requests)
+    assert len(settled) + len(requests) == 130
+    assert all(m.subject == "svc" and isinstance(m.payload, bytes) for _, m in settles)
+
+
 def test_writer_rejects_bad_types():
     w = C.Writer()
     with pytest.raises(errors.WrongType):
