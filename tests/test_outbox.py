@@ -135,3 +135,63 @@ def test_an_ack_written_settles_its_delivery_even_if_the_kick_raises():
         settler.ack(msg)
     (frame,) = urgent.take()
     assert C.Reader(frame).acks() == {5: [7]}
+
+
+class _Kicks:
+    def __init__(self):
+        self.threads = []
+
+    def kick(self):
+        self.threads.append(threading.get_ident())
+
+
+def test_writes_on_the_sender_thread_ask_no_kick():
+    """The sync client's I/O thread sends what it writes before it sleeps:
+    its own urgent records (inline handlers' replies) ask no kick; every
+    other thread's do."""
+    driver = _Kicks()
+    urgent = C.Urgent(driver, C.NoLock())
+    urgent.ready = True
+    urgent.put(C.HB)
+    assert driver.threads == [threading.get_ident()]   # no sender yet: every write kicks
+    urgent.sender = threading.get_ident()
+    urgent.put(C.HB)
+    assert len(driver.threads) == 1
+    other = threading.Thread(target=urgent.put, args=(C.HB,))
+    other.start()
+    other.join()
+    assert driver.threads[1:] == [other.ident]
+    assert len(C.Reader(b"".join(urgent.take())).run(C.HB)) == 3   # all three written
+
+
+class _Proto:
+    max_message = 8
+
+
+class _Handle:
+    proto = _Proto()
+
+
+@pytest.mark.parametrize("payload,headers,error", [
+    (b"x" * 9, None, "LimitExceeded"),           # over the broker's max_message
+    (memoryview(b"x" * 9), None, "LimitExceeded"),
+    ("text", None, "WrongType"),
+    (b"ok", {"k": 1}, "WrongType"),
+])
+def test_respond_refuses_a_reply_before_writing_anything(payload, headers, error):
+    from ringcast import errors
+
+    driver = _Kicks()
+    urgent = C.Urgent(driver, C.NoLock())
+    urgent.ready = True
+    settler = C.Settler(_Handle(), 5, urgent)
+    msg = C.message("svc", b"q", tag=7)
+    with pytest.raises(getattr(errors, error)):
+        settler.respond(msg, payload, headers)
+    assert urgent.take() == [] and driver.threads == []
+    settler.respond(msg, b"x" * 8, {"k": "v"})   # at the limit: written
+    (frame,) = urgent.take()
+    assert C.Reader(frame).next() == (C.REP, 5, 7, {"k": "v"}, b"x" * 8)
+    settler.stale = True   # its session ended: refused first, whatever the reply
+    with pytest.raises(errors.AckError):
+        settler.respond(msg, "text")

@@ -14,6 +14,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_CheckExact)
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
@@ -629,6 +630,9 @@ cdef class Urgent:
     cdef list frames
     cdef public Py_ssize_t frame_target
     cdef public bint ready
+    #: the thread whose writes need no kick (the sync client's I/O thread,
+    #: which sends what they write before it sleeps); 0: none
+    cdef public unsigned long sender
     cdef object owner       # its ``kick`` is looked up per call: drivers rebind it
     cdef object _lock
     cdef object _enter, _exit
@@ -669,7 +673,8 @@ cdef class Urgent:
     cdef inline int _written(self, bint kick) except -1:
         if self.w.length >= <size_t>self.frame_target:
             self.frames.append(self.w.take())
-        if kick:
+        if kick and (self.sender == 0 or
+                     <unsigned long>PyThread_get_thread_ident() != self.sender):
             self.owner.kick()
         return 0
 
@@ -754,12 +759,21 @@ cdef class Settler:
         if msg._tag == 0:
             raise AckError("this delivery is already settled (acked or nacked)")
 
-    def reply(self, Message msg not None, payload, headers=None):
-        """A REP record, unchecked (``respond`` checks it first)."""
+    def respond(self, Message msg not None, payload, headers=None):
+        """A REP record: AckError once stale; then the reply is checked
+        before anything is written (bytes-like and headers as the writer
+        checks them, and the size against ``handle.proto.max_message``, the
+        broker's limit: a larger reply would end the session that reads it).
+        Natively, as every request is answered here."""
+        self._live()
+        cdef Py_ssize_t limit = self.handle.proto.max_message
+        cdef Py_ssize_t size = _payload_len(payload)
+        if size > limit:
+            raise LimitExceeded(f"reply of {size} bytes exceeds the broker's limit of {limit}")
         cdef Urgent u = self.urgent
         u._acquire()
         try:
-            self._live()
+            self._live()   # again, under the lock: a reconnect may have just made it so
             if u.ready:
                 u.w._record(RC_REP, (self.hid, msg._tag, headers, payload))
                 u._written(True)

@@ -168,8 +168,8 @@ class Client:
 
     # -- the I/O thread ---------------------------------------------------------------
     def _kick(self) -> None:
-        # called with the lock held, from any thread (on the I/O thread for
-        # every reply an inline handler writes: keep it cheap)
+        # called with the lock held, from any thread (the urgent records the
+        # I/O thread writes, such as inline handlers' replies, ask none)
         if self._wake_pending or threading.get_ident() == self._io_ident:
             return
         self._wake_pending = True
@@ -197,7 +197,7 @@ class Client:
         return sock
 
     def _run(self) -> None:
-        self._io_ident = threading.get_ident()
+        self._io_ident = self.proto.urgent.sender = threading.get_ident()
         proto = self.proto
         sock, self._first = cast(zmq.Socket, self._first), None
         waiter = _IOWait(self._wake_rx)
@@ -245,6 +245,7 @@ class Client:
                 log.error("client I/O stopped: %s", exc)
         finally:
             self._io_ident = None   # idents are reused once a thread ends
+            self.proto.urgent.sender = 0
             sock.close(linger=200)
             with self._cond:
                 self.proto.mark_closed()

@@ -18,14 +18,13 @@ import itertools
 import json
 import logging
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import _codec as C
 from . import errors
 from ._args import check_count
 from ._impl import Message, check_pattern, check_subject, policy_code
 from .queues import queue_options_to_wire
-from .services import check_reply
 
 log = logging.getLogger("ringcast.client")
 
@@ -230,16 +229,15 @@ class RemoteService(_Handle):
 
 class _Settler(C.Settler):
     """The ``_owner`` of a remote consumer's deliveries for one session, and
-    the base of a responder's (``_RequestSettler``): ``ack`` and the REP
-    write are native (every consumed message and every request comes
-    there); the rest is here."""
+    the base of a responder's (``_RequestSettler``): ``ack`` and ``respond``
+    are native (every consumed message and every request comes there); the
+    rest is here, and a consumer's refuses ``respond``."""
 
     __slots__ = ()
 
     def _check(self) -> "ClientProtocol":
         self.live()
-        proto: ClientProtocol = self.handle.proto   # (not cast(): a call per reply)
-        return proto
+        return cast("ClientProtocol", self.handle.proto)
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         with self.handle.proto.lock:
@@ -262,22 +260,18 @@ class _Settler(C.Settler):
 
 
 class _RequestSettler(_Settler):
-    """A responder's: its requests are answered (``respond`` checks the
-    reply, then the native REP write), never acked or nacked (an ACK would
-    be refused by the broker after the call returned)."""
+    """A responder's: its requests are answered (the native ``respond`` of
+    C.Settler: checks, then the REP write), never acked or nacked (an ACK
+    would be refused by the broker after the call returned)."""
 
     __slots__ = ()
+    respond = C.Settler.respond
 
     def ack(self, msg: Message) -> None:
         raise errors.RingcastError("requests are responded to, not acked")
 
     def nack(self, msg: Message, requeue: bool = True) -> None:
         raise errors.RingcastError("requests are responded to, not nacked")
-
-    def respond(self, msg: Message, payload: Any, headers: Headers = None) -> None:
-        proto = self._check()
-        check_reply(payload, headers, proto.max_message)
-        self.reply(msg, payload, headers)   # checks stale again, under the lock
 
 
 def reply(msg: Message, result: Any) -> None:
