@@ -400,8 +400,6 @@ class Connection:
         return result  # type: ignore[no-any-return]
 
 
-
-
 def _would_block(timeout: Optional[float]) -> None:
     raise errors.WouldBlock("publish buffer full; await publish() or flush()")
 
