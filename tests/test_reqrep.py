@@ -382,6 +382,21 @@ def test_subscribe_as_the_router_closes_is_refused(router, monkeypatch):
     assert not router._subs
 
 
+def test_consume_as_the_router_closes_is_refused(router, monkeypatch):
+    queue = router.declare_queue("q")
+    _close_router_after(monkeypatch, router, "check_count")
+    with pytest.raises(errors.Closed):
+        router.consume("q")
+    assert not queue.consumers
+
+
+def test_declare_queue_as_the_router_closes_is_refused(router, monkeypatch):
+    _close_router_after(monkeypatch, router, "check_subject")
+    with pytest.raises(errors.Closed):
+        router.declare_queue("q")
+    assert "q" not in router._queues
+
+
 def _meanwhile(start, action):
     """``start(fn)`` patches something to call ``fn`` once; ``fn`` runs
     ``action`` in another thread and gives it a moment to finish (it may

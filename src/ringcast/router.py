@@ -280,6 +280,7 @@ class Router(CoreRouter):
         for pattern in binds:
             check_pattern(pattern)
         with self._lock:
+            self._check_open()   # again, under the lock: close() lists what it closes there
             q = self._queues.get(name)
             if q is None:
                 opts = QueueOptions(**options)
@@ -349,7 +350,9 @@ class Router(CoreRouter):
         check_count("prefetch", prefetch, 0)
         q = self.ensure_queue(queue)
         consumer = Consumer(q, prefetch)
-        q.consumers.append(consumer)
+        with self._lock:
+            self._check_open()   # again, under the lock: close() lists what it closes there
+            q.consumers.append(consumer)
         return consumer
 
     # -- request/reply ---------------------------------------------------------------
@@ -447,7 +450,8 @@ class Router(CoreRouter):
         with self._lock:
             self.closed = True
             subs = list(self._subs.values())
-            consumers = [c for q in self._queues.values() for c in q.consumers]
+            queues = list(self._queues.values())
+            consumers = [c for q in queues for c in q.consumers]
             responders = [r for s in self._services.values() for r in s.responders]
         for sub in subs:
             sub.close()
@@ -455,7 +459,7 @@ class Router(CoreRouter):
             consumer.close()
         for responder in responders:
             responder.close()
-        for q in list(self._queues.values()):
+        for q in queues:
             q.close()
         self._dispatcher.close()
         if self._reaper is not None and self._reaper is not threading.current_thread():
