@@ -1,6 +1,7 @@
 """Embedded request/reply: replies, NoResponders, timeouts, load balancing."""
 
 import collections
+import inspect
 import sys
 import threading
 
@@ -508,3 +509,32 @@ def test_a_request_taken_as_its_responder_closes_keeps_its_pair(router):
     assert msg.payload == b"a"
     assert results[b"a"].payload == b"re:a"
     assert isinstance(results[b"b"], errors.NoResponders)
+
+
+def test_two_threads_settling_one_request_settle_it_once(router):
+    """respond() on one thread, expire() on another: each may find the
+    request unsettled before either marks it settled (a tracer made it
+    happen 24 times in 100k). Forced here: the expire runs when the
+    respond's settle reaches its ``self.settled = True`` line."""
+    router.serve("svc")
+    results, raced = [], []
+    pending = router.request_cb("svc", b"q", results.append, timeout=None)
+    code = ringcast.services.PendingRequest._settle.__code__
+    lines, first = inspect.getsourcelines(code)
+    line = first + next(i for i, text in enumerate(lines) if "self.settled = True" in text)
+
+    def tracer(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+        if event == "line" and frame.f_lineno == line and not raced:
+            raced.append(pending.expire())   # not traced: a tracer runs untraced
+        return tracer
+
+    old = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        pending.respond(None, b"answer", None)
+    finally:
+        sys.settrace(old)
+    assert raced == [False]
+    assert [r.payload for r in results] == [b"answer"]

@@ -196,7 +196,7 @@ class _WireRequest(PendingRequest):
         self.service = service
         self.on_done = _no_callback
         self.deadline = deadline
-        self.settled = False
+        self.settled = False   # not _unclaimed: settled on the loop only, by its own methods
         self.broker = broker
         self.session = session
         self.rid = rid

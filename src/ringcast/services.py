@@ -45,7 +45,7 @@ class PendingRequest:
     never delivered to anyone.
     """
 
-    __slots__ = ("service", "on_done", "deadline", "settled")
+    __slots__ = ("service", "on_done", "deadline", "settled", "_unclaimed")
 
     def __init__(self, service: "_Service", on_done: Callable[[Any], None],
                  deadline: Optional[float]) -> None:
@@ -53,9 +53,15 @@ class PendingRequest:
         self.on_done = on_done
         self.deadline = deadline
         self.settled = False
+        # the one settle that pops it wins: list.pop is atomic (free-threaded
+        # builds too), where checking ``settled`` then setting it is not, and
+        # it costs less than a lock
+        self._unclaimed = [True]
 
     def _settle(self, result: Any) -> bool:
-        if self.settled:
+        try:
+            self._unclaimed.pop()
+        except IndexError:   # another thread settled it first
             return False
         self.settled = True
         self.on_done(result)
