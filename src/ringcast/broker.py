@@ -221,8 +221,7 @@ class _WireRequest(PendingRequest):
     def _settle(self, result: Any) -> bool:   # errors only: fail() and expire()
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
-            broker._call_soon(self._settle, result)
-            return True
+            return broker._call_soon(self._settle, result)
         if self.settled:
             return False
         self.settled = True
@@ -265,8 +264,8 @@ class _RemoteResponder:
             return False
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
-            broker._call_soon(self.service.dispatch, payload, headers, pending)
-            return True
+            # False once the broker stopped: the service offers it elsewhere
+            return broker._call_soon(self.service.dispatch, payload, headers, pending)
         if pending.deadline is None:
             left = MAX_TIMEOUT_MS   # no deadline (docs/protocol.md, Requests)
         else:
@@ -380,6 +379,7 @@ class Broker:
         self._stopping = False
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        self._ended = False   # the loop ran its last calls: see _call_soon
         self._sock: Optional[zmq.Socket] = None
         # the native router itself: no Python call per message (the pure-Python
         # core of RINGCAST_NO_EXTENSIONS=1 is called per message instead)
@@ -484,13 +484,14 @@ class Broker:
             self._flush_out(s, force=True)
         for s in list(self._sessions.values()):
             self._drop(s, "broker stopping", notify=False)
-        self._run_calls()   # handed over meanwhile: they now meet closed responders
+        assert self._sock is not None
+        with self._wake_lock:   # other threads hand over and wake under it
+            self._ended = True   # nothing is handed over from now on
+            self._wake_pending = True   # and no wake-up sent
+            self._wake_tx.close(linger=0)
+        self._run_calls()   # handed over until then: they now meet closed responders
         if self._owns_router:
             self.router.close()
-        assert self._sock is not None
-        with self._wake_lock:   # a _wake() from another thread sends on it under the lock
-            self._wake_pending = True   # and none is sent from now on
-            self._wake_tx.close(linger=0)
         self._sock.close(linger=100)
         log.info("ringcast broker stopped")
 
@@ -499,13 +500,17 @@ class Broker:
         if threading.get_ident() == self._loop_ident:
             return
         with self._wake_lock:
-            if self._wake_pending or self._sock is None:
-                return
-            self._wake_pending = True
-            try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self._send_wake()
+
+    def _send_wake(self) -> None:
+        """Under _wake_lock: one wake-up until the loop takes it."""
+        if self._wake_pending or self._sock is None:
+            return
+        self._wake_pending = True
+        try:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def _run_calls(self) -> None:
         """What other threads handed to the loop (on the loop thread: each
@@ -519,13 +524,18 @@ class Broker:
                 self.counters["internal_errors"] += 1
                 log.exception("internal error in the broker loop")
 
-    def _call_soon(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread."""
+    def _call_soon(self, fn: Any, *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop thread. False, and not run, once
+        the loop ran its last calls as it stopped: nothing ever would."""
         if threading.get_ident() == self._loop_ident:
             fn(*args)
-        else:
+            return True
+        with self._wake_lock:
+            if self._ended:
+                return False
             self._calls.append((fn, args))
-            self._wake()
+            self._send_wake()
+        return True
 
     # -- the loop -------------------------------------------------------------------------
     def _loop(self) -> None:
