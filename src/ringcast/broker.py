@@ -234,6 +234,11 @@ def _no_callback(_: Any) -> None:
     pass
 
 
+def _unpublished(subject: str, payload: Any, headers: Any) -> int:
+    """What ``Reader.route`` steps over a refused run of publishes with."""
+    return 0
+
+
 def _no_consumer(hid: int, tag: int) -> errors.AckError:
     return errors.AckError(f"delivery {tag} on handle {hid} is unknown (no consumer)")
 
@@ -768,7 +773,15 @@ class Broker:
                 raise errors.ProtocolError(
                     f"record 0x{cmd:02x} is ordered: it cannot follow an urgent one in a frame")
             if cmd in _PUBLISH:
-                reader.route(self._publish, self._counts)
+                try:
+                    reader.route(self._publish, self._counts)
+                except errors.Closed as exc:
+                    # the router it was given (Broker(router=...)) closed
+                    # under it: ERR, not taken for a bad frame (the session
+                    # goes on); the rest of the run meets it closed too
+                    reader.route(_unpublished)
+                    self._error(s, 0, exc)
+                    continue
                 if len(self._counts) > MAX_COUNTED_SUBJECTS:
                     self._fold_counts()
                 if reader.peek() in _PUBLISH:   # a block-policy ring is full

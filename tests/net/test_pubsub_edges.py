@@ -124,3 +124,26 @@ def test_stats_keep_counting_the_drops_of_closed_subscriptions(embedded):
             dropped = stalled.dropped
         assert wait_for(lambda: not router.stats()["subscriptions"])
         assert c.stats()["dropped"] == dropped
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["pub", "pubs"])
+def test_a_publish_to_a_closed_shared_router_is_refused_not_the_session(
+        embedded, caplog, batched):
+    """The embedded router a broker serves is closed while the broker runs:
+    a remote publish used to end the publisher's session (the core raised
+    Closed, taken for a bad frame). It is answered ERR Closed instead, and
+    the session and the frame's other records go on."""
+    router, broker = embedded()
+    with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10) as c:
+        barrier(c)
+        router.close()
+        if batched:
+            c.publish_many("feed", [b"a", b"b"])
+        else:
+            c.publish("feed", b"a", headers={"k": "v"})
+        with caplog.at_level("WARNING", logger="ringcast"):
+            stats = barrier(c)   # credited: the frame was taken
+        assert stats["counters"].get("protocol_errors", 0) == 0
+        assert stats["counters"].get("sessions_dropped", 0) == 0
+        assert c.sessions == 1
+        assert any("router is closed" in r.getMessage() for r in caplog.records)
