@@ -243,6 +243,30 @@ def test_a_service_nobody_serves_any_more_is_forgotten(router):
     assert router.request("worker.0", b"x", timeout=5).payload == b"again"
 
 
+def test_a_forgotten_services_counts_stay_in_the_totals(router):
+    """Forgetting a service (its last responder left) drops its entry, but
+    what it counted stays in ``service_totals``: no count goes backwards,
+    and a name served again starts its own counts afresh."""
+    responder = router.serve("svc")
+    box = []
+    late = router.request_cb("svc", b"late", box.append, timeout=None)
+    msg = responder.recv(timeout=5)
+    late.expire()
+    msg.respond(b"too late")
+    router.request_cb("svc", b"expired", box.append, timeout=None).expire()
+    with pytest.raises(errors.WouldBlock):
+        responder.recv_nowait()   # skips the expired one, counting it
+    totals = {"requests": 2, "late_replies": 1, "failed": 0, "expired": 1}
+    assert router.stats()["service_totals"] == totals
+    responder.close()
+    assert router.stats()["services"] == {}
+    assert router.stats()["service_totals"] == totals
+    router.serve("svc", lambda m: b"again")
+    assert router.request("svc", b"x", timeout=5).payload == b"again"
+    assert router.stats()["services"]["svc"]["requests"] == 1
+    assert router.stats()["service_totals"] == dict(totals, requests=3)
+
+
 def test_a_service_stays_while_one_of_its_responders_does(router):
     first = router.serve("svc", lambda m: b"first")
     second = router.serve("svc", lambda m: b"second")

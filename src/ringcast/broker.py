@@ -1326,6 +1326,7 @@ class Broker:
             "subscriptions": subs,
             "queues": rs.get("queues", {}),
             "services": rs.get("services", {}),
+            "service_totals": rs.get("service_totals", {}),   # forgotten services' too
             "counters": dict(self.counters),
             "memory_rss": _rss(),
             "endpoints": list(self.endpoints),

@@ -37,7 +37,7 @@ from ._impl import (
 )
 from ._waiting import Source, _deadline, _Dispatcher, _Signal
 from .queues import Consumer, Queue, QueueOptions, saved_definitions
-from .services import PendingRequest, Responder, ServiceMember, _Service
+from .services import COUNTS, PendingRequest, Responder, ServiceMember, _Service
 from .storage import FSYNC_POLICIES
 
 log = logging.getLogger("ringcast.router")
@@ -178,6 +178,7 @@ class Router(CoreRouter):
         self._closed_drops = 0   # what closed subscriptions dropped, all told
         self._queues: Dict[str, Queue] = {}
         self._services: Dict[str, _Service] = {}
+        self._forgotten_counts = dict.fromkeys(COUNTS, 0)   # what forgotten services counted
         self._dispatcher = _Dispatcher()
         self._space = _Signal()
         self._lock = threading.RLock()  # guards the Python-side tables
@@ -392,11 +393,13 @@ class Router(CoreRouter):
     def _forget_service(self, service: _Service) -> None:
         """Drop ``service`` from the table once nobody serves it: a later
         ``serve`` of its name starts a new one (under the lock, so never one
-        that a responder has just joined)."""
+        that a responder has just joined). Its counts stay in the totals."""
         with self._lock:
             if not service.responders and not service.backlog \
                     and self._services.get(service.name) is service:
                 del self._services[service.name]
+                for key in COUNTS:
+                    self._forgotten_counts[key] += getattr(service, key)
 
     def service(self, name: str) -> _Service:
         """The service ``name``; NoResponders when nobody serves it."""
@@ -481,6 +484,14 @@ class Router(CoreRouter):
 
     def stats(self) -> Dict[str, Any]:
         subs = [s.stats() for s in list(self._subs.values())]
+        with self._lock:   # a service forgotten meanwhile is counted once
+            # served now: a service nobody serves is forgotten
+            services = {name: {"responders": len(s.responders), "backlog": len(s.backlog),
+                               **{key: getattr(s, key) for key in COUNTS}}
+                        for name, s in self._services.items()}
+            # every service's, forgotten ones too (counts, not gauges)
+            totals = {key: n + sum(s[key] for s in services.values())
+                      for key, n in self._forgotten_counts.items()}
         return {
             "published": self.published,
             "delivered": self.delivered,
@@ -488,13 +499,8 @@ class Router(CoreRouter):
             "dropped": self._closed_drops + sum(int(s["dropped"]) for s in subs),
             "subscriptions": subs,
             "queues": {name: q.stats() for name, q in list(self._queues.items())},
-            # served now: a service nobody serves is forgotten, counts and all
-            "services": {
-                name: {"responders": len(s.responders), "requests": s.requests,
-                       "late_replies": s.late_replies, "failed": s.failed,
-                       "expired": s.expired, "backlog": len(s.backlog)}
-                for name, s in list(self._services.items())
-            },
+            "services": services,
+            "service_totals": totals,
             "cache": {"size": self.cache_size, "misses": self.cache_misses},
         }
 

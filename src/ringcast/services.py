@@ -25,6 +25,9 @@ log = logging.getLogger("ringcast.services")
 #: requests waiting for a responder with room, per service
 MAX_REQUEST_BACKLOG = 1 << 20
 
+#: what a service counts (stats), kept in the router's totals once it is forgotten
+COUNTS = ("requests", "late_replies", "failed", "expired")
+
 
 class ServiceMember(Protocol):
     """What a service needs of a responder: :class:`Responder` here, the
@@ -275,11 +278,11 @@ class _Service:
     """Responders of one name, plus requests waiting for room in any of them.
 
     It lives while it has responders: when the last one leaves, its backlog
-    fails and ``on_idle(self)`` lets the router forget it (with its counts),
-    so names served once each (``worker.<id>``) do not pile up."""
+    fails and ``on_idle(self)`` lets the router forget it (its counts go to
+    the router's totals), so names served once each (``worker.<id>``) do
+    not pile up."""
 
-    __slots__ = ("name", "on_idle", "responders", "backlog", "_next", "requests",
-                 "late_replies", "failed", "expired")
+    __slots__ = ("name", "on_idle", "responders", "backlog", "_next") + COUNTS
 
     def __init__(self, name: str, on_idle: Callable[["_Service"], None] = lambda _: None) -> None:
         self.name = name

@@ -507,5 +507,6 @@ def test_remote_per_instance_service_names_leave_no_trace(shared):
         barrier(leaving)
         assert len(router._services) == before + 100
     assert wait_for(lambda: len(router._services) == before)   # its session ended
+    assert client.stats()["service_totals"]["requests"] == 5   # forgotten, still counted
     with pytest.raises(errors.NoResponders):
         client.request("worker.0", b"x", timeout=5)
