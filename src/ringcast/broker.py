@@ -189,6 +189,7 @@ class _WireRequest(PendingRequest):
     the requester's session: no reply Message, no callback per request."""
 
     __slots__ = ("broker", "session", "rid", "born")
+    deadline: float   # always one: REQ carries its timeout
 
     def __init__(self, broker: "Broker", service: _Service, deadline: float,
                  session: _Session, rid: int) -> None:
@@ -369,8 +370,14 @@ class Broker:
         self._ready: Deque[Tuple[_Session, int]] = collections.deque()  # (session, handle)
         self._calls: Deque[Any] = collections.deque()     # callbacks from other threads
         self._retry: Set[bytes] = set()                   # sessions with parked frames to retry
-        self._deadlines: List[Tuple[float, int, Any]] = []  # heap of (deadline, n, PendingRequest)
-        self._live = 0           # remote requests not answered yet (to prune the heap)
+        # remote requests in flight by timeout (ms): those asking one timeout
+        # arrive in deadline order (the clock only moves on), so each deque is
+        # sorted and a request costs an append, not a heap push. The heap
+        # holds (deadline, n, timeout) per deque, at or before its first one's.
+        self._timeouts: Dict[int, Deque[_WireRequest]] = {}
+        self._deadlines: List[Tuple[float, int, int]] = []
+        self._queued = 0         # requests in those deques, answered or not
+        self._live = 0           # remote requests not answered yet (to prune the deques)
         self._dirty: Set[_Session] = set()                # sessions with output to send
         self._eager = False      # the frame being applied carried requests or answers
         self._owed: Set[_Session] = set()                 # ... with only credit, held back
@@ -1066,12 +1073,15 @@ class Broker:
         self._live += 1
         service.submit(payload, headers, pending)
         if not pending.settled:
-            heap = self._deadlines
-            if len(heap) > 1024 and len(heap) > 2 * self._live:
-                # answered requests leave the heap in bulk, so it tracks live ones
-                heap[:] = [e for e in heap if not e[2].settled]
-                heapq.heapify(heap)
-            heapq.heappush(heap, (deadline, next(self._seq), pending))
+            queue = self._timeouts.get(timeout_ms)
+            if queue is None:
+                queue = self._timeouts[timeout_ms] = collections.deque()
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), timeout_ms))
+            queue.append(pending)
+            self._queued += 1
+            if self._queued > 1024 and self._queued > 2 * self._live:
+                # answered requests leave in bulk, so the deques track live ones
+                self._keep_deadlines(lambda p: not p.settled)
 
     def _answer(self, s: _Session, cmd: int, rid: int, a: Any, b: Any) -> None:
         """Write the answer to a remote request (on the loop thread): REPLY
@@ -1258,10 +1268,38 @@ class Broker:
                 self._dirty.add(s)   # also retries frames a full pipe refused
 
     def _expire(self, now: float) -> None:
-        heap = self._deadlines
+        heap, timeouts = self._deadlines, self._timeouts
         while heap and heap[0][0] <= now:
-            _, _, pending = heapq.heappop(heap)
-            pending.expire()
+            timeout = heapq.heappop(heap)[2]
+            queue = timeouts[timeout]
+            try:
+                while queue and queue[0].deadline <= now:
+                    pending = queue.popleft()
+                    self._queued -= 1
+                    if not pending.settled:
+                        pending.expire()
+            finally:   # an error must not strand the rest of the deque
+                if queue:
+                    heapq.heappush(heap, (queue[0].deadline, next(self._seq), timeout))
+                else:
+                    del timeouts[timeout]
+
+    def _keep_deadlines(self, keep: Any) -> None:
+        """Keep the requests in flight that ``keep(request)`` accepts, and the
+        heap in step (in place: a caller up the stack may hold a deque)."""
+        heap, timeouts = self._deadlines, self._timeouts
+        heap.clear()
+        self._queued = 0
+        for timeout, queue in list(timeouts.items()):
+            kept = [p for p in queue if keep(p)]
+            queue.clear()
+            queue.extend(kept)
+            if kept:
+                heap.append((kept[0].deadline, next(self._seq), timeout))
+                self._queued += len(kept)
+            else:
+                del timeouts[timeout]
+        heapq.heapify(heap)
 
     def _drop(self, s: _Session, why: str, notify: bool = True) -> None:
         """Forget a session: its subscriptions end, its unacked queue
@@ -1282,22 +1320,16 @@ class Broker:
         s.out.take()
         # its requests still unanswered are withdrawn: nobody can read their
         # answers, so no responder is handed one any more (every live request
-        # is in the deadline heap; a drop is rare enough to scan it). Its
-        # requests leave the heap, answered or not: their deadlines can be
-        # far away, and each would hold the session until then.
+        # is in the deadline deques; a drop is rare enough to scan them). Its
+        # requests leave them, answered or not: their deadlines can be far
+        # away, and each would hold the session until then.
         withdrawn = 0
-        heap = self._deadlines
-        kept = []
-        for entry in heap:
-            pending = entry[2]
-            if pending.session is not s:
-                kept.append(entry)
-            elif not pending.settled:
-                pending.settled = True
-                withdrawn += 1
-        if len(kept) < len(heap):
-            heap[:] = kept   # in place: a caller up the stack may hold it
-            heapq.heapify(heap)
+        for queue in self._timeouts.values():
+            for pending in queue:
+                if pending.session is s and not pending.settled:
+                    pending.settled = True
+                    withdrawn += 1
+        self._keep_deadlines(lambda p: p.session is not s)
         if withdrawn:
             self._live -= withdrawn
             self.counters["requests_withdrawn"] += withdrawn

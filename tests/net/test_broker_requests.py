@@ -510,3 +510,40 @@ def test_remote_per_instance_service_names_leave_no_trace(shared):
     assert client.stats()["service_totals"]["requests"] == 5   # forgotten, still counted
     with pytest.raises(errors.NoResponders):
         client.request("worker.0", b"x", timeout=5)
+
+
+def test_remote_requests_with_mixed_timeouts_expire_in_deadline_order(shared, zsocket):
+    """Requests asking different timeouts, interleaved, each fail with
+    Timeout at its own deadline (the broker keeps one deque per timeout),
+    and one answered meanwhile does not."""
+    import time
+
+    from ringcast import _codec as C
+
+    from .conftest import raw_session
+
+    router, broker, _ = shared
+    responder = router.serve("mute", capacity=64)   # answers only rid 3
+    sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+    w = C.Writer()
+    timeouts = {1: 600, 2: 200, 3: 600, 4: 400, 5: 200}
+    for rid, ms in timeouts.items():
+        w.record(C.REQ, rid, "mute", ms, None, b"%d" % rid)
+    start = time.monotonic()
+    sock.send(w.take())
+    for _ in range(3):
+        msg = responder.recv(timeout=10)
+    assert msg.payload == b"3"
+    msg.respond(b"r")
+    order = []
+    while len(order) < len(timeouts):
+        assert sock.poll(10_000), f"only {order} answered"
+        for ev in C.Reader(sock.recv()).events():
+            if ev[0] == C.REPLY:
+                order.append(ev[1])
+            elif ev[0] == C.REPLYERR:
+                assert ev[2] == errors.Timeout.code
+                assert time.monotonic() - start >= timeouts[ev[1]] / 1000
+                order.append(ev[1])
+    assert order == [3, 2, 5, 4, 1]
+    assert not broker._live and not broker._queued
