@@ -210,7 +210,7 @@ class _WireRequest(PendingRequest):
         self.broker._call_soon(self._respond, payload, headers)
 
     def _respond(self, payload: Any, headers: Any) -> None:
-        """On the loop (``_on_rep`` calls it directly)."""
+        """On the loop (``_on_reps`` calls it directly)."""
         if self.settled:
             self.service.late_replies += 1
             return
@@ -266,8 +266,8 @@ class _RemoteResponder:
         return not self.closed and self.session.alive and len(self.asked) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if not self.has_room():
-            return False
+        if self.closed or not self.session.alive or len(self.asked) >= self.concurrency:
+            return False   # has_room(), inline: once per request
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
             # False once the broker stopped: the service offers it elsewhere
@@ -798,12 +798,11 @@ class Broker:
                 for hid, tags in reader.acks().items():
                     self._on_acks(s, hid, tags)
                 continue
-            if cmd == C.REQ or cmd == C.REP:   # so do requests and replies
-                on_record = self._handlers[cmd]
-                for record in reader.run(cmd):
-                    on_record(self, s, record)   # never blocks
-                    if not s.alive:
-                        return True
+            if cmd == C.REQ:   # so do requests and replies (never blocked)
+                self._on_reqs(s, reader.run(cmd))
+                continue
+            if cmd == C.REP:
+                self._on_reps(s, reader.run(cmd))
                 continue
             if cmd == C.STATS:
                 rec = reader.next()
@@ -1060,28 +1059,39 @@ class Broker:
         self._close_handle(s, hid)
         s.services[hid] = responder   # it took up the service's backlog on joining
 
-    def _on_req(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        _, rid, name, timeout_ms, headers, payload = rec
+    def _on_reqs(self, s: _Session, records: List[Tuple[Any, ...]]) -> None:
+        """A run of REQ records: one Python call per run, not per request.
+        Stops when a request's dispatch dropped the session (a flush for its
+        responder, on the same session): the rest is void."""
         self._eager = True
-        try:
-            service = self.router.service(name)
-        except errors.RingcastError as exc:
-            s.out.record(C.REPLYERR, rid, exc.code, str(exc))
-            return
-        deadline = self._now + timeout_ms / 1000.0
-        pending = _WireRequest(self, service, deadline, s, rid)
-        self._live += 1
-        service.submit(payload, headers, pending)
-        if not pending.settled:
-            queue = self._timeouts.get(timeout_ms)
-            if queue is None:
-                queue = self._timeouts[timeout_ms] = collections.deque()
-                heapq.heappush(self._deadlines, (deadline, next(self._seq), timeout_ms))
-            queue.append(pending)
-            self._queued += 1
-            if self._queued > 1024 and self._queued > 2 * self._live:
-                # answered requests leave in bulk, so the deques track live ones
-                self._keep_deadlines(lambda p: not p.settled)
+        services = self.router._services
+        timeouts = self._timeouts
+        now = self._now
+        for _, rid, name, timeout_ms, headers, payload in records:
+            service = services.get(name)
+            if service is None or not service.responders:
+                try:   # the router says why (NoResponders, a bad subject)
+                    service = self.router.service(name)
+                except errors.RingcastError as exc:
+                    s.out.record(C.REPLYERR, rid, exc.code, str(exc))
+                    continue
+            deadline = now + timeout_ms / 1000.0
+            pending = _WireRequest(self, service, deadline, s, rid)
+            self._live += 1
+            service.requests += 1   # submit(), a call less
+            service.dispatch(payload, headers, pending)
+            if not pending.settled:
+                queue = timeouts.get(timeout_ms)
+                if queue is None:
+                    queue = timeouts[timeout_ms] = collections.deque()
+                    heapq.heappush(self._deadlines, (deadline, next(self._seq), timeout_ms))
+                queue.append(pending)
+                self._queued += 1
+                if self._queued > 1024 and self._queued > 2 * self._live:
+                    # answered requests leave in bulk, so the deques track live ones
+                    self._keep_deadlines(lambda p: not p.settled)
+            if not s.alive:
+                return
 
     def _answer(self, s: _Session, cmd: int, rid: int, a: Any, b: Any) -> None:
         """Write the answer to a remote request (on the loop thread): REPLY
@@ -1092,21 +1102,26 @@ class Broker:
             s.out.record(cmd, rid, a, b)
             self._dirty.add(s)
 
-    def _on_rep(self, s: _Session, rec: Tuple[Any, ...]) -> None:
-        _, hid, tag, headers, payload = rec
+    def _on_reps(self, s: _Session, records: List[Tuple[Any, ...]]) -> None:
+        """A run of REP records (one call per run); stops, as ``_on_reqs``,
+        once the session is gone."""
         self._eager = True
-        responder = s.services.get(hid)
-        if responder is None:   # answered after its handle was closed
-            return
-        pending = responder.asked.pop(tag, None)
-        if pending is None:   # ... or with a tag it does not hold
-            return
-        if type(pending) is _WireRequest:
-            pending._respond(payload, headers)   # we are on the loop
-        else:
-            pending.respond(None, payload, headers)
-        if responder.service.backlog:   # the freed slot goes to a waiting request
-            responder.refill()
+        services = s.services
+        for _, hid, tag, headers, payload in records:
+            responder = services.get(hid)
+            if responder is None:   # answered after its handle was closed
+                continue
+            pending = responder.asked.pop(tag, None)
+            if pending is None:   # ... or with a tag it does not hold
+                continue
+            if type(pending) is _WireRequest:
+                pending._respond(payload, headers)   # we are on the loop
+            else:
+                pending.respond(None, payload, headers)
+            if responder.service.backlog:   # the freed slot goes to a waiting request
+                responder.refill()
+            if not s.alive:
+                return
 
     def _on_reperr(self, s: _Session, rec: Tuple[Any, ...]) -> None:
         _, hid, tag, code, text = rec
@@ -1138,7 +1153,7 @@ class Broker:
     _handlers = {
         C.SUB: _on_sub, C.CLOSE: _on_close, C.CREDIT: _on_credit, C.DECLARE: _on_declare,
         C.SEND: _on_send, C.CONSUME: _on_consume, C.NACK: _on_nack,
-        C.SERVE: _on_serve, C.REQ: _on_req, C.REP: _on_rep, C.REPERR: _on_reperr,
+        C.SERVE: _on_serve, C.REPERR: _on_reperr,
         C.HB: _on_hb, C.BYE: _on_bye, C.HELLO: _on_hello,
     }
 
