@@ -512,6 +512,33 @@ def test_writer_ack_writes_the_generic_ack_record():
     assert fast.records == 2 and fast.take() == generic.take()
 
 
+@pytest.mark.parametrize("headers", [None, {"k": "v"}])
+def test_writer_rqst_and_reply_write_the_generic_records(headers):
+    fast, generic = C.Writer(), C.Writer()
+    for payload in (b"", b"x" * 300, memoryview(b"abc")):
+        assert fast.rqst(7, 1 << 40, 5000, "svc", headers, payload) == len(fast)
+        generic.record(C.RQST, 7, 1 << 40, 5000, "svc", headers, payload)
+        assert fast.reply(300, headers, payload) == len(fast)
+        generic.record(C.REPLY, 300, headers, payload)
+    assert fast.records == 6 and fast.take() == generic.take()
+
+
+@pytest.mark.parametrize("bad", [{"headers": {"k": 1}}, {"payload": "str"}, {"service": b"b"},
+                                 {"timeout_ms": 1 << 64}])
+def test_writer_rqst_and_reply_write_nothing_of_a_refused_record(bad):
+    w = C.Writer()
+    w.ack(1, 2)
+    before = w.records, len(w)
+    fields = {"service": "svc", "headers": None, "payload": b"p", "timeout_ms": 1, **bad}
+    with pytest.raises((errors.RingcastError, TypeError, OverflowError)):
+        w.rqst(1, 2, fields["timeout_ms"], fields["service"], fields["headers"],
+               fields["payload"])
+    if "service" not in bad and "timeout_ms" not in bad:
+        with pytest.raises((errors.RingcastError, TypeError)):
+            w.reply(1, fields["headers"], fields["payload"])
+    assert (w.records, len(w)) == before
+
+
 def test_acks_rejects_a_malformed_ack():
     r = C.Reader(_record(C.ACK, b"\x01\x02\x03"))
     with pytest.raises(errors.ProtocolError):

@@ -422,6 +422,44 @@ cdef class Writer:
         self._end(start)
         return 0
 
+    def rqst(self, uint64_t handle, uint64_t tag, uint64_t timeout_ms, service, headers,
+             payload):
+        """Append an RQST record, as ``ack`` (the broker writes one per
+        request); returns the frame's size so far."""
+        self._rqst(handle, tag, timeout_ms, service, headers, payload)
+        return self.length
+
+    cdef int _rqst(self, uint64_t handle, uint64_t tag, uint64_t timeout_ms, object service,
+                   object headers, object payload) except -1:
+        cdef size_t start = self._begin(RC_RQST)
+        try:
+            self._uv(handle)
+            self._uv(tag)
+            self._uv(timeout_ms)
+            self._str(service)
+            self._headers(headers)
+            self._payload(payload)
+        except BaseException:
+            self.length = start
+            raise
+        return self._end(start)
+
+    def reply(self, uint64_t rid, headers, payload):
+        """Append a REPLY record, as ``ack`` (the broker writes one per answer)."""
+        self._reply(rid, headers, payload)
+        return self.length
+
+    cdef int _reply(self, uint64_t rid, object headers, object payload) except -1:
+        cdef size_t start = self._begin(RC_REPLY)
+        try:
+            self._uv(rid)
+            self._headers(headers)
+            self._payload(payload)
+        except BaseException:
+            self.length = start
+            raise
+        return self._end(start)
+
     def write_deliveries(self, uint64_t handle, list msgs, size_t max_message=0):
         """QMSG records for queue deliveries, one native loop for a batch
         (the broker's consumer flush): tag, redelivered flag, delivery count.

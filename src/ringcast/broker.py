@@ -285,9 +285,8 @@ class _RemoteResponder:
         s = self.session
         tag = next(s.tags)
         self.asked[tag] = pending
-        out = s.out
-        out.record(C.RQST, self.hid, tag, left, self.service.name, headers, payload)
-        if len(out) >= REQUEST_SPLIT and not s.frames:
+        if s.out.rqst(self.hid, tag, left, self.service.name, headers, payload) \
+                >= REQUEST_SPLIT and not s.frames:
             # the responder starts on these while we go on (not while its pipe
             # is backed up: MAX_BACKLOG counts frames)
             broker._flush_out(s)
@@ -1099,7 +1098,10 @@ class Broker:
         self._live -= 1
         self._answered = self._now
         if s.alive:
-            s.out.record(cmd, rid, a, b)
+            if cmd == C.REPLY:   # the common answer: no argument tuple, no format walk
+                s.out.reply(rid, a, b)
+            else:
+                s.out.record(cmd, rid, a, b)
             self._dirty.add(s)
 
     def _on_reps(self, s: _Session, records: List[Tuple[Any, ...]]) -> None:
