@@ -15,7 +15,8 @@ from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyByte
                             PyBytes_CheckExact)
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.pythread cimport PyThread_get_thread_ident
-from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
@@ -155,6 +156,12 @@ cdef Py_ssize_t _payload_len(object payload) except -1:
     what was wrong."""
     _check_payload(payload)
     return <Py_ssize_t>payload_size(payload)
+
+
+cdef inline void _set_item(tuple t, Py_ssize_t i, object x):
+    """Fill item ``i`` of a new tuple (PyTuple_SET_ITEM steals a reference)."""
+    Py_INCREF(x)
+    PyTuple_SET_ITEM(t, i, x)
 
 
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
@@ -1257,35 +1264,38 @@ cdef class Reader:
         return out
 
     cdef object _fields(self, int cmd):
+        """The record's ``(cmd, *fields)``, built in place (no list first:
+        the broker decodes a REQ and a REP per request)."""
         cdef bytes f = _FMT_BY_BYTE[cmd]
         cdef Py_ssize_t i, nf = len(f)
-        cdef list out = [cmd]
+        cdef tuple out = PyTuple_New(nf + 1)   # unset items are NULL: freed safely
         cdef uint64_t cnt
+        _set_item(out, 0, cmd)
         for i in range(nf):
             c = f[i]
             if c == 117:
-                out.append(self._uv())
+                x = self._uv()
             elif c == 111:   # absent when an older peer wrote the record
-                out.append(self._uv() if self.b != self.e else 0)
+                x = self._uv() if self.b != self.e else 0
             elif c == 115:
-                out.append(self._str(self.max_message))
+                x = self._str(self.max_message)
             elif c == 104:
-                out.append(self._headers())
+                x = self._headers()
             elif c == 112:
-                out.append(self._payload())
+                x = self._payload()
             elif c == 114:
-                items = [self._sized()]
+                x = [self._sized()]
                 while self.b != self.e:
-                    items.append(self._sized())
-                out.append(items)
+                    x.append(self._sized())
             else:
                 cnt = self._uv()
                 if cnt > self.e - self.b:
                     raise ProtocolError("list count runs past the end of its record")
-                out.append([self._str(self.max_subject) for _ in range(cnt)])
+                x = [self._str(self.max_subject) for _ in range(cnt)]
+            _set_item(out, i + 1, x)
         if self.b != self.e:
             raise ProtocolError(f"record 0x{cmd:02x} has {self.e - self.b} unexpected trailing bytes")
-        return tuple(out)
+        return out
 
     def next(self):
         """The next record as ``(cmd, *fields)``, or None at the end."""
