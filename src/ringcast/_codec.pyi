@@ -227,6 +227,18 @@ class Reader:
                ) -> List[Tuple[Any, ...]]: ...
 
 @final
+class RequestPath:
+    """The broker's native path for its commonest requests (native core
+    only): REQ records for a service whose one responder is remote and has
+    room, and REP records answering remote requesters."""
+
+    def __new__(
+        cls, broker: Any, remote: type, wire: type, split: int, max_timeout_ms: float
+    ) -> Self: ...
+    def requests(self, r: Reader, session: Any) -> int: ...
+    def replies(self, r: Reader, session: Any) -> int: ...
+
+@final
 class Deliveries:
     """A run of encoded MSG records for one subscription, decoded on demand."""
 

@@ -1692,6 +1692,177 @@ cdef class Deliveries:
         return out
 
 
+@cython.final
+cdef class RequestPath:
+    """The broker's native path for its commonest requests (native core
+    only): REQ records for a service whose one responder is remote and has
+    room, and REP records answering remote requesters. Both stop, leaving
+    it unread, at the first record they do not take; the broker's Python
+    path (``_on_reqs``, ``_on_reps``) handles that one and every other case
+    the same way, so this path only has to be right for the case it takes."""
+
+    cdef object broker, remote, wire
+    cdef size_t split
+    cdef double max_timeout_ms
+
+    def __cinit__(self, broker, remote, wire, size_t split, double max_timeout_ms):
+        self.broker = broker
+        self.remote = remote   # the broker's remote responder class
+        self.wire = wire       # ... and its remote request class
+        self.split = split
+        self.max_timeout_ms = max_timeout_ms
+
+    def requests(self, Reader r not None, session):
+        """REQ records of ``session`` while each goes straight to a lone
+        remote responder with room, as ``_offer`` would write it; returns
+        how many."""
+        broker = self.broker
+        cdef double now = broker._now, deadline, ms
+        cdef dict services = broker.router._services
+        cdef dict timeouts = broker._timeouts
+        cdef set dirty = broker._dirty
+        cdef Py_ssize_t done = 0, live = 0, queued = 0
+        cdef size_t at
+        cdef uint64_t rid, timeout_ms
+        cdef PyObject *hit
+        cdef dict asked
+        cdef Writer out
+        try:
+            while r.pos < r.n and r.p[r.pos] == RC_REQ:
+                at = r.pos
+                try:
+                    r._open()
+                    rid = r._uv()
+                    name = r._subject()
+                    timeout_ms = r._uv()
+                    headers = r._headers()
+                    payload = r._payload()
+                except RingcastError:   # the Python path reports it
+                    r.pos = at
+                    break
+                if r.b != r.e:
+                    r.pos = at
+                    break
+                hit = PyDict_GetItem(services, name)
+                if hit == NULL:
+                    r.pos = at
+                    break
+                service = <object>hit
+                responders = service.responders
+                if len(responders) != 1 or service.backlog:
+                    r.pos = at
+                    break
+                responder = responders[0]
+                if type(responder) is not self.remote:
+                    r.pos = at
+                    break
+                rs = responder.session
+                asked = responder.asked
+                deadline = now + <double>timeout_ms / 1000.0
+                ms = (deadline - now) * 1000
+                if responder.closed or not rs.alive or len(asked) >= responder.concurrency \
+                        or not 1 <= ms <= self.max_timeout_ms:
+                    r.pos = at   # full; or due already, or clamped: _offer's cases
+                    break
+                r.pos = r.e
+                pending = self.wire(broker, service, deadline, session, rid)
+                live += 1
+                service.requests += 1
+                tag = next(rs.tags)
+                asked[tag] = pending
+                out = rs.out
+                out._rqst(responder.hid, tag, <uint64_t>ms, service.name, headers, payload)
+                if out.length >= self.split and not rs.frames:
+                    broker._live += live   # a flush may drop a session: counts first
+                    broker._queued += queued
+                    live = queued = 0
+                    broker._flush_out(rs)
+                else:
+                    dirty.add(rs)
+                if not pending.settled:   # looked up now: a drop in the flush may rebuild it
+                    hit = PyDict_GetItem(timeouts, timeout_ms)
+                    if hit != NULL:
+                        (<object>hit).append(pending)
+                    else:
+                        broker._deadline_queue(timeout_ms, deadline).append(pending)
+                    queued += 1
+                done += 1
+                if not session.alive:
+                    break
+        finally:
+            broker._live += live
+            broker._queued += queued
+        return done
+
+    def replies(self, Reader r not None, session):
+        """REP records of ``session`` while each answers a remote request
+        still waiting, as ``_respond`` would write it; returns how many."""
+        broker = self.broker
+        cdef double now = broker._now
+        cdef double answer_time = broker._answer_time
+        cdef dict services = session.services
+        cdef set dirty = broker._dirty
+        cdef Py_ssize_t done = 0, owed = 0   # owed: answers not in broker._live yet
+        cdef size_t at
+        cdef uint64_t hid, tag
+        cdef double born
+        cdef PyObject *hit
+        cdef dict asked
+        cdef Writer out
+        try:
+            while r.pos < r.n and r.p[r.pos] == RC_REP:
+                at = r.pos
+                try:
+                    r._open()
+                    hid = r._uv()
+                    tag = r._uv()
+                    headers = r._headers()
+                    payload = r._payload()
+                except RingcastError:   # the Python path reports it
+                    r.pos = at
+                    break
+                if r.b != r.e:
+                    r.pos = at
+                    break
+                hit = PyDict_GetItem(services, hid)
+                if hit == NULL:
+                    r.pos = at
+                    break
+                responder = <object>hit
+                asked = responder.asked
+                hit = PyDict_GetItem(asked, tag)
+                if hit == NULL or type(<object>hit) is not self.wire or (<object>hit).settled:
+                    r.pos = at   # not a remote request still waiting (a late reply...)
+                    break
+                pending = <object>hit
+                r.pos = r.e
+                del asked[tag]
+                pending.settled = True
+                born = pending.born
+                answer_time += (now - born - answer_time) / 8
+                done += 1
+                owed += 1
+                rs = pending.session
+                if rs.alive:
+                    out = rs.out
+                    out._reply(pending.rid, headers, payload)
+                    dirty.add(rs)
+                if responder.service.backlog:   # the freed slot goes to a waiting request
+                    broker._answer_time = answer_time   # what a refill may read
+                    broker._live -= owed
+                    broker._answered = now
+                    owed = 0
+                    responder.refill()
+                if not session.alive:
+                    break
+        finally:
+            if done:
+                broker._answer_time = answer_time
+                broker._live -= owed
+                broker._answered = now
+        return done
+
+
 cdef inline void _bump_taken(dict counts, object key, Py_ssize_t n):
     if counts is not None and n:
         _bump(counts, key, n)

@@ -395,6 +395,10 @@ class Broker:
         # the native router itself: no Python call per message (the pure-Python
         # core of RINGCAST_NO_EXTENSIONS=1 is called per message instead)
         self._publish = self.router if USE_EXTENSIONS else self.router.try_publish
+        # ... and its path for the commonest requests and replies (the
+        # pure-Python core's broker runs _on_reqs and _on_reps throughout)
+        self._native = C.RequestPath(self, _RemoteResponder, _WireRequest, REQUEST_SPLIT,
+                                     MAX_TIMEOUT_MS) if USE_EXTENSIONS else None
         self.counters: "collections.Counter[str]" = collections.Counter()
         self._start_error: Optional[BaseException] = None
 
@@ -798,10 +802,21 @@ class Broker:
                     self._on_acks(s, hid, tags)
                 continue
             if cmd == C.REQ:   # so do requests and replies (never blocked)
-                self._on_reqs(s, reader.run(cmd))
+                self._eager = True
+                if self._native is not None:   # the common ones, up to any other
+                    self._native.requests(reader, s)
+                if s.alive and reader.peek() == C.REQ:
+                    self._on_reqs(s, reader.run(cmd))
+                if self._queued > 1024 and self._queued > 2 * self._live:
+                    # answered requests leave in bulk, so the deques track live ones
+                    self._keep_deadlines(lambda p: not p.settled)
                 continue
             if cmd == C.REP:
-                self._on_reps(s, reader.run(cmd))
+                self._eager = True
+                if self._native is not None:
+                    self._native.replies(reader, s)
+                if s.alive and reader.peek() == C.REP:
+                    self._on_reps(s, reader.run(cmd))
                 continue
             if cmd == C.STATS:
                 rec = reader.next()
@@ -1059,10 +1074,10 @@ class Broker:
         s.services[hid] = responder   # it took up the service's backlog on joining
 
     def _on_reqs(self, s: _Session, records: List[Tuple[Any, ...]]) -> None:
-        """A run of REQ records: one Python call per run, not per request.
+        """A run of REQ records (what the native path left; all of them on
+        the pure-Python core): one Python call per run, not per request.
         Stops when a request's dispatch dropped the session (a flush for its
         responder, on the same session): the rest is void."""
-        self._eager = True
         services = self.router._services
         timeouts = self._timeouts
         now = self._now
@@ -1082,15 +1097,18 @@ class Broker:
             if not pending.settled:
                 queue = timeouts.get(timeout_ms)
                 if queue is None:
-                    queue = timeouts[timeout_ms] = collections.deque()
-                    heapq.heappush(self._deadlines, (deadline, next(self._seq), timeout_ms))
+                    queue = self._deadline_queue(timeout_ms, deadline)
                 queue.append(pending)
                 self._queued += 1
-                if self._queued > 1024 and self._queued > 2 * self._live:
-                    # answered requests leave in bulk, so the deques track live ones
-                    self._keep_deadlines(lambda p: not p.settled)
             if not s.alive:
                 return
+
+    def _deadline_queue(self, timeout_ms: int, deadline: float) -> Deque[_WireRequest]:
+        """The deque of a timeout no request in flight has (one whose
+        ``deadline`` is its first), with its heap entry."""
+        queue = self._timeouts[timeout_ms] = collections.deque()
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), timeout_ms))
+        return queue
 
     def _answer(self, s: _Session, cmd: int, rid: int, a: Any, b: Any) -> None:
         """Write the answer to a remote request (on the loop thread): REPLY
@@ -1107,7 +1125,6 @@ class Broker:
     def _on_reps(self, s: _Session, records: List[Tuple[Any, ...]]) -> None:
         """A run of REP records (one call per run); stops, as ``_on_reqs``,
         once the session is gone."""
-        self._eager = True
         services = s.services
         for _, hid, tag, headers, payload in records:
             responder = services.get(hid)

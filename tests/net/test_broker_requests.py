@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from ringcast import errors
+from ringcast._impl import USE_EXTENSIONS
 from ringcast.broker import Broker
 from ringcast.client import connect
 from ringcast.router import Router
@@ -547,3 +548,76 @@ def test_remote_requests_with_mixed_timeouts_expire_in_deadline_order(shared, zs
                 order.append(ev[1])
     assert order == [3, 2, 5, 4, 1]
     assert not broker._live and not broker._queued
+
+
+@pytest.mark.skipif(not USE_EXTENSIONS, reason="the native request path needs the native core")
+def test_the_native_path_takes_requests_to_a_lone_remote_responder(shared, monkeypatch):
+    """Requests to a service whose one responder is remote (with room), and
+    their replies, skip the broker's Python path (_on_reqs, _on_reps)."""
+    router, broker, client = shared
+    client.serve("echo", lambda m: m.payload, concurrency=64)
+    client.flush()
+    _serving(router, "echo")
+    seen = []
+
+    def counting(name):
+        original = getattr(Broker, name)
+
+        def run(self, s, records):
+            seen.extend(name for _ in records)
+            return original(self, s, records)
+        return run
+
+    for name in ("_on_reqs", "_on_reps"):
+        monkeypatch.setattr(Broker, name, counting(name))
+    assert [client.request("echo", b"%d" % i, timeout=10).payload for i in range(20)] \
+        == [b"%d" % i for i in range(20)]
+    assert seen == []
+    assert router.stats()["services"]["echo"]["requests"] == 20 and not broker._live
+
+
+def test_replies_late_unknown_and_in_time_in_one_frame(shared, zsocket):
+    """A responder's frame mixes answers the broker's native path takes (a
+    request still waiting) with ones it leaves to the Python path (a late
+    reply, counted; an unknown tag, ignored): each is applied as alone."""
+    from ringcast import _codec as C
+
+    from .conftest import raw_session, wait_for
+
+    router, broker, _ = shared
+    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    qsock, _ = raw_session(zsocket, broker.endpoints[0], "requester")
+    w = C.Writer()
+    w.record(C.SERVE, 1, "raw.svc", 8)
+    rsock.send(w.take())
+    _serving(router, "raw.svc")
+    for rid, ms in ((1, 10_000), (2, 100), (3, 10_000), (4, 10_000)):
+        w.record(C.REQ, rid, "raw.svc", ms, None, b"q%d" % rid)
+    qsock.send(w.take())
+    tags = {}
+    while len(tags) < 4:
+        assert rsock.poll(10_000)
+        r = C.Reader(rsock.recv())
+        while (rec := r.next()) is not None:
+            if rec[0] == C.RQST:
+                tags[rec[6]] = rec[2]
+    got = {}
+
+    def answers(n):
+        while len(got) < n:
+            assert qsock.poll(10_000), got
+            r = C.Reader(qsock.recv())
+            while (rec := r.next()) is not None:
+                if rec[0] in (C.REPLY, C.REPLYERR):
+                    got[rec[1]] = rec[3] if rec[0] == C.REPLY else rec[2]
+
+    answers(1)   # rid 2 timed out
+    for payload in (b"q1", b"q2", b"q3"):
+        w.record(C.REP, 1, tags[payload], None, b"r" + payload)
+    w.record(C.REP, 1, 999, None, b"unknown")
+    w.record(C.REP, 1, tags[b"q4"], None, b"rq4")
+    rsock.send(w.take())
+    answers(4)
+    assert got == {1: b"rq1", 2: errors.Timeout.code, 3: b"rq3", 4: b"rq4"}
+    assert wait_for(lambda: router.stats()["services"]["raw.svc"]["late_replies"] == 1)
+    assert not broker._live
