@@ -16,6 +16,7 @@ from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyByte
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
@@ -1721,12 +1722,13 @@ cdef class RequestPath:
         cdef dict services = broker.router._services
         cdef dict timeouts = broker._timeouts
         cdef set dirty = broker._dirty
-        cdef Py_ssize_t done = 0, live = 0, queued = 0
+        cdef Py_ssize_t done = 0, live = 0, queued = 0, room = 0
         cdef size_t at
-        cdef uint64_t rid, timeout_ms
+        cdef uint64_t rid, timeout_ms, hid = 0
         cdef PyObject *hit
-        cdef dict asked
-        cdef Writer out
+        cdef dict asked = None
+        cdef Writer out = None
+        last = rs = tags = None   # the last responder and its fixed fields
         try:
             while r.pos < r.n and r.p[r.pos] == RC_REQ:
                 at = r.pos
@@ -1753,14 +1755,17 @@ cdef class RequestPath:
                     r.pos = at
                     break
                 responder = responders[0]
-                if type(responder) is not self.remote:
-                    r.pos = at
-                    break
-                rs = responder.session
-                asked = responder.asked
+                if responder is not last:
+                    if type(responder) is not self.remote:
+                        r.pos = at
+                        break
+                    # fixed while it is open (its asked map is replaced as it closes)
+                    last, rs, asked = responder, responder.session, responder.asked
+                    hid, tags, out = responder.hid, rs.tags, rs.out
+                    room = min(responder.concurrency, PY_SSIZE_T_MAX)
                 deadline = now + <double>timeout_ms / 1000.0
                 ms = (deadline - now) * 1000
-                if responder.closed or not rs.alive or len(asked) >= responder.concurrency \
+                if responder.closed or not rs.alive or len(asked) >= room \
                         or not 1 <= ms <= self.max_timeout_ms:
                     r.pos = at   # full; or due already, or clamped: _offer's cases
                     break
@@ -1768,10 +1773,9 @@ cdef class RequestPath:
                 pending = self.wire(broker, service, deadline, session, rid)
                 live += 1
                 service.requests += 1
-                tag = next(rs.tags)
+                tag = next(tags)
                 asked[tag] = pending
-                out = rs.out
-                out._rqst(responder.hid, tag, <uint64_t>ms, service.name, headers, payload)
+                out._rqst(hid, tag, <uint64_t>ms, name, headers, payload)
                 if out.length >= self.split and not rs.frames:
                     broker._live += live   # a flush may drop a session: counts first
                     broker._queued += queued
@@ -1807,8 +1811,9 @@ cdef class RequestPath:
         cdef uint64_t hid, tag
         cdef double born
         cdef PyObject *hit
-        cdef dict asked
+        cdef dict asked = None
         cdef Writer out
+        last = None   # the last responder's handle, as a key
         try:
             while r.pos < r.n and r.p[r.pos] == RC_REP:
                 at = r.pos
@@ -1824,12 +1829,15 @@ cdef class RequestPath:
                 if r.b != r.e:
                     r.pos = at
                     break
-                hit = PyDict_GetItem(services, hid)
-                if hit == NULL:
-                    r.pos = at
-                    break
-                responder = <object>hit
-                asked = responder.asked
+                if last is None or hid != <uint64_t>last:   # runs answer one handle
+                    hit = PyDict_GetItem(services, hid)
+                    if hit == NULL:
+                        r.pos = at
+                        break
+                    responder = <object>hit
+                    # it closes between runs only, or with its session (which ends the run)
+                    asked = responder.asked
+                    last = hid
                 hit = PyDict_GetItem(asked, tag)
                 if hit == NULL or type(<object>hit) is not self.wire or (<object>hit).settled:
                     r.pos = at   # not a remote request still waiting (a late reply...)
