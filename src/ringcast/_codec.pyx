@@ -1728,6 +1728,7 @@ cdef class RequestPath:
         cdef PyObject *hit
         cdef dict asked = None
         cdef Writer out = None
+        cdef bint marked = False
         last = rs = tags = None   # the last responder and its fixed fields
         try:
             while r.pos < r.n and r.p[r.pos] == RC_REQ:
@@ -1756,17 +1757,19 @@ cdef class RequestPath:
                     break
                 responder = responders[0]
                 if responder is not last:
-                    if type(responder) is not self.remote:
+                    # what follows is fixed while it is open, and only the loop
+                    # closes it or ends its session: a flush here (then looked at again)
+                    if type(responder) is not self.remote or responder.closed \
+                            or not responder.session.alive:
                         r.pos = at
                         break
-                    # fixed while it is open (its asked map is replaced as it closes)
                     last, rs, asked = responder, responder.session, responder.asked
                     hid, tags, out = responder.hid, rs.tags, rs.out
                     room = min(responder.concurrency, PY_SSIZE_T_MAX)
+                    marked = False   # rs in dirty
                 deadline = now + <double>timeout_ms / 1000.0
                 ms = (deadline - now) * 1000
-                if responder.closed or not rs.alive or len(asked) >= room \
-                        or not 1 <= ms <= self.max_timeout_ms:
+                if len(asked) >= room or not 1 <= ms <= self.max_timeout_ms:
                     r.pos = at   # full; or due already, or clamped: _offer's cases
                     break
                 r.pos = r.e
@@ -1781,8 +1784,10 @@ cdef class RequestPath:
                     broker._queued += queued
                     live = queued = 0
                     broker._flush_out(rs)
-                else:
+                    last = None
+                elif not marked:
                     dirty.add(rs)
+                    marked = True
                 if not pending.settled:   # looked up now: a drop in the flush may rebuild it
                     hit = PyDict_GetItem(timeouts, timeout_ms)
                     if hit != NULL:
@@ -1791,7 +1796,7 @@ cdef class RequestPath:
                         broker._deadline_queue(timeout_ms, deadline).append(pending)
                     queued += 1
                 done += 1
-                if not session.alive:
+                if last is None and not session.alive:
                     break
         finally:
             broker._live += live
@@ -1812,8 +1817,9 @@ cdef class RequestPath:
         cdef double born
         cdef PyObject *hit
         cdef dict asked = None
-        cdef Writer out
+        cdef Writer out = None
         last = None   # the last responder's handle, as a key
+        last_rs = None   # ... and the last requester's session
         try:
             while r.pos < r.n and r.p[r.pos] == RC_REP:
                 at = r.pos
@@ -1836,7 +1842,7 @@ cdef class RequestPath:
                         break
                     responder = <object>hit
                     # it closes between runs only, or with its session (which ends the run)
-                    asked = responder.asked
+                    asked, service = responder.asked, responder.service
                     last = hid
                 hit = PyDict_GetItem(asked, tag)
                 if hit == NULL or type(<object>hit) is not self.wire or (<object>hit).settled:
@@ -1851,18 +1857,22 @@ cdef class RequestPath:
                 done += 1
                 owed += 1
                 rs = pending.session
-                if rs.alive:
-                    out = rs.out
+                if rs is not last_rs:   # only the loop ends a session: a refill here
+                    last_rs = rs
+                    out = rs.out if rs.alive else None
+                    if out is not None:
+                        dirty.add(rs)
+                if out is not None:
                     out._reply(pending.rid, headers, payload)
-                    dirty.add(rs)
-                if responder.service.backlog:   # the freed slot goes to a waiting request
+                if service.backlog:   # the freed slot goes to a waiting request
                     broker._answer_time = answer_time   # what a refill may read
                     broker._live -= owed
                     broker._answered = now
                     owed = 0
                     responder.refill()
-                if not session.alive:
-                    break
+                    last_rs = None
+                    if not session.alive:
+                        break
         finally:
             if done:
                 broker._answer_time = answer_time
