@@ -221,6 +221,22 @@ def test_try_send_many_takes_what_fits_and_never_waits(router):
         router.try_send_many("full", [b"x"])
 
 
+def test_a_queue_held_across_its_routers_close_takes_nothing(router):
+    """``Router.send`` refused a closed router, but a ``Queue`` declared
+    before the close took ``put`` and ``put_many`` silently: the messages
+    sat where no consumer can reach them any more (the broker's SENDs to a
+    queue that exists go this way). A closed router's queues take nothing."""
+    q = router.declare_queue("jobs")
+    router.close()
+    with pytest.raises(errors.Closed):
+        q.put(b"a", None, 0)
+    with pytest.raises(errors.Closed):
+        q.put_many([b"b"], None, 0)
+    with pytest.raises(errors.Closed):
+        q.try_put_many([b"c"], None)
+    assert q.depth == 0
+
+
 def test_ack_many_acks_a_run_and_reports_the_ones_it_cannot(router):
     router.declare_queue("jobs")
     for i in range(5):

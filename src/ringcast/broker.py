@@ -828,6 +828,12 @@ class Broker:
                     self._error(s, rec[1], errors.LimitExceeded(
                         f"at most {MAX_STATS_PER_FRAME} STATS in one frame"))
                 continue
+            if cmd == C.SEND and self.router.closed:
+                # as a run of publishes: one ERR for the run, the session goes
+                # on (a queue that exists would take them, for nobody to consume)
+                reader.run(C.SEND)
+                self._error(s, 0, errors.Closed("router is closed"))
+                continue
             start = reader.offset
             if cmd == C.SEND and batch_sends:   # and a producer's sends to one queue
                 queue, payloads = reader.sends()

@@ -163,7 +163,9 @@ class Queue:
     # call returns, and leaves the message in the ring; an in-memory queue
     # admits when a consumer takes messages off the ring.
     def put(self, payload: Any, headers: Headers, timeout: Optional[float]) -> bool:
-        """Enqueue one message (``Router.send``); False if a duplicate id."""
+        """Enqueue one message (``Router.send``); False if a duplicate id.
+        Closed once the router is: no consumer could take it any more."""
+        self._router._check_open()
         check_message(payload, headers)   # as publish does (a ring itself takes anything)
         msg_id = headers.get(MSG_ID_HEADER) if headers else None
         if msg_id is not None and not self._claim(msg_id):
@@ -195,6 +197,7 @@ class Queue:
     def try_put_many(self, payloads: List[Any], headers: Headers) -> int:
         """As ``put_many`` without waiting: how many were enqueued before a
         ``block`` intake ring filled up (the broker parks the rest)."""
+        self._router._check_open()   # as put
         check_messages(payloads, headers)
         return int(self.ring.put_many(self.name, payloads, headers))
 

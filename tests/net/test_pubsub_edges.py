@@ -147,3 +147,24 @@ def test_a_publish_to_a_closed_shared_router_is_refused_not_the_session(
         assert stats["counters"].get("sessions_dropped", 0) == 0
         assert c.sessions == 1
         assert any("router is closed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_send_to_a_closed_shared_router_is_refused_not_lost(embedded, caplog):
+    """SENDs to a queue that exists used to be taken after the broker's
+    router closed: credited as applied, and left where no consumer can
+    reach them. Like a run of publishes, a run of SENDs is refused with one
+    ERR Closed (batched or one by one), and the session goes on."""
+    router, broker = embedded()
+    router.declare_queue("jobs")
+    # linger: the three SENDs leave in one frame, at the flush
+    with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10, linger=60) as c:
+        router.close()
+        with caplog.at_level("WARNING", logger="ringcast"):
+            c.send("jobs", b"a")                     # the batched path
+            c.send("jobs", b"b", headers={"k": "v"})  # one by one
+            c.send("jobs", b"c")
+            stats = barrier(c)
+        assert router.queue("jobs").depth == 0
+        assert stats["counters"].get("protocol_errors", 0) == 0
+        assert c.sessions == 1
+        assert len([r for r in caplog.records if "router is closed" in r.getMessage()]) == 1
