@@ -33,6 +33,27 @@ def test_a_lost_session_with_unconfirmed_sends_fails_the_next_confirm():
     proto.take_loss()  # reported once
 
 
+def test_a_refused_publish_or_send_fails_the_next_confirm_once():
+    """An ERR ref 0 that leaves the session on refuses publishes or sends
+    (docs/protocol.md, Limits). The clients only logged it, and the flush
+    that waited for their credit reported them confirmed. The next confirm
+    raises the first refusal, typed as the broker sent it; a refused ack
+    (AckError) is no confirm's business."""
+    from ringcast import _codec as C
+
+    proto = ClientProtocol("t")
+    now = time.monotonic()
+    proto.connection_made(now)
+    proto.frame_received(_welcome(), now)
+    w = C.Writer()
+    w.record(C.ERR, 0, errors.AckError.code, "delivery 1 on handle 2 is unknown")
+    w.record(C.ERR, 0, errors.Closed.code, "router is closed")
+    w.record(C.ERR, 0, errors.LimitExceeded.code, "over a limit")
+    assert proto.frame_received(w.take(), now) is None   # the session goes on
+    with pytest.raises(errors.Closed, match=r"2 ERR .*first: router is closed"):
+        proto.take_loss()
+    proto.take_loss()  # reported once
+
 def test_subscription_window_defaults_to_the_capacity_up_to_the_broker_cap():
     proto = ClientProtocol("t")
     assert proto.subscribe("a.>", 1000, "block").window == 1000

@@ -385,7 +385,9 @@ class Client:
         it (routed every publish, registered every subscription): the
         publisher confirm. For a durable queue, applied means logged per its
         fsync policy. Raises ConnectionLost if a session ended with anything
-        unconfirmed since the last flush (it may not have been applied)."""
+        unconfirmed since the last flush (it may not have been applied), else
+        the broker's error if it refused publishes or sends since then (ERR
+        ref 0: a closed router, a SEND over a limit), once."""
         self.proto.flush()
         self._no_wait_on_io("flush")
         deadline = _deadline(timeout)

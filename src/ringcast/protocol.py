@@ -358,6 +358,10 @@ class ClientProtocol:
         #: in flight, unconfirmed, when a session ended: reported by the next
         #: flush (``take_loss``) so a confirm never covers a lost message
         self.unconfirmed_lost = 0
+        #: ERRs ref 0 that refused publishes or sends (a run of them, or one
+        #: SEND) since the last ``take_loss``, and the first: it raises that
+        self.refused = 0
+        self.first_refusal: Optional[errors.RingcastError] = None
         #: bytes of re-declarations at the head of the outbox, until WELCOME
         self.redeclared = 0
 
@@ -480,15 +484,23 @@ class ClientProtocol:
             return self.ready and not self.unsent() and self.credit >= self.window
 
     def take_loss(self) -> None:
-        """Raise ConnectionLost (once) if ordered frames went unconfirmed with
-        a session since the last call: the caller's confirm must not succeed."""
+        """Raise (once) what the caller's confirm must not succeed over, since
+        the last call: ConnectionLost if ordered frames went unconfirmed with
+        a session (what it says covers refusals too: send them all again),
+        else the first refusal of publishes or sends, as the broker typed it."""
         with self.lock:
             lost, self.unconfirmed_lost = self.unconfirmed_lost, 0
+            refused, first = self.refused, self.first_refusal
+            self.refused, self.first_refusal = 0, None
         if lost:
             raise errors.ConnectionLost(
                 f"the session to the broker ended with {lost} bytes of publishes/sends "
                 f"unconfirmed: they may or may not have been applied; send them again "
                 f"(with a msg-id header to make the retry land once)")
+        if first is not None:
+            raise errors.error_from_code(
+                first.code, f"the broker refused publishes or sends ({refused} ERR since the "
+                f"last flush; the first: {first}): what it refused was not applied, the rest was")
 
     def data_to_send(self, now: float, eager: bool = False) -> List[bytes]:
         """Frames to hand to the socket now, urgent ones first; ordered ones
@@ -711,8 +723,12 @@ class ClientProtocol:
                         if code == errors.ConnectionLost.code or isinstance(
                                 reported, errors.ProtocolError):
                             result = reported   # the broker does not know this session
-                        else:
-                            log.warning("broker reported: %s", reported)
+                            continue
+                        log.warning("broker reported: %s", reported)
+                        if code != errors.AckError.code:   # an ack's is no confirm's business
+                            self.refused += 1
+                            if self.first_refusal is None:
+                                self.first_refusal = reported
                         continue
                     settle = self.waiters.pop(ref, None)
                     if settle is not None:

@@ -5,7 +5,7 @@ new session, and drop counts that clients and STATS agree on."""
 import pytest
 
 from ringcast import _codec as C
-from ringcast import errors
+from ringcast import aio, errors
 from ringcast.client import connect
 from ringcast.router import Router
 
@@ -142,7 +142,9 @@ def test_a_publish_to_a_closed_shared_router_is_refused_not_the_session(
         else:
             c.publish("feed", b"a", headers={"k": "v"})
         with caplog.at_level("WARNING", logger="ringcast"):
-            stats = barrier(c)   # credited: the frame was taken
+            with pytest.raises(errors.Closed, match="router is closed"):
+                c.flush()   # credited, but refused: not confirmed
+            stats = barrier(c)   # reported once
         assert stats["counters"].get("protocol_errors", 0) == 0
         assert stats["counters"].get("sessions_dropped", 0) == 0
         assert c.sessions == 1
@@ -163,8 +165,28 @@ def test_a_send_to_a_closed_shared_router_is_refused_not_lost(embedded, caplog):
             c.send("jobs", b"a")                     # the batched path
             c.send("jobs", b"b", headers={"k": "v"})  # one by one
             c.send("jobs", b"c")
+            with pytest.raises(errors.Closed, match="1 ERR"):
+                c.flush()
             stats = barrier(c)
         assert router.queue("jobs").depth == 0
         assert stats["counters"].get("protocol_errors", 0) == 0
         assert c.sessions == 1
         assert len([r for r in caplog.records if "router is closed" in r.getMessage()]) == 1
+
+
+async def test_the_asyncio_clients_flush_reports_a_refusal(embedded):
+    """As ``Client.flush``: a publish or send the broker refused (its router
+    closed) makes the next confirm raise, once, instead of only a log line."""
+    router, broker = embedded()
+    c = await aio.connect(broker.endpoints[0], heartbeat=HEARTBEAT)
+    try:
+        await c.flush()
+        router.close()
+        await c.publish("feed", b"a")
+        await c.send("jobs", b"b")
+        with pytest.raises(errors.Closed, match="router is closed"):
+            await c.flush()
+        await c.flush()   # reported once
+        assert c.sessions == 1
+    finally:
+        await c.close()
