@@ -488,7 +488,12 @@ class Broker:
             self._loop()
         finally:
             self.router._dispatcher.hand_off(self._loop_ident, on=False)
-            self._close()
+            try:
+                self._close()   # runs what was handed over, as the loop's
+            finally:
+                # this thread, or a later one given its ident, is the loop's
+                # no more: what it hands over is refused (_ended), not run
+                self._loop_ident = None
 
     def _close(self) -> None:
         # what other threads handed to the loop after its last pass (a request

@@ -10,7 +10,9 @@ import pytest
 
 from ringcast import _codec as C
 from ringcast import aio, errors
+from ringcast.broker import Broker
 from ringcast.client import connect
+from ringcast.router import Router
 
 from .conftest import raw_session, serving, wait_for
 
@@ -386,3 +388,17 @@ def test_a_request_handed_over_after_the_brokers_last_calls_goes_elsewhere(embed
         broker._call_soon = stopped_then_call_soon
         router.request_cb("svc", b"x", results.append, timeout=None)
     assert len(results) == 1 and isinstance(results[0], errors.NoResponders), results
+
+
+def test_once_the_loop_ended_its_thread_hands_over_like_any_other():
+    """``run()`` on an application's thread: once it returned, that thread
+    (or a later one given its ident) still passed for the loop's, and work
+    handed to the loop ran there at once, on a broker that has stopped (a
+    remote responder's offer said yes). It is refused as from any thread."""
+    with Router() as router:
+        broker = Broker("tcp://127.0.0.1:0", router=router)
+        broker.stop()   # before run(): its loop ends at once
+        broker.run()
+        ran = []
+        assert broker._call_soon(ran.append, 1) is False
+        assert ran == []
