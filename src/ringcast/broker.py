@@ -248,9 +248,10 @@ class _RemoteResponder:
     """A remote client's responder, as the router's services see it: it takes
     a request while the client has room (its concurrency) and writes it
     straight into the client's next frame. Requests offered from threads
-    other than the broker loop are dispatched again on the loop."""
+    other than the broker loop are handed to the loop, in the room they take."""
 
-    __slots__ = ("broker", "session", "hid", "service", "concurrency", "asked", "closed")
+    __slots__ = ("broker", "session", "hid", "service", "concurrency", "asked", "handed",
+                 "closed")
 
     def __init__(self, broker: "Broker", session: _Session, hid: int, service: _Service,
                  concurrency: int) -> None:
@@ -260,18 +261,27 @@ class _RemoteResponder:
         self.service = service
         self.concurrency = concurrency
         self.asked: Dict[int, PendingRequest] = {}   # tag -> request sent, unanswered
+        # one per request handed to the loop and not offered there yet: its
+        # room is taken, so a refill from another thread hands over no more
+        # than fits, and the rest keeps its place in the backlog (a deque:
+        # appended by any thread, popped by the loop, each atomic)
+        self.handed: Deque[None] = collections.deque()
         self.closed = False
 
     def has_room(self) -> bool:
-        return not self.closed and self.session.alive and len(self.asked) < self.concurrency
+        return not self.closed and self.session.alive and \
+            len(self.asked) + len(self.handed) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
         if self.closed or not self.session.alive or len(self.asked) >= self.concurrency:
             return False   # has_room(), inline: once per request
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
-            # False once the broker stopped: the service offers it elsewhere
-            return broker._call_soon(self.service.dispatch, payload, headers, pending)
+            self.handed.append(None)
+            if broker._call_soon(self._take_handed, payload, headers, pending):
+                return True
+            self.handed.pop()   # the broker stopped: the service offers it elsewhere
+            return False
         if pending.deadline is None:
             left = MAX_TIMEOUT_MS   # no deadline (docs/protocol.md, Requests)
         else:
@@ -293,6 +303,13 @@ class _RemoteResponder:
         else:
             broker._dirty.add(s)
         return True
+
+    def _take_handed(self, payload: Any, headers: Any, pending: PendingRequest) -> None:
+        """On the loop: a request handed over goes out in the room it took,
+        or, the responder gone meanwhile, elsewhere."""
+        self.handed.popleft()
+        if not self._offer(payload, headers, pending):
+            self.service.dispatch(payload, headers, pending)
 
     def refill(self) -> None:
         """After an answer settled its request: the freed slot goes to the

@@ -402,3 +402,36 @@ def test_once_the_loop_ended_its_thread_hands_over_like_any_other():
         ran = []
         assert broker._call_soon(ran.append, 1) is False
         assert ran == []
+
+
+def test_a_refill_from_another_thread_hands_the_loop_only_what_fits(embedded):
+    """A remote responder's room did not shrink for requests handed to the
+    loop, so a refill from another thread handed over the whole backlog:
+    the loop dispatched each again, and those that did not fit went to the
+    back of the backlog, behind requests that came meanwhile. What fits is
+    handed over; the rest keeps its place, and all go out in order."""
+    from ringcast.services import PendingRequest
+
+    router, broker = embedded()
+    with connect(broker.endpoints[0], timeout=10) as c:
+        responder = c.serve("svc", concurrency=1)
+        serving(router, "svc")
+        service = router.service("svc")
+        (remote,) = service.responders
+        gate = threading.Event()
+        broker._call_soon(gate.wait)   # the loop runs nothing handed over until the gate opens
+        results = []
+        try:
+            for i in range(3):   # a backlog while the responder has room, as a refill finds it
+                service.backlog.append((b"%d" % i, None, PendingRequest(service, results.append,
+                                                                        None)))
+            service.refill(remote)   # from this thread, not the loop's
+            assert [item[0] for item in service.backlog] == [b"1", b"2"]
+        finally:
+            gate.set()
+        for i in range(3):
+            msg = responder.recv(timeout=10)
+            assert msg.payload == b"%d" % i
+            msg.respond(b"re:" + msg.payload)
+        assert wait_for(lambda: len(results) == 3)
+        assert [m.payload for m in results] == [b"re:0", b"re:1", b"re:2"]
