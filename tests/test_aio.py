@@ -172,3 +172,18 @@ async def test_a_recv_cancelled_as_its_message_arrives_is_cancelled(router, time
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await sub.recv(timeout=5)).payload == b"x"
+
+
+async def test_an_async_send_waiting_for_room_gets_closed_with_its_router():
+    """As ``Router.send``: a task waiting for room in a queue of a router
+    closed meanwhile gets Closed, instead of waiting for good."""
+    sync_router = ringcast.Router()
+    router = aio.Router(sync_router)
+    router.declare_queue("full", capacity=1)
+    await router.send("full", b"a")
+    task = asyncio.ensure_future(router.send("full", b"b"))
+    while not sync_router._space._futures:   # the task waits for room
+        await asyncio.sleep(0)
+    sync_router.close()
+    with pytest.raises(errors.Closed):
+        await asyncio.wait_for(task, 10)

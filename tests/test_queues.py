@@ -1,6 +1,7 @@
 """Embedded point-to-point queues: competing consumers, acks, redelivery."""
 
 import threading
+import time
 
 import pytest
 
@@ -235,6 +236,33 @@ def test_a_queue_held_across_its_routers_close_takes_nothing(router):
     with pytest.raises(errors.Closed):
         q.try_put_many([b"c"], None)
     assert q.depth == 0
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["send", "send_many"])
+def test_a_send_waiting_for_room_in_a_queue_gets_closed_with_its_router(router, many):
+    """A queue's ring is not closed with its router (its consumers are):
+    a send waiting for room waited for good, as nobody drains it any more."""
+    router.declare_queue("full", capacity=1)
+    router.send("full", b"a")
+    result = []
+
+    def sender():
+        try:
+            if many:
+                router.send_many("full", [b"b"], timeout=None)
+            else:
+                router.send("full", b"b", timeout=None)
+        except errors.RingcastError as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not router._space._sleepers and time.monotonic() < deadline:
+        time.sleep(0.001)   # until the sender waits for room
+    router.close()
+    t.join(10)
+    assert not t.is_alive() and isinstance(result[0], errors.Closed), result
 
 
 def test_ack_many_acks_a_run_and_reports_the_ones_it_cannot(router):

@@ -215,9 +215,11 @@ class Router:
         """Suspend until ``ring`` has room (or the deadline: WouldBlock)."""
         space = self.sync._space
         try:
-            await space.wait_async(lambda: True if ring.free or ring.closed else None,
-                                   lambda: bool(ring.arm_space(space.notify)) or ring.closed,
-                                   deadline)
+            router = self.sync   # closed: as Router._wait_space, the retry raises Closed
+            await space.wait_async(
+                lambda: True if ring.free or ring.closed or router.closed else None,
+                lambda: bool(ring.arm_space(space.notify)) or ring.closed or router.closed,
+                deadline)
         except errors.Timeout:
             raise errors.WouldBlock(
                 f"a block-policy buffer stayed full until the deadline ({ring!r})") from None

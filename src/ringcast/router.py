@@ -238,13 +238,16 @@ class Router(CoreRouter):
         if deadline is not None and deadline <= time.monotonic():
             raise errors.WouldBlock(f"a block-policy buffer is full ({ring!r})")
         try:
-            self._space.wait(lambda: True if ring.free or ring.closed else None,
-                             lambda: bool(ring.arm_space(self._space.notify)) or ring.closed,
+            # a closed router's queues are drained no more: their room never comes
+            self._space.wait(lambda: True if ring.free or ring.closed or self.closed else None,
+                             lambda: bool(ring.arm_space(self._space.notify)) or ring.closed
+                             or self.closed,
                              deadline)
         except errors.Timeout:
             raise errors.WouldBlock(
                 f"a block-policy buffer stayed full until the deadline ({ring!r})"
             ) from None
+        self._check_open()
 
     def _check_not_self_drained(self, ring: Ring) -> None:
         """Called from inside a callback: if ``ring`` belongs to a callback
@@ -456,6 +459,7 @@ class Router(CoreRouter):
             queues = list(self._queues.values())
             consumers = [c for q in queues for c in q.consumers]
             responders = [r for s in self._services.values() for r in s.responders]
+        self._space.notify()   # who waits for room in a queue gets Closed
         for sub in subs:
             sub.close()
         for consumer in consumers:

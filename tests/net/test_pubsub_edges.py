@@ -190,3 +190,20 @@ async def test_the_asyncio_clients_flush_reports_a_refusal(embedded):
         assert c.sessions == 1
     finally:
         await c.close()
+
+
+def test_a_send_parked_on_a_full_queue_is_refused_when_the_router_closes(embedded):
+    """A frame of SENDs that met a full block queue waits, parked, for room;
+    the broker's router closed under it, and it waited for good (its
+    client's flush timed out). It is refused instead: ERR Closed."""
+    router, broker = embedded()
+    router.declare_queue("jobs", capacity=1)
+    with connect(broker.endpoints[0], heartbeat=HEARTBEAT, timeout=10) as c:
+        c.send("jobs", b"a")
+        c.send("jobs", b"b")
+        assert wait_for(lambda: broker.counters["publisher_waits"] >= 1)
+        router.close()
+        with pytest.raises(errors.Closed, match="router is closed"):
+            c.flush(10)
+        assert router.queue("jobs").depth == 1
+        assert c.sessions == 1
