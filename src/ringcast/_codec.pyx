@@ -1729,7 +1729,7 @@ cdef class RequestPath:
         cdef dict asked = None
         cdef Writer out = None
         cdef bint marked = False
-        last = rs = tags = None   # the last responder and its fixed fields
+        last = rs = tags = handed = None   # the last responder and its fixed fields
         try:
             while r.pos < r.n and r.p[r.pos] == RC_REQ:
                 at = r.pos
@@ -1765,11 +1765,12 @@ cdef class RequestPath:
                         break
                     last, rs, asked = responder, responder.session, responder.asked
                     hid, tags, out = responder.hid, rs.tags, rs.out
+                    handed = responder.handed   # room other threads' hand-overs took
                     room = min(responder.concurrency, PY_SSIZE_T_MAX)
                     marked = False   # rs in dirty
                 deadline = now + <double>timeout_ms / 1000.0
                 ms = (deadline - now) * 1000
-                if len(asked) >= room or not 1 <= ms <= self.max_timeout_ms:
+                if len(asked) + len(handed) >= room or not 1 <= ms <= self.max_timeout_ms:
                     r.pos = at   # full; or due already, or clamped: _offer's cases
                     break
                 r.pos = r.e

@@ -273,7 +273,8 @@ class _RemoteResponder:
             len(self.asked) + len(self.handed) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if self.closed or not self.session.alive or len(self.asked) >= self.concurrency:
+        if self.closed or not self.session.alive or \
+                len(self.asked) + len(self.handed) >= self.concurrency:
             return False   # has_room(), inline: once per request
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:

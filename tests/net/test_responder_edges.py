@@ -435,3 +435,31 @@ def test_a_refill_from_another_thread_hands_the_loop_only_what_fits(embedded):
             msg.respond(b"re:" + msg.payload)
         assert wait_for(lambda: len(results) == 3)
         assert [m.payload for m in results] == [b"re:0", b"re:1", b"re:2"]
+
+
+
+def test_requests_from_another_thread_hand_the_loop_only_what_fits(embedded):
+    """A new request from another thread checks the room that hand-overs
+    already took, as a refill does: past it, the request waits in the
+    backlog in its place, instead of being handed over and sent to the
+    back of the backlog by the loop."""
+    router, broker = embedded()
+    with connect(broker.endpoints[0], timeout=10) as c:
+        responder = c.serve("svc", concurrency=1)
+        serving(router, "svc")
+        service = router.service("svc")
+        gate = threading.Event()
+        broker._call_soon(gate.wait)   # the loop runs nothing handed over until the gate opens
+        results = []
+        try:
+            for i in range(3):   # from this thread, not the loop's
+                router.request_cb("svc", b"%d" % i, results.append, timeout=None)
+            assert [item[0] for item in service.backlog] == [b"1", b"2"]
+        finally:
+            gate.set()
+        for i in range(3):
+            msg = responder.recv(timeout=10)
+            assert msg.payload == b"%d" % i
+            msg.respond(b"re:" + msg.payload)
+        assert wait_for(lambda: len(results) == 3)
+        assert [m.payload for m in results] == [b"re:0", b"re:1", b"re:2"]
