@@ -1739,11 +1739,8 @@ cdef class RequestPath:
                     name = r._subject()
                     timeout_ms = r._uv()
                     headers = r._headers()
-                    payload = r._payload()
+                    payload = r._payload()   # the rest of the record
                 except RingcastError:   # the Python path reports it
-                    r.pos = at
-                    break
-                if r.b != r.e:
                     r.pos = at
                     break
                 hit = PyDict_GetItem(services, name)
@@ -1829,11 +1826,8 @@ cdef class RequestPath:
                     hid = r._uv()
                     tag = r._uv()
                     headers = r._headers()
-                    payload = r._payload()
+                    payload = r._payload()   # the rest of the record
                 except RingcastError:   # the Python path reports it
-                    r.pos = at
-                    break
-                if r.b != r.e:
                     r.pos = at
                     break
                 if last is None or hid != <uint64_t>last:   # runs answer one handle

@@ -404,6 +404,17 @@ def test_once_the_loop_ended_its_thread_hands_over_like_any_other():
         assert ran == []
 
 
+def _answer_in_order(responder, results, n):
+    """Requests 0..n-1 reach ``responder`` in order, and their answers
+    their askers."""
+    for i in range(n):
+        msg = responder.recv(timeout=10)
+        assert msg.payload == b"%d" % i
+        msg.respond(b"re:" + msg.payload)
+    assert wait_for(lambda: len(results) == n)
+    assert [m.payload for m in results] == [b"re:%d" % i for i in range(n)]
+
+
 def test_a_refill_from_another_thread_hands_the_loop_only_what_fits(embedded):
     """A remote responder's room did not shrink for requests handed to the
     loop, so a refill from another thread handed over the whole backlog:
@@ -429,12 +440,7 @@ def test_a_refill_from_another_thread_hands_the_loop_only_what_fits(embedded):
             assert [item[0] for item in service.backlog] == [b"1", b"2"]
         finally:
             gate.set()
-        for i in range(3):
-            msg = responder.recv(timeout=10)
-            assert msg.payload == b"%d" % i
-            msg.respond(b"re:" + msg.payload)
-        assert wait_for(lambda: len(results) == 3)
-        assert [m.payload for m in results] == [b"re:0", b"re:1", b"re:2"]
+        _answer_in_order(responder, results, 3)
 
 
 
@@ -457,9 +463,4 @@ def test_requests_from_another_thread_hand_the_loop_only_what_fits(embedded):
             assert [item[0] for item in service.backlog] == [b"1", b"2"]
         finally:
             gate.set()
-        for i in range(3):
-            msg = responder.recv(timeout=10)
-            assert msg.payload == b"%d" % i
-            msg.respond(b"re:" + msg.payload)
-        assert wait_for(lambda: len(results) == 3)
-        assert [m.payload for m in results] == [b"re:0", b"re:1", b"re:2"]
+        _answer_in_order(responder, results, 3)
