@@ -384,6 +384,22 @@ def test_events_settle_replies_of_known_requests_natively():
         C.Reader(b"").events(None, {})
 
 
+def test_a_reply_settled_natively_between_deliveries_of_one_handle_splits_their_run():
+    """A run of MSG records is decoded later, from its bytes: a REPLY between
+    two deliveries of one subscription (settled natively, no event) must not
+    join them into one run, whose decoding would take the REPLY for a MSG."""
+    requests = {5: ("svc", lambda _: None, 1.0)}
+    settles = []
+    w = C.Writer()
+    w.record(C.MSG, 1, 1, "t", None, b"first")
+    w.record(C.REPLY, 5, None, b"reply")
+    w.record(C.MSG, 1, 2, "t", None, b"second")
+    evs = C.Reader(w.take()).events(None, requests, settles)
+    assert [m.payload for _, m in settles] == [b"reply"]
+    got = [(m.seq, m.subject, m.payload) for ev in evs for m in ev[2].take()]
+    assert got == [(1, "t", b"first"), (2, "t", b"second")]
+
+
 def test_write_deliveries_round_trips_queue_deliveries():
     msgs = [C.message("jobs", b"a", None, tag=11), C.message("jobs", b"b", {"k": "v"}, tag=12,
                                                                redelivered=True, delivery_count=3)]

@@ -1576,6 +1576,10 @@ cdef class Reader:
                     out.append((cmd, handle, batch))
                 batch.append(m)
             elif cmd == RC_REPLY and requests is not None:
+                # it ends a run as an event would: a MSG run is decoded later
+                # from its bytes, which must be MSG and MSGS records only
+                batch = None
+                run = None
                 rid = self._uv()
                 headers = self._headers()
                 payload = self._payload()   # the rest of the record
