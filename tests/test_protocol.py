@@ -198,3 +198,30 @@ def test_an_oversized_reply_leaves_its_request_to_the_lost_session():
     assert got == [] and list(proto.requests) == [rid]
     proto.connection_lost(errors.ConnectionLost("gone"))
     assert isinstance(got[0], errors.ConnectionLost)
+
+
+def test_answers_in_one_frame_settle_in_the_order_the_broker_wrote_them():
+    """Replies settle natively as the frame is decoded; an error answer
+    (REPLYERR) ahead of them in the frame must still settle first, as it
+    did when every answer was an event (an asyncio requester sees its
+    futures done in the broker's order)."""
+    from ringcast import _codec as C
+
+    proto = ClientProtocol("t")
+    proto.connection_made(time.monotonic())
+    proto.frame_received(_welcome(), time.monotonic())
+    got = []
+    first = proto.request("svc", b"q1", None, 5.0, lambda v: got.append(("first", v)))
+    second = proto.request("svc", b"q2", None, 5.0, lambda v: got.append(("second", v)))
+    third = proto.request("svc", b"q3", None, 5.0, lambda v: got.append(("third", v)))
+    w = C.Writer()
+    w.record(C.REPLYERR, first, errors.Timeout.code, "timed out")
+    w.record(C.REPLY, second, None, b"answer")
+    w.record(C.REPLYERR, 999, errors.Timeout.code, "given up on")   # dropped
+    w.record(C.REPLYERR, third, errors.NoResponders.code, "nobody")
+    assert proto.frame_received(w.take(), time.monotonic()) is None
+    assert [name for name, _ in got] == ["first", "second", "third"]
+    assert isinstance(got[0][1], errors.Timeout) and str(got[0][1]) == "timed out"
+    assert got[1][1].payload == b"answer" and got[1][1].subject == "svc"
+    assert isinstance(got[2][1], errors.NoResponders)
+    assert proto.requests == {}

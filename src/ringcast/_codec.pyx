@@ -30,7 +30,7 @@ from ringcast._router cimport CoreRouter, _check_payload
 
 from ringcast._args import TIMEOUT_MAX as _TIMEOUT_MAX, check_request_timeout as _check_timeout
 from ringcast.errors import (AckError, Closed, LimitExceeded, ProtocolError, RingcastError,
-                             UnknownCommand, WrongType)
+                             UnknownCommand, WrongType, error_from_code as _error_from_code)
 
 cdef extern from "rc_codec.h":
     int RC_PROTO_VERSION
@@ -1504,7 +1504,9 @@ cdef class Reader:
         ``settles``, a REPLY is no event: its request is popped and
         ``(settle, Message)`` appended to ``settles`` (a reply to a request
         not there, given up on, is dropped): a pipelined requester's hot
-        path, without a tuple and a Python pass per reply.
+        path, without a tuple and a Python pass per reply. A REPLYERR is
+        settled alike, ``(settle, error)``, so that answers settle in the
+        order the broker wrote them.
         """
         cdef list out = []
         cdef object rid, headers, payload
@@ -1593,6 +1595,21 @@ cdef class Reader:
                     m.payload = payload
                     m.delivery_count = 1
                     settles.append((entry[1], m))
+                    PyDict_DelItem(requests, rid)
+            elif cmd == RC_REPLYERR and requests is not None:
+                batch = None
+                run = None
+                rid = self._uv()
+                code = self._uv()
+                text = self._str(self.max_message)
+                if self.b != self.e:
+                    raise ProtocolError(
+                        f"record 0x{cmd:02x} has {self.e - self.b} unexpected trailing bytes")
+                self.pos = self.e
+                o = PyDict_GetItem(requests, rid)
+                if o != NULL:
+                    entry = <tuple>o
+                    settles.append((entry[1], _error_from_code(code, text)))
                     PyDict_DelItem(requests, rid)
             else:
                 batch = None

@@ -44,7 +44,7 @@ QUEUED_LIMIT = 1 << 20
 MAX_ERROR_TEXT = 4096
 
 
-_REPLYERR, _RQST, _MSG, _QMSG, _PCREDIT = (C.REPLYERR, C.RQST, C.MSG, C.QMSG, C.PCREDIT)
+_RQST, _MSG, _QMSG, _PCREDIT = (C.RQST, C.MSG, C.QMSG, C.PCREDIT)
 
 
 class _Handle:
@@ -657,7 +657,8 @@ class ClientProtocol:
         with self.lock:
             self.last_rx = now
             try:
-                # replies settle natively: into ``settles``, no event each
+                # answers (REPLY, REPLYERR) settle natively, in the frame's
+                # order: into ``settles``, no event each
                 events = C.Reader(frame, self.max_message, 1 << 20, self.subjects).events(
                     self.owners, self.requests, settles)
             except errors.RingcastError as exc:
@@ -690,10 +691,6 @@ class ClientProtocol:
                         self.kick()              # (the per-thread requester) has none
                     if self.on_credit is not _noop:
                         self.on_credit()
-                elif cmd == _REPLYERR:
-                    entry = self.requests.pop(ev[1], None)
-                    if entry is not None:
-                        settles.append((entry[1], errors.error_from_code(ev[2], ev[3])))
                 elif cmd == C.WELCOME:
                     _, version, _hb, max_frame, max_message, max_subject, window, _bid = ev
                     self.max_frame, self.max_message = max_frame, max_message
