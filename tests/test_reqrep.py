@@ -267,6 +267,21 @@ def test_a_forgotten_services_counts_stay_in_the_totals(router):
     assert router.stats()["service_totals"] == dict(totals, requests=3)
 
 
+def test_what_a_forgotten_service_counts_later_goes_to_the_totals(router):
+    """A handler answering after its responder closed (the service is then
+    forgotten), of a request that expired meanwhile: the late reply and the
+    expiry are counted in ``service_totals``, not in the forgotten entry."""
+    responder = router.serve("svc")
+    late = router.request_cb("svc", b"q", lambda _: None, timeout=None)
+    msg = responder.recv(timeout=5)
+    responder.close()
+    assert router.stats()["services"] == {}
+    late.expire()   # after its service was forgotten
+    msg.respond(b"late")
+    assert router.stats()["service_totals"] == {
+        "requests": 1, "late_replies": 1, "failed": 0, "expired": 0}
+
+
 def test_a_service_stays_while_one_of_its_responders_does(router):
     first = router.serve("svc", lambda m: b"first")
     second = router.serve("svc", lambda m: b"second")

@@ -212,7 +212,7 @@ class _WireRequest(PendingRequest):
     def _respond(self, payload: Any, headers: Any) -> None:
         """On the loop (``_on_reps`` calls it directly)."""
         if self.settled:
-            self.service.late_replies += 1
+            self.service.count("late_replies")
             return
         self.settled = True
         broker = self.broker

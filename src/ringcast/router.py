@@ -401,6 +401,7 @@ class Router(CoreRouter):
             if not service.responders and not service.backlog \
                     and self._services.get(service.name) is service:
                 del self._services[service.name]
+                service.retired = self._forgotten_counts   # later counts: see _Service.count
                 for key in COUNTS:
                     self._forgotten_counts[key] += getattr(service, key)
 

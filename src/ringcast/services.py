@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 from . import errors
 from ._impl import Handler, Headers, Message, Ring, check_message
@@ -80,7 +80,7 @@ class PendingRequest:
         check_message(payload, headers)
         reply = Message(self.service.name, payload, headers)
         if not self._settle(reply):
-            self.service.late_replies += 1
+            self.service.count("late_replies")
 
     def fail(self, exc: errors.RingcastError) -> bool:
         """Settle with an error (handler failure, timeout, no responders)."""
@@ -153,7 +153,7 @@ class Responder(Source):
             if not pending.settled:  # expired or withdrawn requests are never handed out
                 msg._owner = pending
                 return msg
-            self._service.expired += 1
+            self._service.count("expired")
 
     def _arm(self) -> bool:
         return bool(self.ring.arm_ready(self._signal.notify)) or self.ring.closed
@@ -282,7 +282,7 @@ class _Service:
     the router's totals), so names served once each (``worker.<id>``) do
     not pile up."""
 
-    __slots__ = ("name", "on_idle", "responders", "backlog", "_next") + COUNTS
+    __slots__ = ("name", "on_idle", "responders", "backlog", "_next", "retired") + COUNTS
 
     def __init__(self, name: str, on_idle: Callable[["_Service"], None] = lambda _: None) -> None:
         self.name = name
@@ -290,10 +290,22 @@ class _Service:
         self.responders: List[ServiceMember] = []
         self.backlog: Deque[Tuple[Any, Headers, PendingRequest]] = collections.deque()
         self._next = 0
+        #: the router's totals, once it forgot this service (see ``count``)
+        self.retired: Optional[Dict[str, int]] = None
         self.requests = 0
         self.late_replies = 0
         self.failed = 0
         self.expired = 0
+
+    def count(self, key: str) -> None:
+        """One more ``key`` that may come after the service is forgotten (a
+        late reply, a request found expired): then into the router's totals,
+        which ``stats()`` still reads, not into counts nobody reads."""
+        retired = self.retired
+        if retired is None:
+            setattr(self, key, getattr(self, key) + 1)
+        else:
+            retired[key] += 1
 
     def submit(self, payload: Any, headers: Headers, pending: PendingRequest) -> None:
         """A new request (counted) for the next responder with room."""
