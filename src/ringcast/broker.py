@@ -273,9 +273,8 @@ class _RemoteResponder:
             len(self.asked) + len(self.handed) < self.concurrency
 
     def _offer(self, payload: Any, headers: Any, pending: PendingRequest) -> bool:
-        if self.closed or not self.session.alive or \
-                len(self.asked) + len(self.handed) >= self.concurrency:
-            return False   # has_room(), inline: once per request
+        if not self.has_room():
+            return False
         broker = self.broker
         if threading.get_ident() != broker._loop_ident:
             self.handed.append(None)
@@ -1121,8 +1120,7 @@ class Broker:
             deadline = now + timeout_ms / 1000.0
             pending = _WireRequest(self, service, deadline, s, rid)
             self._live += 1
-            service.requests += 1   # submit(), a call less
-            service.dispatch(payload, headers, pending)
+            service.submit(payload, headers, pending)
             if not pending.settled:
                 queue = timeouts.get(timeout_ms)
                 if queue is None:
