@@ -165,6 +165,17 @@ cdef inline void _set_item(tuple t, Py_ssize_t i, object x):
     PyTuple_SET_ITEM(t, i, x)
 
 
+cdef inline tuple _pop_request(dict requests, object rid):
+    """A client's ``(service, settle, deadline)`` of request ``rid``, taken
+    out of ``requests``; None if it is not there (given up on)."""
+    cdef PyObject *o = PyDict_GetItem(requests, rid)
+    if o == NULL:
+        return None
+    cdef tuple entry = <tuple>o
+    PyDict_DelItem(requests, rid)
+    return entry
+
+
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
     if type(s) is not str:
         raise WrongType(f"expected str, not {type(s).__name__}")
@@ -1586,16 +1597,14 @@ cdef class Reader:
                 headers = self._headers()
                 payload = self._payload()   # the rest of the record
                 self.pos = self.e
-                o = PyDict_GetItem(requests, rid)
-                if o != NULL:
-                    entry = <tuple>o
+                entry = _pop_request(requests, rid)
+                if entry is not None:
                     m = Message.__new__(Message)
                     m.subject = entry[0]
                     m.headers = headers
                     m.payload = payload
                     m.delivery_count = 1
                     settles.append((entry[1], m))
-                    PyDict_DelItem(requests, rid)
             elif cmd == RC_REPLYERR and requests is not None:
                 batch = None
                 run = None
@@ -1606,11 +1615,9 @@ cdef class Reader:
                     raise ProtocolError(
                         f"record 0x{cmd:02x} has {self.e - self.b} unexpected trailing bytes")
                 self.pos = self.e
-                o = PyDict_GetItem(requests, rid)
-                if o != NULL:
-                    entry = <tuple>o
+                entry = _pop_request(requests, rid)
+                if entry is not None:
                     settles.append((entry[1], _error_from_code(code, text)))
-                    PyDict_DelItem(requests, rid)
             else:
                 batch = None
                 run = None
