@@ -213,13 +213,10 @@ class Router:
 
     async def _wait_room(self, ring: Any, deadline: Optional[float]) -> None:
         """Suspend until ``ring`` has room (or the deadline: WouldBlock)."""
-        space = self.sync._space
+        router = self.sync   # its tests, as Router._wait_space's
         try:
-            router = self.sync   # closed: as Router._wait_space, the retry raises Closed
-            await space.wait_async(
-                lambda: True if ring.free or ring.closed or router.closed else None,
-                lambda: bool(ring.arm_space(space.notify)) or ring.closed or router.closed,
-                deadline)
+            await router._space.wait_async(lambda: router._room(ring),
+                                           lambda: router._arm_room(ring), deadline)
         except errors.Timeout:
             raise errors.WouldBlock(
                 f"a block-policy buffer stayed full until the deadline ({ring!r})") from None

@@ -238,16 +238,21 @@ class Router(CoreRouter):
         if deadline is not None and deadline <= time.monotonic():
             raise errors.WouldBlock(f"a block-policy buffer is full ({ring!r})")
         try:
-            # a closed router's queues are drained no more: their room never comes
-            self._space.wait(lambda: True if ring.free or ring.closed or self.closed else None,
-                             lambda: bool(ring.arm_space(self._space.notify)) or ring.closed
-                             or self.closed,
-                             deadline)
+            self._space.wait(lambda: self._room(ring), lambda: self._arm_room(ring), deadline)
         except errors.Timeout:
             raise errors.WouldBlock(
                 f"a block-policy buffer stayed full until the deadline ({ring!r})"
             ) from None
         self._check_open()
+
+    # what a wait for room in ``ring`` tests (sync here, asyncio in aio.Router):
+    # room, or an end (a closed router's queues are drained no more: their
+    # room never comes; the retry then raises Closed)
+    def _room(self, ring: Ring) -> Optional[bool]:
+        return True if ring.free or ring.closed or self.closed else None
+
+    def _arm_room(self, ring: Ring) -> bool:
+        return bool(ring.arm_space(self._space.notify)) or ring.closed or self.closed
 
     def _check_not_self_drained(self, ring: Ring) -> None:
         """Called from inside a callback: if ``ring`` belongs to a callback
