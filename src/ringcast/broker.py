@@ -766,9 +766,13 @@ class Broker:
 
     def _hello(self, ident: bytes, frame: bytes, now: float) -> None:
         try:
-            rec = C.Reader(frame, 4096, self.max_subject).next()
+            reader = C.Reader(frame, 4096, self.max_subject)
+            rec = reader.next()
             if rec is None or rec[0] != C.HELLO:
                 raise errors.ConnectionLost("no session: send HELLO first")
+            if reader.peek() != -1:   # read as nothing, the rest would vanish unsaid
+                raise errors.ProtocolError(
+                    "HELLO must be alone in its frame: send nothing else until WELCOME")
             _, version, hb_ms, name = rec
             if not C.PROTOCOL_VERSION_MIN <= version <= C.PROTOCOL_VERSION:
                 raise errors.VersionMismatch(

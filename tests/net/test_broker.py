@@ -245,6 +245,21 @@ def test_wrong_version_is_refused(broker, zsocket):
     assert isinstance(_err(s), errors.VersionMismatch)
 
 
+def test_records_after_hello_in_its_frame_are_refused_not_ignored(broker, zsocket, client):
+    s = zsocket(zmq.DEALER)
+    s.connect(broker.url)
+    w = C.Writer()
+    w.record(C.HELLO, C.PROTOCOL_VERSION, 10000, "eager")
+    w.record(C.SERVE, 1, "eager.svc", 4)
+    s.send(w.take())
+    assert isinstance(_err(s), errors.ProtocolError)   # no WELCOME: nothing was applied
+    with pytest.raises(errors.NoResponders):
+        client.request("eager.svc", b"?", timeout=2)
+    stats = client.stats()   # the client and its requester's session; none for "eager"
+    assert stats["clients"] == 2 and stats["counters"]["refused_frames"] == 1
+    hello(s)                 # alone in its frame, it is welcome
+
+
 def test_oversize_frames_and_messages_are_rejected(endpoint, client_factory=None):
     b = BrokerProcess(endpoint, "--max-frame", "131072", "--max-message", "1024").start()
     ctx = zmq.Context.instance()
