@@ -68,6 +68,8 @@ MAX_BACKLOG = 256
 MAX_TIMEOUT_MS = 1 << 53
 #: pending TCP connections the broker's listening sockets queue
 LISTEN_BACKLOG = 1024
+#: numbers the brokers' inproc wake endpoints, unique within the process
+_INPROC_IDS = itertools.count(1)
 #: after input, the loop polls this long (seconds) before it sleeps: a reply
 #: or the next request arriving within it costs no wake-up of the broker.
 #: 0 for an embedded broker (it would hold its host's GIL); ``ringcast broker``
@@ -469,7 +471,9 @@ class Broker:
         # waits in a blocking recv on one socket instead of a zmq_poll over two
         # (which costs several syscalls per pass: EVENTS on each, two polls).
         # Connected before any network endpoint exists: no peer can take its id.
-        addr = f"inproc://ringcast-broker-{id(self)}"
+        # A name never used before: a closed broker's inproc endpoint is
+        # unbound later, by libzmq's reaper (an id() may be reused by then).
+        addr = f"inproc://ringcast-broker-{next(_INPROC_IDS)}"
         wake = self._ctx.socket(zmq.DEALER)
         try:
             sock.bind(addr)
