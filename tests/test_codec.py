@@ -2,6 +2,7 @@
 before anything is built from untrusted bytes."""
 
 import struct
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -383,6 +384,78 @@ def test_events_settle_replies_of_known_requests_natively():
     with pytest.raises(TypeError, match="settles"):
         C.Reader(b"").events(None, {})
 
+
+
+def _frame(*records):
+    w = C.Writer()
+    for rec in records:
+        w.record(*rec)
+    return w.take()
+
+
+def test_answer_takes_the_awaited_reply_and_the_credit_beside_it():
+    """The sync requester's fast path: the frame holds the answer to the
+    request it waits on, and PCREDIT before or after it."""
+    settle = object()
+    for frame in (_frame((C.REPLY, 5, {"h": "1"}, b"r"), (C.PCREDIT, 40)),
+                  _frame((C.PCREDIT, 30), (C.REPLY, 5, {"h": "1"}, b"r"), (C.PCREDIT, 10))):
+        requests = {5: ("svc", settle, 1.0), 6: ("other", settle, 2.0)}
+        m, credit = C.Reader(frame).answer(requests, 5)
+        assert (m.subject, m.headers, m.payload, m.delivery_count, m._tag) == (
+            "svc", {"h": "1"}, b"r", 1, 0)
+        assert credit == 40 and list(requests) == [6]
+    requests = {5: ("svc", settle, 1.0)}
+    err, credit = C.Reader(_frame((C.REPLYERR, 5, errors.NoResponders.code, "nobody"))).answer(
+        requests, 5)
+    assert type(err) is errors.NoResponders and str(err) == "nobody"
+    assert credit == 0 and requests == {}
+
+
+@pytest.mark.parametrize("frame", [
+    _frame((C.PCREDIT, 40)),                                          # no answer yet
+    _frame((C.REPLY, 9, None, b"late"), (C.REPLY, 5, None, b"r")),    # a late reply too
+    _frame((C.REPLY, 5, None, b"r"), (C.HB,)),                        # another record
+    _frame((C.REPLY, 5, None, b"r"), (C.REPLY, 5, None, b"again")),   # a second answer
+    _frame((C.REPLY, 5, None, b"r")) + b"\xff\x00\x00\x00\x00",        # undecodable
+    _frame((C.REPLY, 5, None, b"x" * 9)),                             # over max_message
+    _frame((C.ERR, 0, errors.ConnectionLost.code, "no session")),
+])
+def test_answer_leaves_any_other_frame_to_events_untouched(frame):
+    requests = {5: ("svc", object(), 1.0), 9: ("svc", object(), 1.0)}
+    assert C.Reader(frame, 8).answer(requests, 5) is None
+    assert list(requests) == [5, 9]
+
+
+def test_answer_leaves_a_reply_to_a_request_given_up_on():
+    requests = {}
+    assert C.Reader(_frame((C.REPLY, 5, None, b"r"))).answer(requests, 5) is None
+
+
+def test_outbox_request_hands_back_the_req_frame_only_when_it_may_leave_first():
+    def fresh(frame_target=4096):
+        return C.Outbox(lambda s: None, time.monotonic, frame_target, 1 << 30)
+
+    outbox = fresh()
+    deadline, frame = outbox.request(1, "svc", b"q", None, 5.0, 0.05)
+    assert frame is None and outbox.unsent > 0   # no credit given: buffered
+    outbox = fresh()
+    deadline, frame = outbox.request(1, "svc", b"q", None, 5.0, 0.05, 1000)
+    assert deadline > time.monotonic() + 5 and outbox.unsent == 0
+    assert C.Reader(frame).next() == (C.REQ, 1, "svc", 5000, None, b"q")
+    # over the credit, or behind a record buffered before it: it waits its turn
+    outbox = fresh()
+    assert outbox.request(1, "svc", b"q", None, 5.0, 0.05, 5)[1] is None
+    outbox = fresh()
+    outbox.publish("t", b"p")
+    assert outbox.request(1, "svc", b"q", None, 5.0, 0.05, 1000)[1] is None
+    outbox.cut()
+    (frame,), _ = outbox.take_frames(1000)
+    reader = C.Reader(frame)
+    assert [reader.next()[0], reader.next()[0], reader.next()] == [C.PUBS, C.REQ, None]
+    # a frame_target so small that the REQ is cut as it is written
+    outbox = fresh(1)
+    _, frame = outbox.request(1, "svc", b"q", None, 5.0, 0.05, 1000)
+    assert frame is not None and outbox.unsent == 0 and not outbox.frames
 
 def test_a_reply_settled_natively_between_deliveries_of_one_handle_splits_their_run():
     """A run of MSG records is decoded later, from its bytes: a REPLY between

@@ -169,8 +169,8 @@ def test_replies_ahead_of_an_undecodable_record_are_settled_not_lost():
     proto.connection_made(time.monotonic())
     proto.frame_received(_welcome(), time.monotonic())
     got = []
-    rid = proto.request("svc", b"q", None, 5.0, got.append)
-    other = proto.request("svc", b"q2", None, 5.0, got.append)
+    rid, _ = proto.request("svc", b"q", None, 5.0, got.append)
+    other, _ = proto.request("svc", b"q2", None, 5.0, got.append)
     w = C.Writer()
     w.record(C.REPLY, rid, None, b"answer")
     frame = w.take() + b"\xff\x00\x00\x00\x00"   # then a record of no known command
@@ -190,7 +190,7 @@ def test_an_oversized_reply_leaves_its_request_to_the_lost_session():
     proto.frame_received(_welcome(), time.monotonic())
     proto.max_message = 8
     got = []
-    rid = proto.request("svc", b"q", None, 5.0, got.append)
+    rid, _ = proto.request("svc", b"q", None, 5.0, got.append)
     w = C.Writer()
     w.record(C.REPLY, rid, None, b"x" * 9)
     err = proto.frame_received(w.take(), time.monotonic())
@@ -211,9 +211,9 @@ def test_answers_in_one_frame_settle_in_the_order_the_broker_wrote_them():
     proto.connection_made(time.monotonic())
     proto.frame_received(_welcome(), time.monotonic())
     got = []
-    first = proto.request("svc", b"q1", None, 5.0, lambda v: got.append(("first", v)))
-    second = proto.request("svc", b"q2", None, 5.0, lambda v: got.append(("second", v)))
-    third = proto.request("svc", b"q3", None, 5.0, lambda v: got.append(("third", v)))
+    first, _ = proto.request("svc", b"q1", None, 5.0, lambda v: got.append(("first", v)))
+    second, _ = proto.request("svc", b"q2", None, 5.0, lambda v: got.append(("second", v)))
+    third, _ = proto.request("svc", b"q3", None, 5.0, lambda v: got.append(("third", v)))
     w = C.Writer()
     w.record(C.REPLYERR, first, errors.Timeout.code, "timed out")
     w.record(C.REPLY, second, None, b"answer")

@@ -371,7 +371,8 @@ class Connection:
         fut = self._loop.create_future()
         # No timer per request: the broker answers Timeout at the deadline, and
         # the protocol's sweep (each tick) fails requests it never answers.
-        rid = self.proto.request(service, payload, headers, timeout, partial(settle_future, fut))
+        rid, _ = self.proto.request(service, payload, headers, timeout,
+                                    partial(settle_future, fut))
         try:
             result = await fut
         except BaseException:   # cancelled (fut is then done too): a late reply is dropped

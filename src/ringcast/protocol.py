@@ -604,15 +604,25 @@ class ClientProtocol:
         """Buffer one message for a queue (the sync client binds ``outbox.send``)."""
         self.outbox.send(queue, payload, headers)
 
-    def request(self, service: str, payload: Any, headers: Headers,
-                timeout: Optional[float], settle: Settle) -> int:
-        """Queue a request; ``settle`` gets the reply Message or an exception."""
+    def request(self, service: str, payload: Any, headers: Headers, timeout: Optional[float],
+                settle: Settle, now: Optional[float] = None) -> Tuple[int, Optional[bytes]]:
+        """Queue a request; ``settle`` gets the reply Message or an exception.
+        Returns its rid, and None; with ``now`` (a driver that sends at once,
+        the per-thread requester), the REQ's frame instead of the None when
+        it may leave at once (a session, nothing waiting to go before it,
+        the credit for it): the caller sends it, without ``data_to_send``."""
         with self.lock:
             rid = next(self.ids)
+            urgent = self.urgent
+            credit = self.credit if now is not None and urgent.ready and not len(urgent) else -1
             # checks (closed, name, timeout, size; headers as written) and REQ, natively
-            deadline = self.outbox.request(rid, service, payload, headers, timeout, REQUEST_GRACE)
+            deadline, frame = self.outbox.request(rid, service, payload, headers, timeout,
+                                                  REQUEST_GRACE, credit)
             self.requests[rid] = (service, settle, deadline)
-            return rid
+            if frame is not None and now is not None:   # (the second test: for mypy)
+                self.credit -= len(frame)
+                self.last_tx = now
+            return rid, frame
 
     def expire_requests(self, now: float) -> None:
         """Fail requests whose deadline passed with no answer from the broker

@@ -18,8 +18,9 @@ from .conftest import run_script
 class ScriptedBroker:
     """Welcomes every session; ``answer(rid, service, payload)`` decides what
     a REQ gets: ``("reply", payload)``, ``("reply_after", seconds, payload)``,
-    ``("no_session",)`` (ERR 0 ConnectionLost, the session forgotten) or
-    ``None`` (silence)."""
+    ``("no_session",)`` (ERR 0 ConnectionLost, the session forgotten),
+    ``("frames", [[record, ...], ...])`` (those frames, as they are: the
+    REQ's frame size is ``req_bytes`` meanwhile) or ``None`` (silence)."""
 
     def __init__(self, answer):
         self.answer = answer
@@ -65,6 +66,7 @@ class ScriptedBroker:
                 elif rec[0] == C.REQ:
                     _, rid, service, timeout_ms, _headers, payload = rec
                     self.requests.append((ident, rid, service, timeout_ms))
+                    self.req_bytes = len(frame)
                     what = self.answer(rid, service, payload)
                     credit = (C.PCREDIT, len(frame))
                     if what is None:
@@ -76,6 +78,9 @@ class ScriptedBroker:
                         w.record(C.REPLY, rid, None, what[2])
                         w.record(*credit)
                         self.later.append((time.monotonic() + what[1], ident, w.take()))
+                    elif what[0] == "frames":
+                        for records in what[1]:
+                            self._send(ident, *records)
                     elif what[0] == "no_session":
                         sessions.discard(ident)
                         self._send(ident, (C.ERR, 0, errors.ConnectionLost.code, "no session"))
@@ -151,6 +156,74 @@ def test_request_refused_twice_fails_with_a_timeout(scripted):
             c.request("svc", b"x", timeout=0.3)
         assert time.monotonic() - t < 2
     assert len(broker.requests) == 2
+
+
+def _count_generic_frames(client, monkeypatch):
+    """How many frames the requester applied the generic way (not the
+    native fast path for a frame holding just the answer and credit)."""
+    proto = client._direct.requester.proto
+    generic = []
+    applied = proto.frame_received
+
+    def frame_received(frame, now):
+        generic.append(frame)
+        return applied(frame, now)
+
+    monkeypatch.setattr(proto, "frame_received", frame_received)
+    return proto, generic
+
+
+def test_the_fast_path_and_its_fallbacks_answer_alike(scripted, monkeypatch):
+    """A frame holding the answer and PCREDIT (either order) is read by the
+    fast path; a reply frame carrying other records, a late reply to a
+    request given up on, credit in a frame of its own and an error answer
+    all come out as they did the generic way, credit counted once."""
+    cases = []
+
+    def answer(rid, service, payload):
+        credit = (C.PCREDIT, broker.req_bytes)
+        kind = payload.decode()
+        cases.append(kind)
+        if kind == "fast":
+            return ("frames", [[(C.REPLY, rid, None, b"FAST"), credit]])
+        if kind == "credit_first":
+            return ("frames", [[credit, (C.REPLY, rid, {"k": "v"}, b"CF")]])
+        if kind == "error":
+            return ("frames", [[(C.REPLYERR, rid, errors.NoResponders.code, "nobody"), credit]])
+        if kind == "with_other":
+            return ("frames", [[(C.HB,), (C.REPLY, rid, None, b"OTHER"), credit]])
+        if kind == "late":
+            stale = (C.REPLY, rid - 1, None, b"stale")   # the silent request's
+            return ("frames", [[stale, (C.REPLY, rid, None, b"ON TIME"), credit]])
+        if kind == "split":
+            return ("frames", [[credit], [(C.REPLY, rid, None, b"SPLIT")]])
+        return None   # "silent": times out
+
+    broker = scripted(answer)
+    with connect(broker.url, timeout=10) as c:
+        assert c.request("svc", b"fast", timeout=5).payload == b"FAST"   # the session's first
+        proto, generic = _count_generic_frames(c, monkeypatch)
+        window = proto.window
+        assert proto.credit == window
+        assert c.request("svc", b"fast", timeout=5).payload == b"FAST"
+        m = c.request("svc", b"credit_first", timeout=5)
+        assert (m.payload, m.headers, m.subject) == (b"CF", {"k": "v"}, "svc")
+        with pytest.raises(errors.NoResponders, match="nobody"):
+            c.request("svc", b"error", timeout=5)
+        assert generic == [] and proto.credit == window and proto.requests == {}
+        assert c.request("svc", b"with_other", timeout=5).payload == b"OTHER"
+        assert len(generic) == 1
+        with pytest.raises(errors.Timeout):
+            c.request("svc", b"silent", timeout=0.2)
+        assert proto.requests == {}   # forgotten: its late reply is dropped
+        assert c.request("svc", b"late", timeout=5).payload == b"ON TIME"
+        assert c.request("svc", b"split", timeout=5).payload == b"SPLIT"
+        # the silent request's credit, the late reply's frame, the credit
+        # alone and the reply after it (only the first frame is tried fast)
+        assert len(generic) == 5
+        assert c.request("svc", b"fast", timeout=5).payload == b"FAST"
+        assert len(generic) == 5 and proto.requests == {}
+        assert proto.credit == window   # all of it back, each counted once
 
 
 def test_closing_the_client_ends_requests_other_threads_wait_on(procs):
