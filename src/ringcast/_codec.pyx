@@ -124,9 +124,11 @@ FORMATS = {
 # Format strings indexed by command byte, for the decoder's inner loop.
 cdef object _FMT_BY_BYTE = [None] * 256
 cdef bint _KNOWN_CMD[256]      # the same, as a plain C test for the record loop
+cdef Py_ssize_t _LEAST_FIELDS[256]   # fields a writer needs (trailing ``o`` may be left out)
 for _c, _f in FORMATS.items():
     _FMT_BY_BYTE[_c] = _f.encode()
     _KNOWN_CMD[_c] = True
+    _LEAST_FIELDS[_c] = len(_f.rstrip("o"))
 
 DEFAULT_MAX_FRAME = 4 << 20
 cdef enum:
@@ -381,7 +383,7 @@ cdef class Writer:
         if fmt is None:
             raise UnknownCommand(f"unknown command 0x{cmd:02x}")
         cdef bytes f = fmt
-        cdef Py_ssize_t nf = len(f), least = len(f.rstrip(b"o"))
+        cdef Py_ssize_t nf = len(f), least = _LEAST_FIELDS[cmd]
         if not least <= len(fields) <= nf:   # trailing o fields may be left out
             raise ValueError(f"command 0x{cmd:02x} takes {nf} fields, got {len(fields)}")
         cdef size_t start = self._begin(cmd)
@@ -472,6 +474,21 @@ cdef class Writer:
         cdef size_t start = self._begin(RC_REPLY)
         try:
             self._uv(rid)
+            self._headers(headers)
+            self._payload(payload)
+        except BaseException:
+            self.length = start
+            raise
+        return self._end(start)
+
+    cdef int _req(self, uint64_t rid, object service, uint64_t timeout_ms, object headers,
+                  object payload) except -1:
+        """A REQ record, as ``_reply`` (a client writes one per request)."""
+        cdef size_t start = self._begin(RC_REQ)
+        try:
+            self._uv(rid)
+            self._str(service)
+            self._uv(timeout_ms)
             self._headers(headers)
             self._payload(payload)
         except BaseException:
@@ -648,6 +665,9 @@ cdef class Writer:
 
     def take(self):
         """The frame as bytes; the writer starts over empty."""
+        return self._take()
+
+    cdef bytes _take(self):
         out = PyBytes_FromStringAndSize(<char *>self.buf, <Py_ssize_t>self.length)
         self.length = 0
         self.records = 0
@@ -729,7 +749,7 @@ cdef class Urgent:
 
     cdef inline int _written(self, bint kick) except -1:
         if self.w.length >= <size_t>self.frame_target:
-            self.frames.append(self.w.take())
+            self.frames.append(self.w._take())
         if kick and (self.sender == 0 or
                      <unsigned long>PyThread_get_thread_ident() != self.sender):
             self.owner.kick()
@@ -755,7 +775,7 @@ cdef class Urgent:
         cdef list out = self.frames
         self.frames = []
         if self.w.length:
-            out.append(self.w.take())
+            out.append(self.w._take())
         return out
 
     def clear(self):
@@ -896,7 +916,7 @@ cdef class Outbox:
         self.busy = False
 
     cdef inline void _cut(self):
-        cdef bytes frame = self.w.take()
+        cdef bytes frame = self.w._take()
         self.frames.append(frame)
         self.queued += PyBytes_GET_SIZE(frame)
 
@@ -1010,7 +1030,8 @@ cdef class Outbox:
             seconds = _check_timeout(timeout)
         self._check_size(payload)
         cdef double ms = seconds * 1000   # at most TIMEOUT_MAX s: fits the u64
-        self._ordered(RC_REQ, (rid, service, <uint64_t>ms if ms >= 1 else 1, headers, payload))
+        self._ordered(RC_REQ, (rid, service, <uint64_t>ms if ms >= 1 else 1, headers, payload),
+                      True)
         deadline = self.clock() + seconds + grace
         frame = None
         if alone:
@@ -1018,7 +1039,7 @@ cdef class Outbox:
             try:   # nothing was queued before the REQ: it leaves first
                 if not self.frames:
                     if 0 < self.w.length <= <size_t>credit:
-                        frame = self.w.take()
+                        frame = self.w._take()
                 elif len(self.frames) == 1 and self.queued <= credit:   # cut at frame_target
                     frame = self.frames.popleft()
                     self.queued = 0
@@ -1026,14 +1047,19 @@ cdef class Outbox:
                 self._unlock()
         return deadline, frame
 
-    cdef int _ordered(self, int cmd, tuple fields) except -1:
+    cdef int _ordered(self, int cmd, tuple fields, bint req=False) except -1:
+        """Buffer one record; ``req``: a REQ's fields, as ``request`` checked
+        them (its own writer, not the format walk)."""
         cdef bint started, cut
         if self.w.length == 0:
             self.first = self.clock()
         self._lock()
         try:
             started = self.w.length == 0
-            self.w._record(cmd, fields)
+            if req:
+                self.w._req(fields[0], fields[1], fields[2], fields[3], fields[4])
+            else:
+                self.w._record(cmd, fields)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()
