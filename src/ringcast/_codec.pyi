@@ -120,6 +120,7 @@ class Settler:
     def respond(
         self, msg: Message, payload: Any, headers: Optional[Dict[str, str]] = None
     ) -> None: ...
+    def answer(self, msg: Message, handler: Callable[[Message], Any]) -> None: ...
 
 @final
 class Outbox:
@@ -225,6 +226,7 @@ class Reader:
     def events(self, owners: Optional[Dict[int, Any]] = None,
                requests: Optional[Dict[int, Tuple[str, Callable[[Any], None], float]]] = None,
                settles: Optional[List[Tuple[Callable[[Any], None], Any]]] = None,
+               inline: Optional[Dict[int, Callable[[Message], Any]]] = None,
                ) -> List[Tuple[Any, ...]]: ...
     def answer(self, requests: Dict[int, Tuple[str, Callable[[Any], None], float]],
                rid: int) -> Optional[Tuple[Any, int]]: ...

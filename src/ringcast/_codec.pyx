@@ -842,6 +842,30 @@ cdef class Settler:
         checks them, and the size against ``handle.proto.max_message``, the
         broker's limit: a larger reply would end the session that reads it).
         Natively, as every request is answered here."""
+        self._respond(msg, payload, headers)
+
+    def answer(self, Message msg not None, handler):
+        """Run an inline ``handler(msg)`` and reply with its result (None:
+        no reply). The rare outcomes go to the subclass: an exception from
+        the handler to ``handler_raised(msg, exc)``, a ringcast error from
+        the reply (a result that cannot be one, a session that has ended)
+        to ``not_replied(msg, exc)``. ``Reader.events`` calls it natively."""
+        self._answer(msg, handler)
+
+    cdef int _answer(self, Message msg, handler) except -1:
+        try:
+            result = handler(msg)
+        except Exception as exc:
+            self.handler_raised(msg, exc)
+            return 0
+        if result is not None:
+            try:
+                self._respond(msg, result, None)
+            except RingcastError as exc:
+                self.not_replied(msg, exc)
+        return 0
+
+    cdef int _respond(self, Message msg, payload, headers) except -1:
         self._live()
         cdef Py_ssize_t limit = self.handle.proto.max_message
         cdef Py_ssize_t size = _payload_len(payload)
@@ -856,6 +880,7 @@ cdef class Settler:
                 u._written(True)
         finally:
             u._release()
+        return 0
 
 
 @cython.final
@@ -1548,7 +1573,8 @@ cdef class Reader:
                 done += 1
                 _bump_taken(counts, subject, 1)
 
-    def events(self, dict owners=None, dict requests=None, list settles=None):
+    def events(self, dict owners=None, dict requests=None, list settles=None,
+               dict inline=None):
         """Decode a broker frame for a client: a list of tuples ``(cmd, ...)``.
 
         Deliveries become Message objects, and consecutive ones for one
@@ -1562,6 +1588,13 @@ cdef class Reader:
         path, without a tuple and a Python pass per reply. A REPLYERR is
         settled alike, ``(settle, error)``, so that answers settle in the
         order the broker wrote them.
+
+        ``inline`` maps a responder's handle -> the handler its client runs on
+        the I/O thread: a request for it with a live owner is no event, its
+        handler runs right here and the reply is written (``Settler.answer``),
+        the fewest frames between a request's arrival and its reply. It runs
+        before the records after it in the frame are applied: as if they had
+        come in the next frame, which the broker could as well have sent.
         """
         cdef list out = []
         cdef object rid, headers, payload
@@ -1575,6 +1608,8 @@ cdef class Reader:
         cdef size_t k, sn
         cdef Message m
         cdef PyObject *o
+        cdef PyObject *f
+        cdef object handler
         while self.pos < self.n:
             cmd = self._open()
             if cmd == RC_MSG or cmd == RC_MSGS:
@@ -1617,6 +1652,7 @@ cdef class Reader:
                 m.subject = self._subject()
                 m.headers = self._headers()
                 m.payload = self._payload()
+                o = NULL
                 if owners is not None:
                     o = PyDict_GetItem(owners, handle)
                     if o != NULL:
@@ -1624,6 +1660,13 @@ cdef class Reader:
                 self.pos = self.e
                 if cmd == RC_RQST:
                     batch = None
+                    if inline is not None and o != NULL:
+                        f = PyDict_GetItem(inline, handle)
+                        if f != NULL and isinstance(<object>o, Settler) and not (
+                                <Settler>o).handle.closed:
+                            handler = <object>f   # held: the handler may close its handle
+                            (<Settler>m.owner)._answer(m, handler)
+                            continue
                     out.append((RC_RQST, handle, m, timeout_ms))
                     continue
                 if batch is None or batch_handle != handle:

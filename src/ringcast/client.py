@@ -16,7 +16,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import zmq
 
@@ -33,8 +33,6 @@ from .protocol import (
     RemoteService,
     RemoteSubscription,
     _Handle,
-    fail,
-    reply,
 )
 
 log = logging.getLogger("ringcast.client")
@@ -80,7 +78,8 @@ class Client:
         self.publish_many = outbox.publish_many
         self.send = outbox.send
         self._callbacks: Dict[int, Handler] = {}      # handle id -> callback / handler
-        self._inline: Set[int] = set()                 # handlers run on the I/O thread
+        # handle id -> handler run on the I/O thread, as the frame is decoded
+        self._inline: Dict[int, Handler] = self.proto.inline
         self._notify = False
         self._closing = False
         self._wake_pending = False
@@ -313,13 +312,15 @@ class Client:
         return sock
 
     def _delivered(self, h: _Handle) -> None:
-        # called by the protocol on the I/O thread, lock held
-        if h.id in self._inline and h.error is None:
-            handler = self._callbacks[h.id]
+        # called by the protocol on the I/O thread, lock held. Requests for
+        # inline handlers are answered as they are decoded; they come here
+        # only when the client closed under a handler of their frame
+        handler = self._inline.get(h.id)
+        if handler is not None and h.error is None:
             for msg in h.take(1 << 30):
                 if h.closed:   # closed by a handler of this batch: the broker
                     break      # fails the rest when the CLOSE arrives
-                _answer(msg, handler)
+                msg._owner.answer(msg, handler)
         else:
             self._notify = True   # wake the threads waiting on the condition
 
@@ -340,7 +341,7 @@ class Client:
                 return   # closed
             for msg in msgs:
                 if isinstance(h, RemoteService):
-                    _answer(msg, fn)
+                    msg._owner.answer(msg, fn)   # as an inline handler is run
                 else:
                     try:
                         fn(msg)
@@ -475,13 +476,14 @@ class Client:
         lowest latency); keep them short, as heartbeats wait for them. Pass
         ``threaded=True`` for handlers that block or call this client's
         ``request``/``recv``/``flush`` (those raise on the I/O thread)."""
-        h = self.proto.serve(name, concurrency)
-        if handler is not None:
-            self._callbacks[h.id] = handler
-            if threaded:
-                self._start_worker(h, handler)
-            else:
-                self._inline.add(h.id)
+        with self._lock:   # its handler is known before its first request can arrive
+            h = self.proto.serve(name, concurrency)
+            if handler is not None:
+                self._callbacks[h.id] = handler
+                if not threaded:
+                    self._inline[h.id] = handler
+        if handler is not None and threaded:
+            self._start_worker(h, handler)
         return Responder(self, h)
 
     def stats(self, timeout: float = 5.0) -> Dict[str, Any]:
@@ -720,19 +722,6 @@ class _DirectRequester:
             self._lock.release()
 
 
-def _answer(msg: Message, handler: Handler) -> None:
-    """Run a handler on a request; its result is the reply, an exception
-    fails the request with ServiceError at the requester."""
-    try:
-        result = handler(msg)
-    except Exception as exc:
-        log.exception("handler for %r raised", msg.subject)
-        fail(msg, exc)
-        return
-    if result is not None:
-        reply(msg, result)
-
-
 class _Receiver(Receiving):
     """What subscriptions, consumers and responders share: an inbox to wait on."""
 
@@ -768,7 +757,7 @@ class _Receiver(Receiving):
 
     def close(self) -> None:
         with self._client._lock:   # the I/O thread reads both in _delivered, under it
-            self._client._inline.discard(self._h.id)
+            self._client._inline.pop(self._h.id, None)
             self._client._callbacks.pop(self._h.id, None)
         self._client.proto.close_handle(self._h)
         with self._client._cond:

@@ -267,6 +267,19 @@ class _RequestSettler(_Settler):
     __slots__ = ()
     respond = C.Settler.respond
 
+    def handler_raised(self, msg: Message, exc: Exception) -> None:
+        """``answer``'s handler raised: logged, the request failed."""
+        log.exception("handler for %r raised", msg.subject, exc_info=exc)
+        fail(msg, exc)
+
+    def not_replied(self, msg: Message, exc: errors.RingcastError) -> None:
+        """``answer``'s (or ``reply``'s) result could not be sent, see ``reply``."""
+        if isinstance(exc, errors.AckError):
+            log.debug("reply to a request of an ended session dropped")
+        else:
+            log.error("handler for %r returned what cannot be a reply: %s", msg.subject, exc)
+            self.fail(msg, exc)
+
     def ack(self, msg: Message) -> None:
         raise errors.RingcastError("requests are responded to, not acked")
 
@@ -283,11 +296,8 @@ def reply(msg: Message, result: Any) -> None:
     owner = msg._owner
     try:
         owner.respond(msg, result)
-    except errors.AckError:
-        log.debug("reply to a request of an ended session dropped")
     except errors.RingcastError as exc:
-        log.error("handler for %r returned what cannot be a reply: %s", msg.subject, exc)
-        owner.fail(msg, exc)
+        owner.not_replied(msg, exc)
 
 
 def fail(msg: Message, exc: BaseException) -> None:
@@ -337,6 +347,9 @@ class ClientProtocol:
         self.losses = 0              # sessions ended (or tries that got none)
         self.handles: Dict[int, _Handle] = {}
         self.owners: Dict[int, _Settler] = {}
+        #: responder handle -> a handler the decoder runs as its requests
+        #: arrive (the sync client's inline handlers: see ``C.Reader.events``)
+        self.inline: Dict[int, Callable[[Message], Any]] = {}
         # rid -> (service, settle, deadline): the broker answers Timeout at the
         # deadline itself; expire_requests is the safety net if it cannot
         self.requests: Dict[int, Tuple[str, Settle, float]] = {}
@@ -670,7 +683,7 @@ class ClientProtocol:
                 # answers (REPLY, REPLYERR) settle natively, in the frame's
                 # order: into ``settles``, no event each
                 events = C.Reader(frame, self.max_message, 1 << 20, self.subjects).events(
-                    self.owners, self.requests, settles)
+                    self.owners, self.requests, settles, self.inline)
             except errors.RingcastError as exc:
                 log.error("undecodable frame from the broker: %s", exc)
                 # the session ends; replies decoded ahead of the bad record

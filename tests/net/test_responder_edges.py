@@ -122,6 +122,31 @@ def test_client_close_from_an_inline_handler_does_not_raise(embedded):
     assert box == [], f"close() from an inline handler raised {box!r}"
 
 
+def test_client_close_from_an_inline_handler_runs_no_more_of_its_frame(embedded, zsocket):
+    """A batch of requests in one frame; the handler closes its client on
+    the first: it runs once (the rest leave the native path, see ``Client
+    ._delivered``), and the requester's answers all come."""
+    router, broker = embedded()
+    calls = []
+    client = connect(broker.endpoints[0], timeout=10)
+
+    def handler(msg):
+        calls.append(msg.payload)
+        client.close()
+        return b"bye"
+
+    try:
+        client.serve("svc", handler, concurrency=16)
+        client.flush()
+        serving(router, "svc")
+        sock, _ = raw_session(zsocket, broker.endpoints[0], "asker")
+        _raw_requests(sock, "svc", 5)
+        answers = _raw_answers(sock, 5)
+    finally:
+        client.close()
+    assert calls == [b"0"], f"handler ran {len(calls)} times after close(): {answers}"
+
+
 # -- 4. an inline responder's replies to one frame of requests leave as one frame ----------
 
 def test_replies_to_one_frame_of_requests_fit_the_brokers_frame_limit(embedded, zsocket):
