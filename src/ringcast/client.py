@@ -200,30 +200,41 @@ class Client:
     def _run(self) -> None:
         self._io_ident = self.proto.urgent.sender = threading.get_ident()
         proto = self.proto
+        outbox = proto.outbox
         sock, self._first = cast(zmq.Socket, self._first), None
         waiter = _IOWait(self._wake_rx)
         waiter.watch(sock)
         clean = False   # the last call on sock was an EVENTS check that said "no input"
+        due = 0.0       # when the timer wants its next call
         proto.connection_made(time.monotonic())
         try:
             while True:
                 # input first: woken by its FD, the frame is read and answered
                 # before the timer and the sends of other threads' work
+                received = False
                 if not clean:
                     if zget(sock, EVENTS) & POLLIN:
                         sock, clean = self._receive(sock, waiter)
+                        received = True
                     else:
                         clean = True
                 now = time.monotonic()
-                lost, wait = proto.timer(now)
-                if lost:
-                    sock = self._reconnect(sock, waiter, errors.ConnectionLost(
-                        "the broker stopped answering heartbeats"))
-                    clean = False
-                    continue
-                for frame in proto.data_to_send(now):
-                    zsend(sock, frame)
-                    clean = False
+                # after frames were applied and what they produced was sent
+                # (_receive), nothing is due before the timer's time unless
+                # a handler left a partial frame (its linger starts now):
+                # other threads' work kicks the wake socket, which stays
+                # readable until drained
+                if not (received and clean and now < due and not outbox.buffered):
+                    lost, wait = proto.timer(now)
+                    if lost:
+                        sock = self._reconnect(sock, waiter, errors.ConnectionLost(
+                            "the broker stopped answering heartbeats"))
+                        clean = False
+                        continue
+                    due = now + wait
+                    for frame in proto.data_to_send(now):
+                        zsend(sock, frame)
+                        clean = False
                 if self._closing:
                     break
                 # ZMQ_FD is edge-triggered: sleep on it only once EVENTS has
@@ -231,7 +242,7 @@ class Client:
                 # taken the command that made it readable
                 if not clean:
                     continue
-                if waiter.wait(max(1, int(wait * 1000))):
+                if waiter.wait(max(1, int((due - now) * 1000))):
                     with self._lock:
                         self._wake_pending = False
                         try:

@@ -63,3 +63,27 @@ def test_an_endpoint_zeromq_refuses_fails_at_connect_like_the_asyncio_client():
             connect(url, timeout=30)
         assert time.monotonic() - t0 < 10, url
     assert not [t for t in threading.enumerate() if t.name == "ringcast-client-io"]
+
+
+def test_a_publish_from_an_inline_handler_leaves_after_its_linger():
+    """After answering a frame the I/O thread skips its timer when nothing
+    is due before the timer's time; a publish an inline handler buffered
+    (a partial frame, no kick: it runs on the I/O thread) is due after
+    ``linger``: with a 30 s heartbeat a skipped one is a Timeout here."""
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=30.0).start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=30, timeout=10) as server, \
+                connect(broker.endpoints[0], heartbeat=30, timeout=10) as c:
+            def handler(msg):
+                server.publish("done.x", msg.payload)
+                return b"ok"
+
+            server.serve("work", handler)
+            server.flush(timeout=5)
+            sub = c.subscribe("done.>")
+            c.flush(timeout=5)
+            for i in range(20):
+                assert c.request("work", b"%d" % i, timeout=5).payload == b"ok"
+                assert sub.recv(timeout=5).payload == b"%d" % i
+    finally:
+        broker.stop()
