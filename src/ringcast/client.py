@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import zmq
+from zmq import zmq_poll
 
 from . import _codec as C
 from . import errors
@@ -83,8 +83,7 @@ class Client:
         self._notify = False
         self._closing = False
         self._wake_pending = False
-        # kicks from other threads: one byte on a socket pair (the I/O thread
-        # polls plain descriptors: see _IOWait)
+        # kicks from other threads: one byte on a socket pair (see _IOWait)
         self._wake_rx, self._wake_tx = socket.socketpair()
         self._wake_rx.setblocking(False)
         self._wake_tx.setblocking(False)
@@ -204,52 +203,44 @@ class Client:
         sock, self._first = cast(zmq.Socket, self._first), None
         waiter = _IOWait(self._wake_rx)
         waiter.watch(sock)
-        clean = False   # the last call on sock was an EVENTS check that said "no input"
-        due = 0.0       # when the timer wants its next call
+        poll = zmq_poll
+        due = 0.0   # when the timer wants its next call
+        ms = 0      # how long the next poll may sleep
         proto.connection_made(time.monotonic())
         try:
             while True:
-                # input first: woken by its FD, the frame is read and answered
-                # before the timer and the sends of other threads' work
-                received = False
-                if not clean:
-                    if zget(sock, EVENTS) & POLLIN:
-                        sock, clean = self._receive(sock, waiter)
-                        received = True
-                    else:
-                        clean = True
+                # input first: the frame is read and answered before the
+                # timer and the sends of other threads' work
+                received = False   # ... and nothing more waits to be read
+                for ready, _ in poll(waiter.items, ms):
+                    if ready is sock:
+                        sock, received = self._receive(sock, waiter)
+                    else:   # a kick
+                        with self._lock:
+                            self._wake_pending = False
+                            try:
+                                self._wake_rx.recv(4096)
+                            except OSError:
+                                pass
                 now = time.monotonic()
                 # after frames were applied and what they produced was sent
                 # (_receive), nothing is due before the timer's time unless
                 # a handler left a partial frame (its linger starts now):
                 # other threads' work kicks the wake socket, which stays
                 # readable until drained
-                if not (received and clean and now < due and not outbox.buffered):
+                if not (received and now < due and not outbox.buffered):
                     lost, wait = proto.timer(now)
                     if lost:
                         sock = self._reconnect(sock, waiter, errors.ConnectionLost(
                             "the broker stopped answering heartbeats"))
-                        clean = False
+                        ms = 0
                         continue
                     due = now + wait
                     for frame in proto.data_to_send(now):
                         zsend(sock, frame)
-                        clean = False
                 if self._closing:
                     break
-                # ZMQ_FD is edge-triggered: sleep on it only once EVENTS has
-                # said "no input" after the last send or recv, which may have
-                # taken the command that made it readable
-                if not clean:
-                    continue
-                if waiter.wait(max(1, int((due - now) * 1000))):
-                    with self._lock:
-                        self._wake_pending = False
-                        try:
-                            self._wake_rx.recv(4096)
-                        except OSError:
-                            pass
-                clean = False   # woken by its FD (or a kick, a timer): ask EVENTS
+                ms = max(1, int((due - now) * 1000))
             for frame in proto.bye():
                 zsend(sock, frame)
         except zmq.ZMQError as exc:
@@ -267,9 +258,9 @@ class Client:
                 self._cond.notify_all()
 
     def _receive(self, sock: zmq.Socket, waiter: "_IOWait") -> Tuple[zmq.Socket, bool]:
-        """Apply what arrived (EVENTS said there is input). Returns the socket
-        to use from now on, and whether the last call on it was an EVENTS
-        check that found no more input. What a frame produced (replies of
+        """Apply what arrived (the poll said there is input). Returns the
+        socket to use from now on, and whether an EVENTS check on it found
+        no more input. What a frame produced (replies of
         inline handlers, credit) leaves right after it, ahead of that check:
         a reply does not wait on its syscall."""
         now = time.monotonic()
@@ -279,7 +270,7 @@ class Client:
             for _ in range(256):
                 try:
                     frame = recv(NOBLOCK, copy=True)
-                except zmq.Again:   # not expected after EVENTS; it checked as well
+                except zmq.Again:   # not expected after the poll; it checked EVENTS
                     return sock, True
                 err = proto.frame_received(frame, now)
                 if err is not None:
@@ -515,39 +506,20 @@ class Client:
 
 
 class _IOWait:
-    """What the sync client's I/O thread sleeps in: the ZMQ_FD of its DEALER
-    (readable when the socket has commands to process: the caller must have
-    seen EVENTS report no input since its last send or recv) and the socket
-    pair other threads kick. Plain descriptors in one poll(2): a zmq_poll
-    over two ZeroMQ sockets makes a first pass with timeout 0 and an EVENTS
-    check (a syscall) per socket before and after it sleeps."""
+    """What the sync client's I/O thread sleeps in: one ``zmq_poll`` over
+    its DEALER and the socket pair other threads kick. Polled as a socket,
+    the DEALER is level-triggered (zmq_poll checks ZMQ_EVENTS itself): it
+    needs none of the EVENTS checks in Python that sleeping in poll(2) on
+    its edge-triggered ZMQ_FD did, and it was faster than that (and runs
+    the same on Windows). A blocking recv would be faster still, but other
+    threads could not wake it."""
 
     def __init__(self, wake: socket.socket) -> None:
         self._wake = wake.fileno()
-        self._poll: Any = None
+        self.items: List[Tuple[Any, int]] = []
 
     def watch(self, sock: zmq.Socket) -> None:
-        fd = cast(int, sock.getsockopt(zmq.FD))
-        if hasattr(select, "poll"):
-            self._poll = select.poll()
-            self._poll.register(fd, select.POLLIN)
-            self._poll.register(self._wake, select.POLLIN)
-        else:   # Windows: zmq_poll over the two descriptors (sockets there)
-            self._poll = zmq.Poller()
-            self._poll.register(fd, zmq.POLLIN)
-            self._poll.register(self._wake, zmq.POLLIN)
-
-    def wait(self, ms: int) -> bool:
-        """Sleep up to ``ms``; True when a kick (not only the socket) woke it."""
-        try:
-            ready = self._poll.poll(ms)
-        except InterruptedError:
-            return False
-        wake = self._wake
-        for fd, _ in ready:
-            if fd == wake:
-                return True
-        return False
+        self.items = [(sock, POLLIN), (self._wake, POLLIN)]
 
 
 class _DirectRequester:

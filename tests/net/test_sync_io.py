@@ -1,6 +1,7 @@
-"""The sync client's I/O thread sleeps in poll(2) on its DEALER's ZMQ_FD
-(edge-triggered) and a socket pair for kicks. A missed edge or kick would
-stall it until its timer: with a 30 s heartbeat that is a Timeout here."""
+"""The sync client's I/O thread sleeps in one zmq_poll on its DEALER and a
+socket pair for kicks, and skips its timer after answering a frame when
+nothing is due. A missed input, kick or due send would stall it until its
+timer: with a 30 s heartbeat that is a Timeout here."""
 
 import threading
 
