@@ -37,7 +37,7 @@ directives = {
     "freethreading_compatible": False,
 }
 
-MODULES = ["_ring", "_router", "_codec"]
+MODULES = ["_ring", "_router", "_codec", "_zsockopt"]
 
 extensions = [
     Extension(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     reason="RINGCAST_NO_EXTENSIONS=1 selects the pure-Python core on purpose",
 )
 
-COMPILED = ("ringcast._ring", "ringcast._router", "ringcast._codec")
+COMPILED = ("ringcast._ring", "ringcast._router", "ringcast._codec", "ringcast._zsockopt")
 
 
 def _is_extension_file(path):
