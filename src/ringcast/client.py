@@ -10,22 +10,21 @@ on the I/O thread unless ``threaded=True`` (see ``serve``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import zmq
-from zmq import zmq_poll
 
 from . import _codec as C
 from . import errors
 from ._args import TIMEOUT_MAX, check_request_timeout, check_timeout
 from ._impl import Message
 from ._waiting import Receiving, _deadline
-from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVTIMEO, zget, zsend
+from ._zsock import NOBLOCK, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -38,6 +37,15 @@ from .protocol import (
 log = logging.getLogger("ringcast.client")
 
 _get_ident = threading.get_ident
+
+#: the routing ids the I/O thread's ROUTER gives its two peers: the broker
+#: (CONNECT_ROUTING_ID) and the inproc DEALER other threads wake it with
+_BROKER_ID = b"\x00broker"
+_KICK_ID = b"\x00kick"
+#: numbers the clients' inproc wake endpoints, unique within the process (a
+#: closed socket's endpoint is unbound later, by libzmq's reaper)
+_INPROC_IDS = itertools.count(1)
+_EHOSTUNREACH = zmq.EHOSTUNREACH
 
 Handler = Callable[[Message], Any]
 
@@ -83,10 +91,9 @@ class Client:
         self._notify = False
         self._closing = False
         self._wake_pending = False
-        # kicks from other threads: one byte on a socket pair (see _IOWait)
-        self._wake_rx, self._wake_tx = socket.socketpair()
-        self._wake_rx.setblocking(False)
-        self._wake_tx.setblocking(False)
+        # kicks from other threads: a frame from this inproc DEALER to the I/O
+        # thread's ROUTER, sent under the lock (see _socket)
+        self._wake: Optional[zmq.Socket] = None
         self._io = threading.Thread(target=self._run, name="ringcast-client-io", daemon=True)
         self._io_ident: Optional[int] = None   # the I/O thread's get_ident(), once it runs
         self._workers: List[threading.Thread] = []    # one per threaded callback/handler
@@ -95,13 +102,7 @@ class Client:
         # the first socket is made here, so that an endpoint ZeroMQ refuses
         # raises in the caller (as in the asyncio client), not in the I/O
         # thread; the thread's start hands it over (a full memory barrier)
-        self._first: Optional[zmq.Socket] = None
-        try:
-            self._first = self._socket()
-        except BaseException:
-            self._wake_tx.close()
-            self._wake_rx.close()
-            raise
+        self._first: Optional[zmq.Socket] = self._socket()
         self._io.start()
         if timeout:
             try:
@@ -157,8 +158,6 @@ class Client:
                 worker.join(5)
         for direct in self._requesters:
             direct.close()
-        self._wake_tx.close()
-        self._wake_rx.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -176,14 +175,18 @@ class Client:
         self._kick_now()
 
     def _kick_now(self) -> None:
-        with self._lock:
-            try:
-                self._wake_tx.send(b"\0")
-            except OSError:   # full (it is being woken anyway) or closed
-                pass
+        with self._lock:   # the wake socket is used and replaced under it
+            if self._wake is not None:
+                try:
+                    zsend(self._wake, b"", NOBLOCK)
+                except zmq.ZMQError:   # its ROUTER is being replaced (_socket)
+                    pass
 
-    def _socket(self) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
+    def _dealer(self) -> zmq.Socket:
+        """A DEALER connected to the broker (``_DirectRequester``'s)."""
+        return self._connect(self._ctx.socket(zmq.DEALER))
+
+    def _connect(self, sock: zmq.Socket) -> zmq.Socket:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)   # bounded by publish credit, not by the HWM
         sock.setsockopt(zmq.RCVHWM, 0)   # bounded by subscription credit
@@ -196,52 +199,103 @@ class Client:
             raise
         return sock
 
+    def _socket(self) -> zmq.Socket:
+        """The I/O thread's socket, a ROUTER: the broker is its peer
+        ``_BROKER_ID`` (frames go out as [_BROKER_ID, frame]), and a DEALER
+        on an inproc endpoint of its own, ``_KICK_ID``, is how other threads
+        wake it (``_kick``), so that the thread sleeps in a blocking recv (a
+        DEALER blocked in recv could not be woken; a poll over it and a wake
+        socket costs ~10 us a round trip more). Installs that DEALER as
+        ``_wake``, closing the previous socket's.
+
+        The pipe to the broker is attached at connect(), before TCP is up:
+        what is sent meanwhile is queued. ROUTER_MANDATORY: if libzmq drops
+        that pipe for good (the handshake with a peer of a socket type that
+        may not talk to it fails) a send raises EHOSTUNREACH, and _run opens
+        a new socket, where a DEALER's send would block for ever."""
+        sock = self._ctx.socket(zmq.ROUTER)
+        wake = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            addr = f"inproc://ringcast-client-{next(_INPROC_IDS)}"
+            sock.bind(addr)   # a name never used before, as the broker's
+            wake.setsockopt(zmq.LINGER, 0)
+            wake.setsockopt(zmq.ROUTING_ID, _KICK_ID)
+            wake.connect(addr)
+            sock.setsockopt(zmq.CONNECT_ROUTING_ID, _BROKER_ID)
+            self._connect(sock)   # closes sock if the URL is refused
+        except BaseException:
+            wake.close(linger=0)
+            sock.close(linger=0)
+            raise
+        with self._lock:
+            old, self._wake = self._wake, wake
+            # a kick sent to the socket this one replaces was lost with it
+            self._wake_pending = False
+            if old is not None:
+                old.close(linger=0)
+        return sock
+
     def _run(self) -> None:
         self._io_ident = self.proto.urgent.sender = threading.get_ident()
         proto = self.proto
         outbox = proto.outbox
         sock, self._first = cast(zmq.Socket, self._first), None
-        waiter = _IOWait(self._wake_rx)
-        waiter.watch(sock)
-        poll = zmq_poll
-        due = 0.0   # when the timer wants its next call
-        ms = 0      # how long the next poll may sleep
+        due = 0.0       # when the timer wants its next call
+        ms = 0          # how long the next recv may sleep
+        rcvtimeo = -1   # the socket's RCVTIMEO
         proto.connection_made(time.monotonic())
         try:
             while True:
-                # input first: the frame is read and answered before the
-                # timer and the sends of other threads' work
-                received = False   # ... and nothing more waits to be read
-                for ready, _ in poll(waiter.items, ms):
-                    if ready is sock:
-                        sock, received = self._receive(sock, waiter)
-                    else:   # a kick
-                        with self._lock:
-                            self._wake_pending = False
-                            try:
-                                self._wake_rx.recv(4096)
-                            except OSError:
-                                pass
-                now = time.monotonic()
-                # after frames were applied and what they produced was sent
-                # (_receive), nothing is due before the timer's time unless
-                # a handler left a partial frame (its linger starts now):
-                # other threads' work kicks the wake socket, which stays
-                # readable until drained
-                if not (received and now < due and not outbox.buffered):
-                    lost, wait = proto.timer(now)
-                    if lost:
-                        sock = self._reconnect(sock, waiter, errors.ConnectionLost(
-                            "the broker stopped answering heartbeats"))
-                        ms = 0
-                        continue
-                    due = now + wait
-                    for frame in proto.data_to_send(now):
-                        zsend(sock, frame)
-                if self._closing:
-                    break
-                ms = max(1, int((due - now) * 1000))
+                try:
+                    # sleep in the recv of the next message's first part (its
+                    # peer's routing id): no poll, no EVENTS check before it.
+                    # RCVTIMEO is set again only when it would wake too early,
+                    # or later than 1/16 of the wait (heartbeats' bookkeeping
+                    # tolerates that; a linger of a few ms is exact)
+                    if not ms <= rcvtimeo <= ms + (ms >> 4):
+                        sock.setsockopt(RCVTIMEO, ms)
+                        rcvtimeo = ms
+                    try:
+                        ident = sock.recv()
+                    except zmq.Again:
+                        received = False
+                    else:
+                        # input first: the frame is read and answered before
+                        # the timer and the sends of other threads' work
+                        same = sock
+                        sock, received = self._receive(sock, ident)
+                        if sock is not same:
+                            rcvtimeo = -1
+                    now = time.monotonic()
+                    # after a frame was applied and what it produced was
+                    # sent (_receive), nothing is due before the timer's time
+                    # unless a handler left a partial frame (its linger starts
+                    # now): other threads' work kicks the wake socket, and a
+                    # stream of input cannot hold the timer off past ``due``
+                    if not (received and now < due and not outbox.buffered):
+                        lost, wait = proto.timer(now)
+                        if lost:
+                            sock = self._reconnect(sock, errors.ConnectionLost(
+                                "the broker stopped answering heartbeats"))
+                            ms, rcvtimeo = 0, -1
+                            continue
+                        due = now + wait
+                        for frame in proto.data_to_send(now):
+                            zsend(sock, _BROKER_ID, SNDMORE)
+                            zsend(sock, frame)
+                    if self._closing:
+                        break
+                    ms = max(1, int((due - now) * 1000))
+                except zmq.ZMQError as exc:
+                    if exc.errno != _EHOSTUNREACH or self._closing:
+                        raise
+                    # libzmq dropped the pipe to the broker for good (see _socket)
+                    sock = self._reconnect(sock, errors.ConnectionLost(
+                        "the connection to the broker failed"))
+                    ms, rcvtimeo = 0, -1
             for frame in proto.bye():
+                zsend(sock, _BROKER_ID, SNDMORE)
                 zsend(sock, frame)
         except zmq.ZMQError as exc:
             if not self._closing:
@@ -251,48 +305,59 @@ class Client:
             self.proto.urgent.sender = 0
             sock.close(linger=200)
             with self._cond:
+                wake, self._wake = self._wake, None   # kicks stop here
+                if wake is not None:
+                    wake.close(linger=0)
                 self.proto.mark_closed()
                 # nothing in flight is confirmed any more (a waiting flush
                 # raises), and what waits for an answer gets Closed now
                 self.proto.connection_lost(errors.Closed("client is closed"))
                 self._cond.notify_all()
 
-    def _receive(self, sock: zmq.Socket, waiter: "_IOWait") -> Tuple[zmq.Socket, bool]:
-        """Apply what arrived (the poll said there is input). Returns the
-        socket to use from now on, and whether an EVENTS check on it found
-        no more input. What a frame produced (replies of
-        inline handlers, credit) leaves right after it, ahead of that check:
-        a reply does not wait on its syscall."""
-        now = time.monotonic()
+    def _receive(self, sock: zmq.Socket, ident: bytes) -> Tuple[zmq.Socket, bool]:
+        """Apply one message; ``ident`` is its first part (the peer's routing
+        id), its frame is next. Returns the socket to use from now on, and
+        whether it was a frame from the broker (not a kick). What the frame
+        produced (replies of inline handlers, credit) leaves at once; more
+        input is read by the loop's next recv, with no EVENTS check here (a
+        syscall between the reply and the sleep costs ~3-5 us a round trip)."""
         proto = self.proto
-        recv = sock.recv
         try:
-            for _ in range(256):
-                try:
-                    frame = recv(NOBLOCK, copy=True)
-                except zmq.Again:   # not expected after the poll; it checked EVENTS
-                    return sock, True
-                err = proto.frame_received(frame, now)
-                if err is not None:
-                    log.warning("session ended by the broker: %s", err)
-                    return self._reconnect(sock, waiter, errors.ConnectionLost(str(err))), False
-                if self._notify:   # tested here: a Python call less per frame
-                    self._wake_waiters()
-                for out in proto.data_to_send(now):
-                    zsend(sock, out)
-                # test before reading: a recv that raises Again costs ~3-7 us
-                if not zget(sock, EVENTS) & POLLIN:
-                    return sock, True
+            frame = sock.recv(NOBLOCK)   # a ROUTER delivers a message's parts at once
+            if zget(sock, RCVMORE):   # one frame per message (docs/protocol.md)
+                parts = 2
+                while zget(sock, RCVMORE):
+                    sock.recv(NOBLOCK)
+                    parts += 1
+                if ident != _BROKER_ID:
+                    return sock, False
+                log.warning("session ended: the broker sent a message of %d parts", parts - 1)
+                return self._reconnect(sock, errors.ConnectionLost(
+                    f"protocol error: a message of {parts - 1} parts")), False
+            if ident != _BROKER_ID:   # a kick: other threads' work waits for the timer's pass
+                with self._lock:
+                    self._wake_pending = False
+                return sock, False
+            now = time.monotonic()
+            err = proto.frame_received(frame, now)
+            if err is not None:
+                log.warning("session ended by the broker: %s", err)
+                return self._reconnect(sock, errors.ConnectionLost(str(err))), False
+            if self._notify:   # tested here: a Python call less per frame
+                self._wake_waiters()
+            for out in proto.data_to_send(now):
+                zsend(sock, _BROKER_ID, SNDMORE)
+                zsend(sock, out)
         except zmq.ZMQError:
             raise
         except Exception as exc:  # never let the I/O thread die: start a clean session
             log.exception("error applying a frame from the broker")
-            return self._reconnect(sock, waiter, errors.ConnectionLost(
+            return self._reconnect(sock, errors.ConnectionLost(
                 f"client error: {exc}")), False
         finally:
             if self._notify:
                 self._wake_waiters()
-        return sock, False   # 256 frames: more may be waiting
+        return sock, True
 
     def _wake_waiters(self) -> None:
         """Threads waiting in recv: messages arrived for them (``_delivered``)."""
@@ -301,13 +366,11 @@ class Client:
                 self._notify = False
                 self._cond.notify_all()
 
-    def _reconnect(self, sock: zmq.Socket, waiter: "_IOWait",
-                   exc: errors.RingcastError) -> zmq.Socket:
+    def _reconnect(self, sock: zmq.Socket, exc: errors.RingcastError) -> zmq.Socket:
         """A new socket and a new session; handles are re-declared on WELCOME."""
         self.proto.connection_lost(exc)
         sock.close(linger=0)
         sock = self._socket()
-        waiter.watch(sock)
         self.proto.connection_made(time.monotonic())
         with self._cond:
             self._cond.notify_all()
@@ -505,23 +568,6 @@ class Client:
         return box[0]  # type: ignore[no-any-return]
 
 
-class _IOWait:
-    """What the sync client's I/O thread sleeps in: one ``zmq_poll`` over
-    its DEALER and the socket pair other threads kick. Polled as a socket,
-    the DEALER is level-triggered (zmq_poll checks ZMQ_EVENTS itself): it
-    needs none of the EVENTS checks in Python that sleeping in poll(2) on
-    its edge-triggered ZMQ_FD did, and it was faster than that (and runs
-    the same on Windows). A blocking recv would be faster still, but other
-    threads could not wake it."""
-
-    def __init__(self, wake: socket.socket) -> None:
-        self._wake = wake.fileno()
-        self.items: List[Tuple[Any, int]] = []
-
-    def watch(self, sock: zmq.Socket) -> None:
-        self.items = [(sock, POLLIN), (self._wake, POLLIN)]
-
-
 class _DirectRequester:
     """One thread's request path: its own DEALER socket and protocol session,
     driven by that thread while it waits, so a sync request costs no thread
@@ -554,7 +600,7 @@ class _DirectRequester:
         # the broker's limit, known before this session's WELCOME: a request it
         # would refuse (ending the session) is refused here
         self.proto.max_message = self.proto.outbox.max_message = self._client.proto.max_message
-        self._sock = self._client._socket()
+        self._sock = self._client._dealer()
         self._rcvtimeo = -1   # the socket's RCVTIMEO (ms; -1: none)
         self.proto.connection_made(time.monotonic())
         return self._sock

@@ -1,12 +1,19 @@
-"""The sync client's I/O thread sleeps in one zmq_poll on its DEALER and a
-socket pair for kicks, and skips its timer after answering a frame when
-nothing is due. A missed input, kick or due send would stall it until its
-timer: with a 30 s heartbeat that is a Timeout here."""
+"""The sync client's I/O thread sleeps in a blocking recv on its ROUTER,
+which other threads wake through an inproc DEALER (``_kick``), and skips
+its timer after answering a frame when nothing is due. A missed input,
+kick or due send would stall it until its timer: with a 30 s heartbeat
+that is a Timeout here."""
 
 import threading
 
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ringcast import _codec as C
 from ringcast.broker import Broker
 from ringcast.client import connect
+
+from .conftest import start_again
 
 
 def test_io_thread_misses_no_input_and_no_kick_with_a_long_heartbeat():
@@ -88,3 +95,78 @@ def test_a_publish_from_an_inline_handler_leaves_after_its_linger():
                 assert sub.recv(timeout=5).payload == b"%d" % i
     finally:
         broker.stop()
+
+
+def _records(frame):
+    reader, out = C.Reader(frame), []
+    while (rec := reader.next()) is not None:
+        out.append(rec)
+    return out
+
+
+def _welcome(sock):
+    """As a broker: read a HELLO and answer WELCOME; returns the client's id."""
+    ident, frame = sock.recv_multipart()
+    (hello,) = _records(frame)
+    assert hello[0] == C.HELLO
+    w = C.Writer(256)
+    w.record(C.WELCOME, hello[1], 30_000, 1 << 20, 1 << 20, 1024, 1 << 20, "fake")
+    sock.send_multipart([ident, w.take()])
+    return ident
+
+
+def test_a_message_of_more_than_one_part_from_the_broker_ends_the_session():
+    """One frame per message (docs/protocol.md): a ROUTER delivers every
+    part, and a second one read as the next message's routing id would
+    misread all that follows. The client drops such a message whole and
+    starts a new session, as the broker does with a client's."""
+    ctx = zmq.Context.instance()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.setsockopt(zmq.RCVTIMEO, 10_000)
+    fake.bind("tcp://127.0.0.1:0")
+    c = connect(fake.getsockopt_string(zmq.LAST_ENDPOINT), heartbeat=30, timeout=0)
+    try:
+        first = _welcome(fake)
+        c.wait_ready(10)
+        w = C.Writer(256)
+        w.record(C.HB)
+        fake.send_multipart([first, w.take(), b"second part"])
+        second = _welcome(fake)   # a new socket's HELLO: a new session
+        assert second != first
+        c.wait_ready(10)
+        assert c.sessions == 2
+    finally:
+        c.close(timeout=0)
+        fake.close()
+
+
+def test_a_connection_libzmq_gives_up_on_is_opened_again():
+    """The I/O thread's ROUTER sends to the broker with ROUTER_MANDATORY. A
+    peer that fails the ZeroMQ handshake (here a PUB) makes libzmq drop the
+    pipe for good: the next send raises EHOSTUNREACH (a DEALER's would
+    block for ever) and the client opens a new socket, which finds the
+    broker that took the endpoint meanwhile."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:0")
+    url = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    monitor = pub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    monitor.setsockopt(zmq.RCVTIMEO, 10_000)
+    c = connect(url, heartbeat=0.2, timeout=0)
+    broker = None
+    try:
+        # the handshake failed (libzmq reports it only as a disconnection)
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        pub.disable_monitor()
+        monitor.close()
+        pub.close()
+        broker = start_again(url, heartbeat=0.2)
+        c.wait_ready(10)
+        c.publish("x", b"1")
+        c.flush(timeout=5)
+    finally:
+        c.close(timeout=0)
+        if broker is not None:
+            broker.stop()
