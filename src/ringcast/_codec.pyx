@@ -178,6 +178,16 @@ cdef inline tuple _pop_request(dict requests, object rid):
     return entry
 
 
+cdef inline Message _reply_message(tuple entry, object headers, object payload):
+    """The Message a client's request ``entry`` (``_pop_request``) is answered with."""
+    cdef Message m = Message.__new__(Message)
+    m.subject = entry[0]
+    m.headers = headers
+    m.payload = payload
+    m.delivery_count = 1
+    return m
+
+
 cdef inline const char *_utf8(object s, Py_ssize_t *n) except NULL:
     if type(s) is not str:
         raise WrongType(f"expected str, not {type(s).__name__}")
@@ -1686,12 +1696,7 @@ cdef class Reader:
                 self.pos = self.e
                 entry = _pop_request(requests, rid)
                 if entry is not None:
-                    m = Message.__new__(Message)
-                    m.subject = entry[0]
-                    m.headers = headers
-                    m.payload = payload
-                    m.delivery_count = 1
-                    settles.append((entry[1], m))
+                    settles.append((entry[1], _reply_message(entry, headers, payload)))
             elif cmd == RC_REPLYERR and requests is not None:
                 batch = None
                 run = None
@@ -1751,12 +1756,7 @@ cdef class Reader:
             return None
         if got == RC_REPLYERR:
             return _error_from_code(code, text), credit
-        cdef Message m = Message.__new__(Message)
-        m.subject = entry[0]
-        m.headers = headers
-        m.payload = payload
-        m.delivery_count = 1
-        return m, credit
+        return _reply_message(entry, headers, payload), credit
 
 
 @cython.final
