@@ -21,7 +21,7 @@ import zmq
 
 from . import _codec as C
 from . import errors
-from ._args import TIMEOUT_MAX, check_request_timeout, check_timeout
+from ._args import check_request_timeout, check_timeout
 from ._impl import Message
 from ._waiting import Receiving, _deadline
 from ._zsock import NOBLOCK, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
@@ -579,7 +579,7 @@ class _DirectRequester:
     #: the longest one recv waits: how soon a request in progress notices that
     #: its client is closing (only a waiting request wakes up for it)
     SLICE = 0.1
-    _SLICE_MS = 100
+    _SLICE_MS = int(SLICE * 1000)   # as _drive sets RCVTIMEO for a whole slice
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -613,14 +613,9 @@ class _DirectRequester:
         frame that holds it and at most PCREDIT (``Reader.answer``); all
         else (a timeout slice, another record, no frame to send) goes the
         generic way, ``_drive``."""
-        if (type(timeout) is float or type(timeout) is int) \
-                and 0 <= timeout < TIMEOUT_MAX:   # the usual case, without a call
-            seconds: float = timeout
-        else:
-            seconds = check_request_timeout(timeout)
         clock = time.monotonic
         now = clock()
-        deadline = now + seconds
+        deadline = now + check_request_timeout(timeout)
         losses = self._client.proto.losses
         with self._lock:
             if self._closed or self._client._closing:
