@@ -635,17 +635,9 @@ class _DirectRequester:
                         except zmq.Again:
                             frame = None
                         else:
-                            got = C.Reader(frame, proto.max_message, 1 << 20).answer(
-                                proto.requests, rid)
-                            if got is not None:
-                                proto.last_rx = clock()
-                                # the requester's session holds no subscription
-                                # (draining) and nobody waits on its credit
-                                credit = got[1]
-                                if credit:
-                                    proto.credit += credit
-                                    proto.confirmed += credit
-                                box.append(got[0])
+                            answer = proto.answer(frame, rid, clock())
+                            if answer is not None:
+                                box.append(answer)
                                 break
                     elif frame is not None:
                         zsend(sock, frame)

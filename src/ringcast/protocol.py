@@ -672,6 +672,24 @@ class ClientProtocol:
             return out + [w.take()]
 
     # -- inbound ------------------------------------------------------------------------
+    def answer(self, frame: bytes, rid: int, now: float) -> Any:
+        """A waiting requester's fast path (``C.Reader.answer``): the answer to
+        ``rid`` (a Message or the error) when ``frame`` holds it and nothing
+        but PCREDIT, whose credit is applied; else None, nothing changed, and
+        the frame is for ``frame_received``. For a session with no
+        subscription (nothing draining) whose credit nobody waits on: the
+        per-thread requester's."""
+        with self.lock:
+            got = C.Reader(frame, self.max_message, 1 << 20).answer(self.requests, rid)
+            if got is None:
+                return None
+            self.last_rx = now
+            answer, credit = got
+            if credit:
+                self.credit += credit
+                self.confirmed += credit
+            return answer
+
     def frame_received(self, frame: bytes, now: float) -> Optional[errors.RingcastError]:
         """Apply one frame from the broker. Returns an error when the session
         is over and the driver must reconnect."""
