@@ -50,6 +50,13 @@ _EHOSTUNREACH = zmq.EHOSTUNREACH
 Handler = Callable[[Message], Any]
 
 
+def _to_broker(sock: zmq.Socket, frame: bytes) -> None:
+    """Send ``frame`` from the I/O thread's ROUTER to the broker (two sends:
+    a ROUTER takes a message's later parts once it took the first)."""
+    zsend(sock, _BROKER_ID, SNDMORE)
+    zsend(sock, frame)
+
+
 class Client:
     """A connection to a ringcast broker (see module docstring).
 
@@ -282,8 +289,7 @@ class Client:
                             continue
                         due = now + wait
                         for frame in proto.data_to_send(now):
-                            zsend(sock, _BROKER_ID, SNDMORE)
-                            zsend(sock, frame)
+                            _to_broker(sock, frame)
                     if self._closing:
                         break
                     ms = max(1, int((due - now) * 1000))
@@ -295,8 +301,7 @@ class Client:
                         "the connection to the broker failed"))
                     ms, rcvtimeo = 0, -1
             for frame in proto.bye():
-                zsend(sock, _BROKER_ID, SNDMORE)
-                zsend(sock, frame)
+                _to_broker(sock, frame)
         except zmq.ZMQError as exc:
             if not self._closing:
                 log.error("client I/O stopped: %s", exc)
@@ -346,8 +351,7 @@ class Client:
             if self._notify:   # tested here: a Python call less per frame
                 self._wake_waiters()
             for out in proto.data_to_send(now):
-                zsend(sock, _BROKER_ID, SNDMORE)
-                zsend(sock, out)
+                _to_broker(sock, out)
         except zmq.ZMQError:
             raise
         except Exception as exc:  # never let the I/O thread die: start a clean session
