@@ -39,7 +39,7 @@ from . import _codec as C
 from . import errors
 from ._args import check_count
 from ._impl import USE_EXTENSIONS, Message
-from ._zsock import EVENTS, NOBLOCK, POLLIN, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
+from ._zsock import EAGAIN, EHOSTUNREACH, EVENTS, POLLIN, RCVTIMEO, zget, zrecv_message, zsend_parts
 from .queues import Consumer, Queue, queue_options_from_wire
 from .router import Router
 from .services import PendingRequest, _Service, check_reply
@@ -103,6 +103,8 @@ _OVERFLOW = ("block", "drop_oldest", "drop_newest")
 #: routing id of the loop's own wake-up socket (an inproc DEALER connected to
 #: the ROUTER); the ROUTER refuses a later peer claiming it (no handover)
 _WAKE_ID = b"\x00ringcast-wake"
+#: a message read from the ROUTER: (identity, frame, parts), see zrecv_message
+_Received = Tuple[bytes, Optional[bytes], int]
 
 
 class _Flow:
@@ -590,7 +592,7 @@ class Broker:
         tick = min(self.heartbeat / 4, 0.25)
         last_input = 0.0
         while not self._stopping:
-            first: Optional[bytes] = None
+            first: Optional[_Received] = None
             busy = bool(self._ready or self._calls or self._retry or self._dirty)
             now = time.monotonic()
             spin = self._spin_window()
@@ -614,7 +616,7 @@ class Broker:
                         setopt(RCVTIMEO, timeout)
                         rcvtimeo = timeout
                     try:
-                        first = recv()
+                        first = zrecv_message(sock, recv())
                     except zmq.Again:
                         pass
             now = self._now = time.monotonic()
@@ -640,41 +642,39 @@ class Broker:
             return REQUEST_SPIN
         return 0.0   # no request traffic, or answers come too late to wait for
 
-    def _spin(self, sock: zmq.Socket, until: float) -> Union[bytes, bool]:
+    def _spin(self, sock: zmq.Socket, until: float) -> Union[_Received, bool]:
         """Wait for input without sleeping, until ``until``: a client that
         answers within the window is served with no thread wake-up here.
-        Returns the first part of the input that ended the spin (read at once,
-        or _step would ask EVENTS, a syscall, again before reading it), else
-        whether other threads queued work."""
+        Returns the message that ended the spin (read at once, or _step would
+        ask EVENTS, a syscall, again before reading it), else whether other
+        threads queued work."""
         clock = time.monotonic
         while not zget(sock, EVENTS) & POLLIN:
             if self._wake_pending or self._calls or self._stopping or clock() >= until:
                 # _wake_pending: another thread queued work (a ready ring: _mark)
                 return bool(self._wake_pending or self._calls)
-        return sock.recv(NOBLOCK)  # type: ignore[return-value]   # bytes: copy=True
+        return zrecv_message(sock) or False
 
-    def _step(self, sock: zmq.Socket, now: float, first: Optional[bytes] = None) -> int:
+    def _step(self, sock: zmq.Socket, now: float, first: Optional[_Received] = None) -> int:
         """One pass: read what arrived, apply it, move deliveries, send.
-        ``first`` is the identity part of a message already received (its
-        frame is next). Returns the number of frames read."""
+        ``first`` is a message already received. Returns the number of
+        frames read."""
         n = 0
         self._now = now
-        recv = sock.recv
-        ident = first
+        received = first
         while True:
-            if ident is None:
+            if received is None:
                 if n >= 512 or not zget(sock, EVENTS) & POLLIN:
                     break
-                ident = recv(NOBLOCK)
-            # [identity, frame] from a client (a ROUTER always delivers both
-            # parts at once); more parts are a protocol error
-            frame = recv(NOBLOCK)
+                received = zrecv_message(sock)
+                if received is None:
+                    break
+            # [identity, frame] from a client (a ROUTER always delivers a
+            # message's parts at once); more parts are a protocol error
+            ident, frame, parts = received
+            received = None
             n += 1
-            if zget(sock, RCVMORE):
-                parts = 2
-                while zget(sock, RCVMORE):
-                    recv(NOBLOCK)
-                    parts += 1
+            if frame is None or parts != 2:
                 self._refuse(ident, errors.ProtocolError(
                     f"a message must be one frame, not {parts - 1}"))
             elif ident == _WAKE_ID:
@@ -690,7 +690,6 @@ class Broker:
                         # leaves now, ahead of the EVENTS check for more
                         # input (later frames of a busy pass are batched)
                         self._flush_dirty()
-            ident = None
         if self._calls:
             self._run_calls()
         if self._retry:
@@ -1310,22 +1309,17 @@ class Broker:
             s.last_tx = self._now
 
     def _send(self, ident: bytes, frame: bytes) -> bool:
-        assert self._sock is not None
-        try:
-            # as two sends: a ROUTER takes a message's later parts once it took
-            # the first, and this skips send_multipart's flag arithmetic
-            zsend(self._sock, ident, NOBLOCK | SNDMORE)
-            zsend(self._sock, frame, NOBLOCK)
+        err = zsend_parts(self._sock, ident, frame)  # type: ignore[arg-type]   # open
+        if not err:
             return True
-        except zmq.Again:
+        if err == EAGAIN:
             return False
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                s = self._sessions.get(ident)
-                if s is not None:
-                    self._drop(s, "gone", notify=False)
-                return True
-            raise
+        if err == EHOSTUNREACH:
+            s = self._sessions.get(ident)
+            if s is not None:
+                self._drop(s, "gone", notify=False)
+            return True
+        raise zmq.ZMQError(err)
 
     # -- time ---------------------------------------------------------------------------------
     def _heartbeats(self, now: float) -> None:

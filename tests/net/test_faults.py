@@ -286,14 +286,14 @@ def test_subscriber_dropped_mid_flush_costs_no_other_delivery(zsocket, monkeypat
             w.pub("feed.good", b"after")
             frame = w.take()
 
-            zsend = broker_mod.zsend
+            zsend_parts = broker_mod.zsend_parts
 
-            def vanished(sock, data, flags=0):   # the ROUTER's answer once a peer is gone
-                if data == b"gone":
-                    raise zmq.ZMQError(zmq.EHOSTUNREACH)
-                return zsend(sock, data, flags)
+            def vanished(sock, ident, data):   # the ROUTER's answer once a peer is gone
+                if ident == b"gone":
+                    return zmq.EHOSTUNREACH
+                return zsend_parts(sock, ident, data)
 
-            monkeypatch.setattr(broker_mod, "zsend", vanished)
+            monkeypatch.setattr(broker_mod, "zsend_parts", vanished)
             gone.send(frame)
             assert sub.recv(timeout=10).payload == b"after"
             assert broker.counters["sessions_dropped"] == 1
