@@ -810,9 +810,26 @@ class Broker:
             cmd = reader.peek()
             if cmd == -1 or not s.alive:   # a record may drop the session (a flush
                 return True                # for its responder, BYE): the rest is void
+            if cmd == C.REP:   # replies and requests first: a sync round trip waits
+                self._eager = True
+                if self._native is not None:
+                    self._native.replies(reader, s)
+                if s.alive and reader.peek() == C.REP:
+                    self._on_reps(s, reader.run(cmd))
+                continue
             if urgent and cmd in _ORDERED:
                 raise errors.ProtocolError(
                     f"record 0x{cmd:02x} is ordered: it cannot follow an urgent one in a frame")
+            if cmd == C.REQ:   # they come in runs (never blocked): one call per run
+                self._eager = True
+                if self._native is not None:   # the common ones, up to any other
+                    self._native.requests(reader, s)
+                if s.alive and reader.peek() == C.REQ:
+                    self._on_reqs(s, reader.run(cmd))
+                if self._queued > 1024 and self._queued > 2 * self._live:
+                    # answered requests leave in bulk, so the deques track live ones
+                    self._keep_deadlines(lambda p: not p.settled)
+                continue
             if cmd in _PUBLISH:
                 try:
                     reader.route(self._publish, self._counts)
@@ -831,23 +848,6 @@ class Broker:
             if cmd == C.ACK:   # a consumer's acks come in runs: one decode per run
                 for hid, tags in reader.acks().items():
                     self._on_acks(s, hid, tags)
-                continue
-            if cmd == C.REQ:   # so do requests and replies (never blocked)
-                self._eager = True
-                if self._native is not None:   # the common ones, up to any other
-                    self._native.requests(reader, s)
-                if s.alive and reader.peek() == C.REQ:
-                    self._on_reqs(s, reader.run(cmd))
-                if self._queued > 1024 and self._queued > 2 * self._live:
-                    # answered requests leave in bulk, so the deques track live ones
-                    self._keep_deadlines(lambda p: not p.settled)
-                continue
-            if cmd == C.REP:
-                self._eager = True
-                if self._native is not None:
-                    self._native.replies(reader, s)
-                if s.alive and reader.peek() == C.REP:
-                    self._on_reps(s, reader.run(cmd))
                 continue
             if cmd == C.STATS:
                 rec = reader.next()
@@ -1296,16 +1296,25 @@ class Broker:
                 s.credit_due = 0
             else:
                 self._owed.add(s)
+        frames = s.frames
+        if not frames:   # the common case: one frame, sent as it is taken
+            if len(s.out):
+                frame = s.out.take()
+                if not self._send(s.ident, frame):
+                    frames.append(frame)
+                elif s.alive:
+                    s.last_tx = self._now
+            return
         if len(s.out):
-            s.frames.append(s.out.take())
-        while s.frames:
-            if not self._send(s.ident, s.frames[0]):
-                if len(s.frames) > MAX_BACKLOG:
+            frames.append(s.out.take())
+        while frames:
+            if not self._send(s.ident, frames[0]):
+                if len(frames) > MAX_BACKLOG:
                     self._drop(s, "not reading (outbound backlog full)", notify=False)
                 return
             if not s.alive:   # the peer is gone (the drop let go of its frames)
                 return
-            s.frames.popleft()
+            frames.popleft()
             s.last_tx = self._now
 
     def _send(self, ident: bytes, frame: bytes) -> bool:
