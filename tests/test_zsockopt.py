@@ -165,3 +165,12 @@ def test_libzmq_functions_are_found_and_used():
     assert _zsock.zget is _zsockopt.get_int
     assert _zsock.zsend_parts is _zsockopt.send_parts
     assert _zsock.zrecv_message is _zsockopt.recv_message
+
+
+def test_a_non_socket_raises_and_is_never_dereferenced(impl):
+    # natively: pyzmq's descriptor checks the type; through pyzmq, the
+    # error of its first use as a socket
+    with pytest.raises((TypeError, AttributeError, zmq.ZMQError)):
+        impl["get"](object(), EVENTS)
+    with pytest.raises((TypeError, AttributeError, zmq.ZMQError)):
+        impl["recv_message"](object())

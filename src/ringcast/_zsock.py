@@ -73,7 +73,7 @@ def _pyzmq_recv_message(sock: zmq.Socket, first: Optional[bytes] = None
 
 _NATIVE = _libzmq_functions()
 if _NATIVE is not None:
-    _zsockopt.bind(_NATIVE, zmq.ZMQError)
+    _zsockopt.bind(_NATIVE, zmq.ZMQError, zmq.backend.Socket.__dict__["underlying"])
 
 #: an int option (EVENTS, RCVMORE) of a socket: ``zget(sock, EVENTS)``
 zget = cast(Callable[[zmq.Socket, int], int],

@@ -15,6 +15,7 @@ as pyzmq does.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport Py_TYPE, descrgetfunc
 from libc.errno cimport EAGAIN, EINTR, errno
 
 cdef struct zmq_msg:   # zmq_msg_t: 64 opaque bytes, pointer-aligned
@@ -37,6 +38,8 @@ cdef msg_size_t _msg_size = NULL
 cdef msg_more_t _msg_more = NULL
 cdef msg_init_t _msg_close = NULL
 cdef object _error = None
+cdef object _underlying = None   # the socket type's descriptor of its handle's address
+cdef descrgetfunc _get_underlying = NULL
 
 cdef enum:
     _NOBLOCK = 1   # ZMQ_DONTWAIT
@@ -44,13 +47,15 @@ cdef enum:
     _RCVMORE = 13   # ZMQ_RCVMORE
 
 
-def bind(dict functions, error):
+def bind(dict functions, error, underlying):
     """Call the libzmq functions at the addresses in ``functions`` (by
     name: zmq_getsockopt, zmq_send, zmq_msg_init, zmq_msg_recv, zmq_msg_data,
     zmq_msg_size, zmq_msg_more, zmq_msg_close); a failure raises
-    ``error(errno)``."""
+    ``error(errno)``. ``underlying``: the descriptor of pyzmq's
+    ``Socket.underlying`` (read through it, not through pyzmq's
+    ``__getattr__`` hook, ~350 instructions a call)."""
     global _getsockopt, _send, _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more
-    global _msg_close, _error
+    global _msg_close, _error, _underlying, _get_underlying
     cdef size_t address
     address = functions["zmq_getsockopt"]
     _getsockopt = <getsockopt_t><void *>address
@@ -69,10 +74,16 @@ def bind(dict functions, error):
     address = functions["zmq_msg_close"]
     _msg_close = <msg_init_t><void *>address
     _error = error
+    _get_underlying = Py_TYPE(underlying).tp_descr_get
+    if _get_underlying == NULL:
+        raise TypeError(f"not a descriptor: {underlying!r}")
+    _underlying = underlying
 
 
 cdef inline void *_handle(sock) except? NULL:
-    cdef size_t handle = sock.underlying
+    """The socket's libzmq handle (0 once closed). The descriptor checks that
+    ``sock`` is a pyzmq socket."""
+    cdef size_t handle = _get_underlying(_underlying, sock, <object>NULL)
     return <void *>handle
 
 
