@@ -1874,10 +1874,49 @@ cdef class RequestPath:
         self.split = split
         self.max_timeout_ms = max_timeout_ms
 
+    def frame(self, frame, session):
+        """A frame of ``session`` (none of its frames parked), read here as
+        long as its records are requests and replies this path takes: the
+        commonest frame of request traffic costs the broker one call.
+        Returns None when that was all of it (an ordered frame's credit is
+        then counted, as ``_on_frame`` would); else the Reader, at the first
+        record left for the broker's Python path."""
+        broker = self.broker
+        cdef Reader r = Reader(frame, broker.max_message, broker.max_subject, broker._subjects)
+        cdef int first = r.peek()
+        cdef int cmd = first
+        if cmd != RC_REQ and cmd != RC_REP:
+            return r
+        broker._eager = True   # the answer or the request leaves at once (_step)
+        while True:
+            if cmd == RC_REQ:
+                # an ordered record after an urgent first one is the Python
+                # path's protocol error to raise
+                if first != RC_REQ or not self._requests(r, session):
+                    return r
+                if broker._queued > 1024 and broker._queued > 2 * broker._live:
+                    broker._prune_deadlines()
+            elif cmd == RC_REP:
+                if not self._replies(r, session):
+                    return r
+            elif cmd == -1 or not session.alive:   # the rest of a dropped session's is void
+                break
+            else:
+                return r
+            cmd = r.peek()
+        if first == RC_REQ:   # an ordered frame: its bytes are credit to give back
+            if not session.credit_due:
+                session.credit_since = broker._now
+            session.credit_due += r.n
+        return None
+
     def requests(self, Reader r not None, session):
         """REQ records of ``session`` while each goes straight to a lone
         remote responder with room, as ``_offer`` would write it; returns
         how many."""
+        return self._requests(r, session)
+
+    cdef Py_ssize_t _requests(self, Reader r, session) except -1:
         broker = self.broker
         cdef double now = broker._now, deadline, ms
         cdef dict services = broker.router._services
@@ -1965,6 +2004,9 @@ cdef class RequestPath:
     def replies(self, Reader r not None, session):
         """REP records of ``session`` while each answers a remote request
         still waiting, as ``_respond`` would write it; returns how many."""
+        return self._replies(r, session)
+
+    cdef Py_ssize_t _replies(self, Reader r, session) except -1:
         broker = self.broker
         cdef double now = broker._now
         cdef double answer_time = broker._answer_time

@@ -729,8 +729,15 @@ class Broker:
         s.last_rx = now
         self._dirty.add(s)
         try:
-            reader = C.Reader(frame, self.max_message, self.max_subject, self._subjects)
-            first = reader.peek()
+            if self._native is not None and not s.parked:
+                # requests and replies, natively: all of the frame, or up to
+                # the first record left for _process
+                reader = self._native.frame(frame, s)
+                if reader is None:
+                    return
+            else:
+                reader = C.Reader(frame, self.max_message, self.max_subject, self._subjects)
+            first = frame[0] if frame else -1   # the first record's command
             if first in _ORDERED:
                 if s.parked:
                     s.parked.append((reader, len(frame)))
@@ -827,8 +834,7 @@ class Broker:
                 if s.alive and reader.peek() == C.REQ:
                     self._on_reqs(s, reader.run(cmd))
                 if self._queued > 1024 and self._queued > 2 * self._live:
-                    # answered requests leave in bulk, so the deques track live ones
-                    self._keep_deadlines(lambda p: not p.settled)
+                    self._prune_deadlines()
                 continue
             if cmd in _PUBLISH:
                 try:
@@ -1357,6 +1363,11 @@ class Broker:
                     heapq.heappush(heap, (queue[0].deadline, next(self._seq), timeout))
                 else:
                     del timeouts[timeout]
+
+    def _prune_deadlines(self) -> None:
+        """Answered requests leave the deadline deques in bulk, so that they
+        track the live ones."""
+        self._keep_deadlines(lambda p: not p.settled)
 
     def _keep_deadlines(self, keep: Any) -> None:
         """Keep the requests in flight that ``keep(request)`` accepts, and the

@@ -621,3 +621,68 @@ def test_replies_late_unknown_and_in_time_in_one_frame(shared, zsocket):
     assert got == {1: b"rq1", 2: errors.Timeout.code, 3: b"rq3", 4: b"rq4"}
     assert wait_for(lambda: router.stats()["services"]["raw.svc"]["late_replies"] == 1)
     assert not broker._live
+
+
+def test_a_request_after_a_reply_in_one_frame_is_a_protocol_error(shared, zsocket):
+    """A frame that opens with a reply is urgent: an ordered record (a
+    request) after it ends the session with ProtocolError, and the reply
+    before it is applied; the native path and the Python one agree."""
+    from ringcast import _codec as C
+
+    from .conftest import raw_session
+
+    router, broker, client = shared
+    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    w = C.Writer()
+    w.record(C.SERVE, 1, "urgent.svc", 8)
+    rsock.send(w.take())
+    _serving(router, "urgent.svc")
+    answer = []
+    thread = threading.Thread(
+        target=lambda: answer.append(client.request("urgent.svc", b"q", timeout=10)))
+    thread.start()
+    rqsts = []
+    while not rqsts:   # PCREDIT for the SERVE may come first
+        assert rsock.poll(10_000)
+        r = C.Reader(rsock.recv())
+        rqsts = [rec for rec in iter(r.next, None) if rec[0] == C.RQST]
+    rqst = rqsts[0]
+    w.record(C.REP, 1, rqst[2], None, b"answered")
+    w.record(C.REQ, 7, "urgent.svc", 10_000, None, b"ordered after urgent")
+    rsock.send(w.take())
+    errs = []
+    while not errs:
+        assert rsock.poll(10_000)
+        errs = [rec for rec in C.Reader(rsock.recv()).events() if rec[0] == C.ERR]
+    assert errs[0][2] == errors.ProtocolError.code
+    thread.join(10)
+    assert [m.payload for m in answer] == [b"answered"]
+    assert broker.counters["protocol_errors"] >= 1
+
+
+def test_a_frame_of_requests_counts_as_ordered_credit(shared, zsocket):
+    """Requests are ordered records: the bytes of a frame of them come back
+    as PCREDIT (with the answers), taken natively or not."""
+    from ringcast import _codec as C
+
+    from .conftest import raw_session
+
+    router, broker, client = shared
+    client.serve("credit.svc", lambda m: m.payload, concurrency=16)
+    client.flush()
+    _serving(router, "credit.svc")
+    qsock, _ = raw_session(zsocket, broker.endpoints[0], "requester")
+    w = C.Writer()
+    for rid in range(1, 4):
+        w.record(C.REQ, rid, "credit.svc", 10_000, None, b"q%d" % rid)
+    frame = w.take()
+    qsock.send(frame)
+    replies, credit = set(), 0
+    while len(replies) < 3 or credit < len(frame):
+        assert qsock.poll(10_000), (replies, credit)
+        for rec in C.Reader(qsock.recv()).events():
+            if rec[0] == C.REPLY:
+                replies.add(rec[1])
+            elif rec[0] == C.PCREDIT:
+                credit += rec[1]
+    assert replies == {1, 2, 3} and credit == len(frame)
