@@ -1864,6 +1864,10 @@ cdef class RequestPath:
     the same way, so this path only has to be right for the case it takes."""
 
     cdef object broker, remote, wire
+    # the one session a frame's runs wrote to (requests or answers); None
+    # when none, or more than one (_note_wrote)
+    cdef object wrote
+    cdef bint wrote_many
     cdef size_t split
     cdef double max_timeout_ms
 
@@ -1874,14 +1878,18 @@ cdef class RequestPath:
         self.split = split
         self.max_timeout_ms = max_timeout_ms
 
-    def frame(self, frame, session):
+    def frame(self, frame, session, bint eager=False):
         """A frame of ``session`` (none of its frames parked), read here as
         long as its records are requests and replies this path takes: the
         commonest frame of request traffic costs the broker one call.
         Returns None when that was all of it (an ordered frame's credit is
         then counted, as ``_on_frame`` would); else the Reader, at the first
-        record left for the broker's Python path."""
+        record left for the broker's Python path. ``eager`` (the pass's
+        first frame): what it wrote leaves before the call returns, ahead of
+        the sender's own output and the pass's other work."""
         broker = self.broker
+        self.wrote = None
+        self.wrote_many = False
         cdef Reader r = Reader(frame, broker.max_message, broker.max_subject, broker._subjects)
         cdef int first = r.peek()
         cdef int cmd = first
@@ -1908,7 +1916,20 @@ cdef class RequestPath:
             if not session.credit_due:
                 session.credit_since = broker._now
             session.credit_due += r.n
+        if eager and self.wrote is not None and not self.wrote_many and self.wrote.alive:
+            # the one session written to: sent now, and the pass's eager
+            # flush (the sender's own output: credit, which may wait) skipped
+            broker._flush_out(self.wrote)
+            if not self.wrote.frames:   # a backlog stays dirty, to be retried
+                broker._dirty.discard(self.wrote)
+            broker._eager = False
         return None
+
+    cdef inline void _note_wrote(self, session):
+        if self.wrote is None:
+            self.wrote = session
+        elif self.wrote is not session:
+            self.wrote_many = True
 
     def requests(self, Reader r not None, session):
         """REQ records of ``session`` while each goes straight to a lone
@@ -1986,6 +2007,7 @@ cdef class RequestPath:
                 elif not marked:
                     dirty.add(rs)
                     marked = True
+                    self._note_wrote(rs)
                 if not pending.settled:   # looked up now: a drop in the flush may rebuild it
                     hit = PyDict_GetItem(timeouts, timeout_ms)
                     if hit != NULL:
@@ -2060,6 +2082,7 @@ cdef class RequestPath:
                     out = rs.out if rs.alive else None
                     if out is not None:
                         dirty.add(rs)
+                        self._note_wrote(rs)
                 if out is not None:
                     out._reply(pending.rid, headers, payload)
                 if service.backlog:   # the freed slot goes to a waiting request

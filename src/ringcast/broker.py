@@ -682,13 +682,14 @@ class Broker:
                 with self._wake_lock:
                     self._wake_pending = False
             else:
-                self._on_frame(ident, frame, now)
+                # a request or an answer in the pass's first frame leaves
+                # now, ahead of the EVENTS check for more input (later
+                # frames of a busy pass are batched): the native path sends
+                # what it wrote itself, the flush sends the rest
+                self._on_frame(ident, frame, now, n == 1)
                 if self._eager:
                     self._eager = False
                     if n == 1:
-                        # a request or an answer in the pass's first frame
-                        # leaves now, ahead of the EVENTS check for more
-                        # input (later frames of a busy pass are batched)
                         self._flush_dirty()
         if self._calls:
             self._run_calls()
@@ -721,7 +722,7 @@ class Broker:
                     self._flush_out(s)
 
     # -- inbound ----------------------------------------------------------------------------
-    def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
+    def _on_frame(self, ident: bytes, frame: bytes, now: float, eager: bool = False) -> None:
         s = self._sessions.get(ident)
         if s is None:
             self._hello(ident, frame, now)
@@ -732,7 +733,7 @@ class Broker:
             if self._native is not None and not s.parked:
                 # requests and replies, natively: all of the frame, or up to
                 # the first record left for _process
-                reader = self._native.frame(frame, s)
+                reader = self._native.frame(frame, s, eager)
                 if reader is None:
                     return
             else:

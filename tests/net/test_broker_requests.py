@@ -686,3 +686,40 @@ def test_a_frame_of_requests_counts_as_ordered_credit(shared, zsocket):
             elif rec[0] == C.PCREDIT:
                 credit += rec[1]
     assert replies == {1, 2, 3} and credit == len(frame)
+
+
+def test_one_frame_answering_two_requesters_reaches_both(shared, zsocket):
+    """A responder's frame of replies to two requesters: the native path
+    sends at once only when it wrote to one session; both answers arrive."""
+    from ringcast import _codec as C
+
+    from .conftest import raw_session
+
+    router, broker, _ = shared
+    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    w = C.Writer()
+    w.record(C.SERVE, 1, "two.svc", 8)
+    rsock.send(w.take())
+    _serving(router, "two.svc")
+    requesters = [raw_session(zsocket, broker.endpoints[0], f"requester-{i}")[0]
+                  for i in range(2)]
+    for i, qsock in enumerate(requesters):
+        w.record(C.REQ, 1, "two.svc", 10_000, None, b"q%d" % i)
+        qsock.send(w.take())
+    tags = {}
+    while len(tags) < 2:
+        assert rsock.poll(10_000)
+        r = C.Reader(rsock.recv())
+        for rec in iter(r.next, None):
+            if rec[0] == C.RQST:
+                tags[rec[6]] = rec[2]
+    for i in range(2):
+        w.record(C.REP, 1, tags[b"q%d" % i], None, b"a%d" % i)
+    rsock.send(w.take())
+    for i, qsock in enumerate(requesters):
+        got = []
+        while not got:
+            assert qsock.poll(10_000)
+            got = [rec[3] for rec in C.Reader(qsock.recv()).events() if rec[0] == C.REPLY]
+        assert got == [b"a%d" % i]
+    assert not broker._live
