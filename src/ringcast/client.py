@@ -572,6 +572,14 @@ class Client:
         return box[0]  # type: ignore[no-any-return]
 
 
+#: the longest one recv of a sync request waits: how soon a request in
+#: progress notices that its client is closing (only a waiting request wakes
+#: up for it); module constants, as the request's fast path reads them
+_SLICE = 0.1
+_SLICE_MS = int(_SLICE * 1000)   # as _drive sets RCVTIMEO for a whole slice
+_monotonic = time.monotonic
+
+
 class _DirectRequester:
     """One thread's request path: its own DEALER socket and protocol session,
     driven by that thread while it waits, so a sync request costs no thread
@@ -580,10 +588,7 @@ class _DirectRequester:
     "no session" without applying the request, and it is sent again once."""
 
     HEARTBEAT = 60.0
-    #: the longest one recv waits: how soon a request in progress notices that
-    #: its client is closing (only a waiting request wakes up for it)
-    SLICE = 0.1
-    _SLICE_MS = int(SLICE * 1000)   # as _drive sets RCVTIMEO for a whole slice
+    SLICE = _SLICE
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -615,45 +620,60 @@ class _DirectRequester:
         frame from ``proto.request`` (the session is ready, nothing else is
         waiting to be sent), one blocking recv, and the answer read from a
         frame that holds it and at most PCREDIT (``Reader.answer``); all
-        else (a timeout slice, another record, no frame to send) goes the
-        generic way, ``_drive``."""
-        clock = time.monotonic
-        now = clock()
+        else (a timeout slice, another record, no frame to send, a session
+        to start or restart) goes the generic way, ``_finish``."""
+        now = _monotonic()
         deadline = now + check_request_timeout(timeout)
         losses = self._client.proto.losses
         with self._lock:
             if self._closed or self._client._closing:
                 raise errors.Closed("client is closed")
-            for _ in range(2):
-                sock = self._sock or self._open()
-                proto = self.proto
-                box: List[Any] = []
-                rid, frame = proto.request(service, payload, headers, timeout, box.append, now)
+            sock = self._sock or self._open()
+            proto = self.proto
+            box: List[Any] = []
+            rid, frame = proto.request(service, payload, headers, timeout, box.append, now)
+            if frame is not None and self._rcvtimeo == _SLICE_MS and deadline - now > _SLICE:
+                # the first wait is a whole slice, as _drive would set it
+                zsend(sock, frame)
                 try:
-                    if frame is not None and deadline - now > self.SLICE \
-                            and self._rcvtimeo == self._SLICE_MS:
-                        # the first wait is a whole slice, as _drive would set it
-                        zsend(sock, frame)
-                        try:
-                            frame = sock.recv()
-                        except zmq.Again:
-                            frame = None
-                        else:
-                            answer = proto.answer(frame, rid, clock())
-                            if answer is not None:
-                                box.append(answer)
-                                break
-                    elif frame is not None:
-                        zsend(sock, frame)
-                        frame = None
-                    lost = self._drive(sock, box, deadline, losses, now, frame)
-                except (errors.Closed, errors.ConnectionLost):
-                    proto.forget_request(rid)
-                    raise
-                if lost is None:
-                    break
-                self._open()   # the broker did not know this session: nothing was applied
-                now = clock()
+                    frame = sock.recv()
+                except zmq.Again:
+                    frame = None
+                else:
+                    answer = proto.answer(frame, rid, _monotonic())
+                    if answer is not None:
+                        if isinstance(answer, BaseException):
+                            raise answer
+                        return answer  # type: ignore[no-any-return]
+            elif frame is not None:
+                zsend(sock, frame)
+                frame = None
+            return self._finish(service, payload, headers, timeout, deadline, losses,
+                                sock, now, box, rid, frame)
+
+    def _finish(self, service: str, payload: Any, headers: Headers, timeout: Optional[float],
+                deadline: float, losses: int, sock: zmq.Socket, now: float, box: List[Any],
+                rid: int, frame: Optional[bytes]) -> Message:
+        """The rest of ``request`` (the lock held) once its REQ is sent or
+        buffered: ``_drive`` until the answer or the deadline (``frame``:
+        one received already), and the request sent once more, on a new
+        session, when the broker did not know this one."""
+        for retried in (False, True):
+            try:
+                lost = self._drive(sock, box, deadline, losses, now, frame)
+            except (errors.Closed, errors.ConnectionLost):
+                self.proto.forget_request(rid)
+                raise
+            if lost is None or retried:
+                break
+            sock = self._open()   # the broker did not know this session: nothing was applied
+            now = _monotonic()
+            box = []
+            # a fresh socket's RCVTIMEO is unset: never the one-slice path of request
+            rid, frame = self.proto.request(service, payload, headers, timeout, box.append, now)
+            if frame is not None:
+                zsend(sock, frame)
+                frame = None
         if not box:
             self.proto.forget_request(rid)
             raise errors.Timeout(f"request to {service!r} timed out after {timeout}s")
@@ -702,7 +722,7 @@ class _DirectRequester:
                     raise errors.Closed("client closed while the request waited")
                 if client.losses - losses >= 2:
                     raise errors.ConnectionLost("no broker answers this client any more")
-                ms = max(1, int(min(left, self.SLICE) * 1000))
+                ms = max(1, int(min(left, _SLICE) * 1000))
                 # reset only when it would wait past the deadline (by more than
                 # the 1 ms rounding) or time out early: usually once per timeout
                 if not ms <= self._rcvtimeo <= ms + 1:
