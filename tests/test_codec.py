@@ -457,6 +457,28 @@ def test_outbox_request_hands_back_the_req_frame_only_when_it_may_leave_first():
     _, frame = outbox.request(1, "svc", b"q", None, 5.0, 0.05, 1000)
     assert frame is not None and outbox.unsent == 0 and not outbox.frames
 
+
+def test_outbox_request_reads_the_clock_once_or_takes_the_callers_reading():
+    reads = []
+
+    def clock():
+        reads.append(1)
+        return 100.0
+
+    outbox = C.Outbox(lambda s: None, clock, 4096, 1 << 30)
+    deadline, frame = outbox.request(1, "svc", b"q", None, 5.0, 0.25)
+    assert (deadline, frame, len(reads)) == (105.25, None, 1)   # buffered: first is 100
+    outbox.clear()
+    deadline, frame = outbox.request(2, "svc", b"q", None, 5.0, 0.25, 1000, 7.0)
+    assert deadline == 12.25 and frame is not None and len(reads) == 1
+    # buffered with the caller's reading: its partial frame is that old
+    deadline, frame = outbox.request(3, "svc", b"q", None, 2.0, 0.25, -1, 50.0)
+    assert deadline == 52.25 and frame is None and len(reads) == 1
+    outbox.cut(now=50.5, linger=1.0, force=False)
+    assert outbox.buffered > 0
+    outbox.cut(now=51.0, linger=1.0, force=False)
+    assert outbox.buffered == 0 and len(outbox.frames) == 1
+
 def test_a_reply_settled_natively_between_deliveries_of_one_handle_splits_their_run():
     """A run of MSG records is decoded later, from its bytes: a REPLY between
     two deliveries of one subscription (settled natively, no event) must not

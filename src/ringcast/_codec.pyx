@@ -1045,15 +1045,18 @@ cdef class Outbox:
         return self._ordered(cmd, fields)
 
     def request(self, uint64_t rid, service, payload, headers, timeout, double grace,
-                Py_ssize_t credit=-1):
+                Py_ssize_t credit=-1, now=None):
         """Buffer a REQ record after the checks of ``request()``, in its order
         (closed, service name, timeout, payload size); returns the local
         deadline, ``grace`` after the request's own, and None. Native: one
         call per request where a pipelining client spent ~1 us in Python
         checks. With ``credit`` >= 0 (a driver that sends at once), a REQ
         written to an empty outbox whose frame fits in ``credit`` bytes is
-        not buffered: that frame comes back in place of the None."""
-        cdef double seconds
+        not buffered: that frame comes back in place of the None. ``now``:
+        the caller's clock reading, just taken, used instead of reading the
+        clock (once, for the deadline and the partial frame's age)."""
+        cdef double seconds, t
+        cdef bint started, cut
         cdef bint alone = credit >= 0 and self.w.length == 0 and not self.frames
         if self.closed:
             raise Closed("client is closed")
@@ -1065,9 +1068,20 @@ cdef class Outbox:
             seconds = _check_timeout(timeout)
         self._check_size(payload)
         cdef double ms = seconds * 1000   # at most TIMEOUT_MAX s: fits the u64
-        self._ordered(RC_REQ, (rid, service, <uint64_t>ms if ms >= 1 else 1, headers, payload),
-                      True)
-        deadline = self.clock() + seconds + grace
+        t = self.clock() if now is None else now
+        if self.w.length == 0:
+            self.first = t
+        self._lock()
+        try:   # as _ordered, with REQ's own writer instead of the format walk
+            started = self.w.length == 0
+            self.w._req(rid, service, <uint64_t>ms if ms >= 1 else 1, headers, payload)
+            cut = self.w.length >= <size_t>self.frame_target
+            if cut:
+                self._cut()
+        finally:
+            self._unlock()
+        self._after(started, cut)
+        deadline = t + seconds + grace
         frame = None
         if alone:
             self._lock()
@@ -1082,19 +1096,15 @@ cdef class Outbox:
                 self._unlock()
         return deadline, frame
 
-    cdef int _ordered(self, int cmd, tuple fields, bint req=False) except -1:
-        """Buffer one record; ``req``: a REQ's fields, as ``request`` checked
-        them (its own writer, not the format walk)."""
+    cdef int _ordered(self, int cmd, tuple fields) except -1:
+        """Buffer one record."""
         cdef bint started, cut
         if self.w.length == 0:
             self.first = self.clock()
         self._lock()
         try:
             started = self.w.length == 0
-            if req:
-                self.w._req(fields[0], fields[1], fields[2], fields[3], fields[4])
-            else:
-                self.w._record(cmd, fields)
+            self.w._record(cmd, fields)
             cut = self.w.length >= <size_t>self.frame_target
             if cut:
                 self._cut()

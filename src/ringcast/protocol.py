@@ -630,7 +630,7 @@ class ClientProtocol:
             credit = self.credit if now is not None and urgent.ready and not len(urgent) else -1
             # checks (closed, name, timeout, size; headers as written) and REQ, natively
             deadline, frame = self.outbox.request(rid, service, payload, headers, timeout,
-                                                  REQUEST_GRACE, credit)
+                                                  REQUEST_GRACE, credit, now)
             self.requests[rid] = (service, settle, deadline)
             if frame is not None and now is not None:   # (the second test: for mypy)
                 self.credit -= len(frame)
