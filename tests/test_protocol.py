@@ -182,6 +182,36 @@ def test_replies_ahead_of_an_undecodable_record_are_settled_not_lost():
     assert isinstance(got[1], errors.ProtocolError)
 
 
+def test_a_driver_that_sends_at_once_gets_the_req_frame_and_its_answer():
+    """``request`` with ``now`` (the per-thread requester) hands back the
+    REQ's frame with its credit taken and the deadline from ``now``;
+    ``answer`` reads the reply and gives the credit back. Neither takes the
+    lock: that session is its thread's alone."""
+    from ringcast import _codec as C
+
+    class Refusing:
+        def __enter__(self):
+            raise AssertionError("the lock was taken")
+
+        def __exit__(self, *exc):
+            return False
+
+    proto = ClientProtocol("t", lock=Refusing())
+    proto.urgent.ready = True   # as after WELCOME
+    proto.credit = window = 1 << 20
+    got = []
+    rid, frame = proto.request("svc", b"q", None, 5.0, got.append, 100.0)
+    assert frame is not None and proto.credit == window - len(frame)
+    assert proto.last_tx == 100.0 and proto.requests[rid][2] == 100.0 + 5.0 + REQUEST_GRACE
+    assert C.Reader(frame).next() == (C.REQ, rid, "svc", 5000, None, b"q")
+    w = C.Writer()
+    w.record(C.REPLY, rid, None, b"a")
+    w.record(C.PCREDIT, len(frame))
+    msg = proto.answer(w.take(), rid, 101.0)
+    assert msg.payload == b"a" and proto.credit == window and proto.last_rx == 101.0
+    assert proto.requests == {} and got == []
+
+
 def test_an_oversized_reply_leaves_its_request_to_the_lost_session():
     from ringcast import _codec as C
 

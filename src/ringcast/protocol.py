@@ -8,7 +8,8 @@ The drivers only differ in how they wait and how they wake each other.
 
 Threading: every public method takes ``self.lock`` (an ``RLock`` for the sync
 client, a no-op for asyncio), so the sync client's user threads and I/O
-thread can share one protocol object.
+thread can share one protocol object; but for the sync requester's fast path
+(``request`` with ``now``, ``answer``), whose session is its thread's alone.
 """
 
 from __future__ import annotations
@@ -623,19 +624,27 @@ class ClientProtocol:
         Returns its rid, and None; with ``now`` (a driver that sends at once,
         the per-thread requester), the REQ's frame instead of the None when
         it may leave at once (a session, nothing waiting to go before it,
-        the credit for it): the caller sends it, without ``data_to_send``."""
-        with self.lock:
-            rid = next(self.ids)
-            urgent = self.urgent
-            credit = self.credit if now is not None and urgent.ready and not len(urgent) else -1
-            # checks (closed, name, timeout, size; headers as written) and REQ, natively
-            deadline, frame = self.outbox.request(rid, service, payload, headers, timeout,
-                                                  REQUEST_GRACE, credit, now)
-            self.requests[rid] = (service, settle, deadline)
-            if frame is not None and now is not None:   # (the second test: for mypy)
-                self.credit -= len(frame)
-                self.last_tx = now
-            return rid, frame
+        the credit for it): the caller sends it, without ``data_to_send``.
+        That requester's session is its thread's alone (its lock a no-op):
+        with ``now`` the lock is not taken."""
+        if now is None:
+            with self.lock:
+                rid = next(self.ids)
+                # checks (closed, name, timeout, size; headers as written) and REQ, natively
+                deadline, _ = self.outbox.request(rid, service, payload, headers, timeout,
+                                                  REQUEST_GRACE)
+                self.requests[rid] = (service, settle, deadline)
+                return rid, None
+        rid = next(self.ids)
+        urgent = self.urgent
+        credit = self.credit if urgent.ready and not len(urgent) else -1
+        deadline, frame = self.outbox.request(rid, service, payload, headers, timeout,
+                                              REQUEST_GRACE, credit, now)
+        self.requests[rid] = (service, settle, deadline)
+        if frame is not None:
+            self.credit -= len(frame)
+            self.last_tx = now
+        return rid, frame
 
     def expire_requests(self, now: float) -> None:
         """Fail requests whose deadline passed with no answer from the broker
@@ -677,18 +686,18 @@ class ClientProtocol:
         ``rid`` (a Message or the error) when ``frame`` holds it and nothing
         but PCREDIT, whose credit is applied; else None, nothing changed, and
         the frame is for ``frame_received``. For a session with no
-        subscription (nothing draining) whose credit nobody waits on: the
-        per-thread requester's."""
-        with self.lock:
-            got = C.Reader(frame, self.max_message, 1 << 20).answer(self.requests, rid)
-            if got is None:
-                return None
-            self.last_rx = now
-            answer, credit = got
-            if credit:
-                self.credit += credit
-                self.confirmed += credit
-            return answer
+        subscription (nothing draining) whose credit nobody waits on, and
+        that is its thread's alone (no lock is taken): the per-thread
+        requester's."""
+        got = C.Reader(frame, self.max_message, 1 << 20).answer(self.requests, rid)
+        if got is None:
+            return None
+        self.last_rx = now
+        answer, credit = got
+        if credit:
+            self.credit += credit
+            self.confirmed += credit
+        return answer
 
     def frame_received(self, frame: bytes, now: float) -> Optional[errors.RingcastError]:
         """Apply one frame from the broker. Returns an error when the session
