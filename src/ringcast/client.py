@@ -625,7 +625,9 @@ class _DirectRequester:
         now = _monotonic()
         deadline = now + check_request_timeout(timeout)
         losses = self._client.proto.losses
-        with self._lock:
+        lock = self._lock
+        lock.acquire()   # not `with`: finding and calling __enter__/__exit__ costs ~1k more
+        try:
             if self._closed or self._client._closing:
                 raise errors.Closed("client is closed")
             sock = self._sock or self._open()
@@ -650,6 +652,8 @@ class _DirectRequester:
                 frame = None
             return self._finish(service, payload, headers, timeout, deadline, losses,
                                 sock, now, box, rid, frame)
+        finally:
+            lock.release()
 
     def _finish(self, service: str, payload: Any, headers: Headers, timeout: Optional[float],
                 deadline: float, losses: int, sock: zmq.Socket, now: float, box: List[Any],
