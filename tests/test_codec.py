@@ -431,6 +431,17 @@ def test_answer_leaves_a_reply_to_a_request_given_up_on():
     assert C.Reader(_frame((C.REPLY, 5, None, b"r"))).answer(requests, 5) is None
 
 
+def test_answer_looks_up_the_rid_it_is_given_any_u64():
+    big = (1 << 64) - 1
+    requests = {big: ("svc", object(), 1.0)}
+    m, credit = C.Reader(_frame((C.REPLY, big, None, b"r"))).answer(requests, big)
+    assert (m.payload, credit, requests) == (b"r", 0, {})
+    with pytest.raises(OverflowError):
+        C.Reader(_frame((C.REPLY, 5, None, b"r"))).answer({}, -1)
+    with pytest.raises(TypeError):
+        C.Reader(_frame((C.REPLY, 5, None, b"r"))).answer({}, "5")
+
+
 def test_outbox_request_hands_back_the_req_frame_only_when_it_may_leave_first():
     def fresh(frame_target=4096):
         return C.Outbox(lambda s: None, time.monotonic, frame_target, 1 << 30)

@@ -1727,7 +1727,7 @@ cdef class Reader:
                 self.pos = self.e
         return out
 
-    def answer(self, dict requests not None, uint64_t rid):
+    def answer(self, dict requests not None, rid):
         """A waiting requester's fast path: when the frame holds the answer
         to ``rid`` (REPLY or REPLYERR) and nothing but PCREDIT besides, pops
         ``rid`` from ``requests`` (as ``events`` would) and returns
@@ -1735,6 +1735,7 @@ cdef class Reader:
         record, a second answer, ``rid`` given up on, a record that does
         not decode -- returns None with nothing changed: ``events`` then
         applies the frame (and reports its errors) the generic way."""
+        cdef uint64_t want = rid   # ``rid`` itself is the key: no int made for it
         cdef uint64_t credit = 0
         cdef int cmd, got = -1
         cdef uint64_t code = 0
@@ -1744,7 +1745,7 @@ cdef class Reader:
                 cmd = self._open()
                 if cmd == RC_PCREDIT:
                     credit += self._uv()
-                elif (cmd == RC_REPLY or cmd == RC_REPLYERR) and got < 0 and self._uv() == rid:
+                elif (cmd == RC_REPLY or cmd == RC_REPLYERR) and got < 0 and self._uv() == want:
                     got = cmd
                     if cmd == RC_REPLY:
                         headers = self._headers()
