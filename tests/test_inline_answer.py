@@ -182,3 +182,93 @@ def test_answer_runs_a_threaded_handler_the_same_way():
     [rep, err] = _answers(proto)
     assert rep == (C.REP, 1, b"re:a")
     assert err[:2] == (C.REPERR, 2) and "ZeroDivisionError" in err[2][1]
+
+
+# -- Urgent.answer_request: the sync client's I/O thread's fast path -------------------
+
+def _idle(handler=None):
+    """``_serving`` with its SERVE sent: nothing in the outbox."""
+    proto, h = _serving(handler)
+    proto.data_to_send(time.monotonic(), eager=True)
+    assert not proto.unsent()
+    return proto, h
+
+
+def _decoded(frames):
+    out = []
+    for frame in frames:
+        rd = C.Reader(frame)
+        while (rec := rd.next()) is not None:
+            out.append(rec)
+    return out
+
+
+def test_answer_request_answers_a_request_alone_in_its_frame_and_takes_the_reply():
+    """What ``frame_received`` and ``data_to_send`` would do, in one call:
+    last_rx and last_tx are the frame's time, the reply comes back to send
+    (after what was urgent before it)."""
+    seen = []
+    proto, h = _idle(lambda m: seen.append(m) or b"re:" + m.payload)
+    proto.urgent.record(C.HB)
+    frames = proto.urgent.answer_request(_frame(_rqst(h, 7, b"a")), 123.5)
+    assert [rec[0] for rec in _decoded(frames)] == [C.HB, C.REP]
+    assert _decoded(frames)[1][2] == 7 and _decoded(frames)[1][-1] == b"re:a"
+    assert proto.last_rx == proto.last_tx == 123.5
+    assert len(proto.urgent) == 0
+    [m] = seen
+    assert (m.subject, m.payload, m.delivery_count, m._owner) == ("svc", b"a", 1, h.owner)
+
+
+def test_answer_request_leaves_the_sending_to_data_to_send_when_the_outbox_holds_records():
+    """Publishes buffered (here by the handler): [] -- the reply waits in
+    ``urgent`` and ``data_to_send`` sends it ahead of them."""
+    proto, h = _idle()
+
+    def handler(msg):
+        proto.outbox.publish("a.b", b"p")
+        return b"r"
+
+    proto.inline[h.id] = handler
+    before = proto.last_tx
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 50.0) == []
+    assert proto.last_rx == 50.0 and proto.last_tx == before
+    assert _answers(proto) == [(C.REP, 1, b"r")]
+
+
+def test_answer_request_of_a_handler_that_does_not_reply():
+    proto, h = _idle(lambda m: None)
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 50.0) == []
+    assert proto.last_rx == 50.0 and _answers(proto) == []
+
+
+def test_answer_request_of_a_handler_that_raises_sends_the_failure():
+    proto, h = _idle(lambda m: 1 / 0)
+    [rec] = _decoded(proto.urgent.answer_request(_frame(_rqst(h, 4)), 1.0))
+    assert rec[0] == C.REPERR and rec[2] == 4 and "ZeroDivisionError" in rec[4]
+
+
+def test_answer_request_does_nothing_with_any_other_frame():
+    """None, nothing applied, for ``frame_received`` to apply it: two
+    requests, another record, a handle not inline, an owner missing or not
+    a Settler, a closed handle, a record that does not decode."""
+    calls = []
+    proto, h = _idle(lambda m: calls.append(m) or b"r")
+    frames = [
+        _frame(_rqst(h, 1), _rqst(h, 2)),
+        _frame(_rqst(h, 1), (C.PCREDIT, 5)),
+        _frame((C.PCREDIT, 5)),
+        _frame((C.RQST, h.id + 1, 1, 10_000, "svc", None, b"q")),
+        _frame(_rqst(h, 1))[:-1],   # its record runs past the frame
+        b"",
+    ]
+    rx = proto.last_rx
+    for frame in frames:
+        assert proto.urgent.answer_request(frame, 99.0) is None
+    owner = proto.owners.pop(h.id)
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
+    proto.owners[h.id] = object()
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
+    proto.owners[h.id] = owner
+    h.closed = True
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
+    assert calls == [] and proto.last_rx == rx and _answers(proto) == []

@@ -780,6 +780,60 @@ cdef class Urgent:
         finally:
             self._release()
 
+    def answer_request(self, frame, double now):
+        """The sync client's I/O thread's fast path for the frame a request
+        comes in alone: one RQST for a handler ``owner.inline`` runs, with a
+        live owner (as ``Reader.events`` would answer it). Under the lock it
+        does what ``frame_received`` and then ``data_to_send`` would:
+        ``owner.last_rx = now``, the handler runs and its reply is written
+        (``Settler.answer``), and, when the outbox holds nothing (so that
+        nothing else is to go), the frames are taken and returned
+        (``owner.last_tx = now`` if any). Returns [] when the request was
+        answered but the outbox holds records (``data_to_send`` sends it all),
+        and None, having done nothing, for any other frame or one that does
+        not decode (``frame_received`` applies it)."""
+        cdef object proto = self.owner
+        cdef Reader r = Reader(frame, proto.max_message, 1 << 20, proto.subjects)
+        cdef PyObject *f
+        cdef PyObject *o
+        cdef Message m
+        cdef Outbox outbox
+        cdef list out
+        try:
+            if r._open() != RC_RQST or r.e != r.n:
+                return None
+            handle = r._uv()
+            f = PyDict_GetItem(<dict?>proto.inline, handle)
+            if f == NULL:
+                return None
+            o = PyDict_GetItem(<dict?>proto.owners, handle)
+            if o == NULL or not isinstance(<object>o, Settler) or (<Settler>o).handle.closed:
+                return None
+            m = Message.__new__(Message)
+            m._tag = r._uv()
+            r._uv()   # the timeout: the broker's
+            m.delivery_count = 1
+            m.subject = r._subject()
+            m.headers = r._headers()
+            m.payload = r._payload()
+            m.owner = <object>o
+        except RingcastError:
+            return None
+        handler = <object>f   # held: the handler may close its handle
+        self._acquire()
+        try:
+            proto.last_rx = now
+            (<Settler>o)._answer(m, handler)
+            outbox = proto.outbox
+            if outbox.w.length or outbox.queued:
+                return []
+            out = self.take()
+            if out:
+                proto.last_tx = now
+            return out
+        finally:
+            self._release()
+
     def take(self):
         """Every frame, the partial one last; the buffer starts over empty."""
         cdef list out = self.frames

@@ -344,13 +344,20 @@ class Client:
                     self._wake_pending = False
                 return sock, False
             now = time.monotonic()
-            err = proto.frame_received(frame, now)
-            if err is not None:
-                log.warning("session ended by the broker: %s", err)
-                return self._reconnect(sock, errors.ConnectionLost(str(err))), False
-            if self._notify:   # tested here: a Python call less per frame
-                self._wake_waiters()
-            for out in proto.data_to_send(now):
+            # a request alone in its frame, for an inline handler: answered
+            # natively, and its reply taken with what else is urgent
+            frames = proto.urgent.answer_request(frame, now)
+            if frames is None:
+                err = proto.frame_received(frame, now)
+                if err is not None:
+                    log.warning("session ended by the broker: %s", err)
+                    return self._reconnect(sock, errors.ConnectionLost(str(err))), False
+                if self._notify:   # tested here: a Python call less per frame
+                    self._wake_waiters()
+                frames = proto.data_to_send(now)
+            elif not frames:   # answered, with publishes waiting or no reply
+                frames = proto.data_to_send(now)
+            for out in frames:
                 _to_broker(sock, out)
         except zmq.ZMQError:
             raise
