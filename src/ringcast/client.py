@@ -24,7 +24,7 @@ from . import errors
 from ._args import check_request_timeout, check_timeout
 from ._impl import Message
 from ._waiting import Receiving, _deadline
-from ._zsock import NOBLOCK, RCVMORE, RCVTIMEO, SNDMORE, zget, zsend
+from ._zsock import EAGAIN, NOBLOCK, RCVTIMEO, SNDMORE, zrecv_message, zsend, zsend_parts
 from .protocol import (
     ClientProtocol,
     Headers,
@@ -51,10 +51,17 @@ Handler = Callable[[Message], Any]
 
 
 def _to_broker(sock: zmq.Socket, frame: bytes) -> None:
-    """Send ``frame`` from the I/O thread's ROUTER to the broker (two sends:
-    a ROUTER takes a message's later parts once it took the first)."""
-    zsend(sock, _BROKER_ID, SNDMORE)
-    zsend(sock, frame)
+    """Send ``frame`` from the I/O thread's ROUTER to the broker, as
+    [_BROKER_ID, frame]: one native call (``zsend_parts``, which does not
+    block). A socket with no room for it (EAGAIN; not with its SNDHWM of 0)
+    is waited on, as pyzmq's blocking send would; EHOSTUNREACH raises (see
+    ``_socket``)."""
+    err = zsend_parts(sock, _BROKER_ID, frame)
+    if err == EAGAIN:   # nothing was sent: the same, blocking
+        zsend(sock, _BROKER_ID, SNDMORE)
+        zsend(sock, frame)
+    elif err:
+        raise zmq.ZMQError(err)
 
 
 class Client:
@@ -328,12 +335,14 @@ class Client:
         syscall between the reply and the sleep costs ~3-5 us a round trip)."""
         proto = self.proto
         try:
-            frame = sock.recv(NOBLOCK)   # a ROUTER delivers a message's parts at once
-            if zget(sock, RCVMORE):   # one frame per message (docs/protocol.md)
-                parts = 2
-                while zget(sock, RCVMORE):
-                    sock.recv(NOBLOCK)
-                    parts += 1
+            # a ROUTER delivers a message's parts at once: the rest of it,
+            # natively (parts past the frame are dropped and counted; the
+            # frame is None for a message of one part). No typing.cast here:
+            # its Tuple[...] would be built per message
+            routed = zrecv_message(sock, ident)
+            assert routed is not None   # with its first part given, never
+            _, frame, parts = routed
+            if frame is None or parts != 2:   # one frame per message (docs/protocol.md)
                 if ident != _BROKER_ID:
                     return sock, False
                 log.warning("session ended: the broker sent a message of %d parts", parts - 1)
@@ -357,8 +366,9 @@ class Client:
                 frames = proto.data_to_send(now)
             elif not frames:   # answered, with publishes waiting or no reply
                 frames = proto.data_to_send(now)
-            for out in frames:
-                _to_broker(sock, out)
+            for out in frames:   # _to_broker's common case, inline
+                if zsend_parts(sock, _BROKER_ID, out):
+                    _to_broker(sock, out)   # nothing was sent: the rare cases there
         except zmq.ZMQError:
             raise
         except Exception as exc:  # never let the I/O thread die: start a clean session

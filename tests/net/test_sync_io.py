@@ -170,3 +170,39 @@ def test_a_connection_libzmq_gives_up_on_is_opened_again():
         c.close(timeout=0)
         if broker is not None:
             broker.stop()
+
+
+def test_a_send_the_socket_has_no_room_for_is_waited_on(monkeypatch):
+    """The I/O thread sends with ``zsend_parts``, which does not block and
+    sends nothing when the socket has no room (EAGAIN; none with SNDHWM 0,
+    so faked here): the reply then goes through ``_to_broker``, which sends
+    it the blocking way; nothing is lost or sent twice. Any other errno
+    raises, as pyzmq's send would."""
+    import pytest
+
+    from ringcast import client as client_mod
+
+    real, calls = client_mod.zsend_parts, []
+
+    def full_twice_in_three(sock, ident, frame):
+        calls.append(frame)   # the reply's first try fails, and _to_broker's
+        return zmq.EAGAIN if len(calls) % 3 else real(sock, ident, frame)
+
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=30.0).start()
+    try:
+        with connect(broker.endpoints[0], heartbeat=30, timeout=10) as server, \
+                connect(broker.endpoints[0], heartbeat=30, timeout=10) as c:
+            server.serve("echo", lambda m: m.payload)
+            server.flush(timeout=5)
+            monkeypatch.setattr(client_mod, "zsend_parts", full_twice_in_three)
+            for i in range(20):
+                assert c.request("echo", b"%d" % i, timeout=5).payload == b"%d" % i
+            assert len(calls) >= 20
+            monkeypatch.setattr(client_mod, "zsend_parts",
+                                lambda sock, ident, frame: zmq.EHOSTUNREACH)
+            with pytest.raises(zmq.ZMQError) as unreachable:
+                client_mod._to_broker(None, b"x")
+            assert unreachable.value.errno == zmq.EHOSTUNREACH
+            monkeypatch.setattr(client_mod, "zsend_parts", real)
+    finally:
+        broker.stop()
