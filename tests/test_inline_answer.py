@@ -268,6 +268,9 @@ def test_answer_request_does_nothing_with_any_other_frame():
     assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
     proto.owners[h.id] = object()
     assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
+    # a Settler writing to another Urgent (the lock held would not be its own)
+    proto.owners[h.id] = type(owner)(h, h.id, C.Urgent(proto, proto.lock))
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
     proto.owners[h.id] = owner
     h.closed = True
     assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None

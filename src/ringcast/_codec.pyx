@@ -783,7 +783,8 @@ cdef class Urgent:
     def answer_request(self, frame, double now):
         """The sync client's I/O thread's fast path for the frame a request
         comes in alone: one RQST for a handler ``owner.inline`` runs, with a
-        live owner (as ``Reader.events`` would answer it). Under the lock it
+        live owner that writes here (as ``Reader.events`` would answer it;
+        its reply is written under the lock held already). Under the lock it
         does what ``frame_received`` and then ``data_to_send`` would:
         ``owner.last_rx = now``, the handler runs and its reply is written
         (``Settler.answer``), and, when the outbox holds nothing (so that
@@ -807,7 +808,8 @@ cdef class Urgent:
             if f == NULL:
                 return None
             o = PyDict_GetItem(<dict?>proto.owners, handle)
-            if o == NULL or not isinstance(<object>o, Settler) or (<Settler>o).handle.closed:
+            if o == NULL or not isinstance(<object>o, Settler) or (<Settler>o).urgent is not self \
+                    or (<Settler>o).handle.closed:
                 return None
             m = Message.__new__(Message)
             m._tag = r._uv()
@@ -823,7 +825,7 @@ cdef class Urgent:
         self._acquire()
         try:
             proto.last_rx = now
-            (<Settler>o)._answer(m, handler)
+            (<Settler>o)._answer(m, handler, True)   # the lock is held: not again
             outbox = proto.outbox
             if outbox.w.length or outbox.queued:
                 return []
@@ -916,7 +918,7 @@ cdef class Settler:
         to ``not_replied(msg, exc)``. ``Reader.events`` calls it natively."""
         self._answer(msg, handler)
 
-    cdef int _answer(self, Message msg, handler) except -1:
+    cdef int _answer(self, Message msg, handler, bint locked=False) except -1:
         try:
             result = handler(msg)
         except Exception as exc:
@@ -924,26 +926,30 @@ cdef class Settler:
             return 0
         if result is not None:
             try:
-                self._respond(msg, result, None)
+                self._respond(msg, result, None, locked)
             except RingcastError as exc:
                 self.not_replied(msg, exc)
         return 0
 
-    cdef int _respond(self, Message msg, payload, headers) except -1:
+    cdef int _respond(self, Message msg, payload, headers, bint locked=False) except -1:
+        # ``locked``: the caller holds the urgent lock (Urgent.answer_request):
+        # no second, reentrant, acquire and release
         self._live()
         cdef Py_ssize_t limit = self.handle.proto.max_message
         cdef Py_ssize_t size = _payload_len(payload)
         if size > limit:
             raise LimitExceeded(f"reply of {size} bytes exceeds the broker's limit of {limit}")
         cdef Urgent u = self.urgent
-        u._acquire()
+        if not locked:
+            u._acquire()
         try:
             self._live()   # again, under the lock: a reconnect may have just made it so
             if u.ready:
                 u.w._record(RC_REP, (self.hid, msg._tag, headers, payload))
                 u._written(True)
         finally:
-            u._release()
+            if not locked:
+                u._release()
         return 0
 
 
