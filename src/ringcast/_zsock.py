@@ -7,7 +7,7 @@ enum arithmetic costs more than the calls it flags)."""
 
 import ctypes
 import errno
-from typing import Callable, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import zmq
 
@@ -24,21 +24,25 @@ _FUNCTIONS = ("zmq_getsockopt", "zmq_send", "zmq_msg_init", "zmq_msg_recv", "zmq
               "zmq_msg_size", "zmq_msg_more", "zmq_msg_close")
 
 
-def _libzmq_functions() -> Optional[Dict[str, int]]:
+def _libzmq_functions() -> Optional[Tuple[Dict[str, int], Any]]:
     """The addresses of _FUNCTIONS in the libzmq pyzmq's Cython backend calls
-    (looked up through that extension, so it is the same library), or None
-    when they cannot all be found this way."""
+    (looked up through that extension, so it is the same library), and the
+    descriptor of its sockets' ``underlying`` handle; None when they cannot
+    all be found this way."""
     try:
         from zmq.backend.cython import _zmq
 
         if zmq.backend.Socket is not _zmq.Socket:   # another backend (CFFI)
             return None
+        underlying = _zmq.Socket.__dict__["underlying"]
+        if not hasattr(type(underlying), "__get__"):
+            return None
         lib = ctypes.CDLL(_zmq.__file__)
         found = {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
                  for name in _FUNCTIONS}
-    except (ImportError, OSError, AttributeError):
+    except (ImportError, OSError, AttributeError, KeyError):
         return None
-    return found if all(found.values()) else None
+    return (found, underlying) if all(found.values()) else None
 
 
 def _pyzmq_get_int(sock: zmq.Socket, option: int) -> int:
@@ -73,7 +77,7 @@ def _pyzmq_recv_message(sock: zmq.Socket, first: Optional[bytes] = None
 
 _NATIVE = _libzmq_functions()
 if _NATIVE is not None:
-    _zsockopt.bind(_NATIVE, zmq.ZMQError, zmq.backend.Socket.__dict__["underlying"])
+    _zsockopt.bind(_NATIVE[0], zmq.ZMQError, _NATIVE[1])
 
 #: an int option (EVENTS, RCVMORE) of a socket: ``zget(sock, EVENTS)``
 zget = cast(Callable[[zmq.Socket, int], int],

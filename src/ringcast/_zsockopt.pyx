@@ -83,6 +83,8 @@ def bind(dict functions, error, underlying):
 cdef inline void *_handle(sock) except? NULL:
     """The socket's libzmq handle (0 once closed). The descriptor checks that
     ``sock`` is a pyzmq socket."""
+    if _get_underlying == NULL:
+        raise RuntimeError("ringcast._zsockopt: bind() was not called")
     cdef size_t handle = _get_underlying(_underlying, sock, <object>NULL)
     return <void *>handle
 
@@ -122,16 +124,18 @@ cdef object _recv_part(void *handle, int *more):
     cdef zmq_msg msg
     cdef int rc
     _msg_init(&msg)
+    cdef int err
     while True:
         rc = _msg_recv(&msg, handle, _NOBLOCK)
         if rc >= 0:
             break
-        if errno == EINTR:
+        err = errno   # before the close, which may set it
+        if err == EINTR:
             continue
         _msg_close(&msg)
-        if errno == EAGAIN:
+        if err == EAGAIN:
             return None
-        raise _error(errno)
+        raise _error(err)
     try:
         more[0] = _msg_more(&msg)
         return PyBytes_FromStringAndSize(<char *>_msg_data(&msg), <Py_ssize_t>_msg_size(&msg))
@@ -161,7 +165,6 @@ def recv_message(sock, first=None):
     frame = _recv_part(handle, &more) if more else None
     if frame is not None:
         parts = 2
-        while more:
-            _recv_part(handle, &more)
+        while more and _recv_part(handle, &more) is not None:
             parts += 1
     return first, frame, parts
