@@ -275,3 +275,28 @@ def test_answer_request_does_nothing_with_any_other_frame():
     h.closed = True
     assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 99.0) is None
     assert calls == [] and proto.last_rx == rx and _answers(proto) == []
+
+
+def test_a_handler_closed_while_the_lock_was_awaited_is_not_run():
+    """answer_request looks the handler up under the lock, as frame_received
+    does: a close() that ran while the I/O thread waited for the lock takes
+    the handler out first, and the request goes the generic way (no call)."""
+    import threading
+
+    calls = []
+    proto, h = _idle(lambda m: calls.append(m) or b"r")
+    lock = threading.RLock()
+    proto.lock = lock
+
+    class ClosedWhileAwaited:
+        def __enter__(self):
+            proto.inline.pop(h.id, None)   # another thread's close(), just before
+            proto.close_handle(h)
+            return lock.__enter__()
+
+        def __exit__(self, *exc):
+            return lock.__exit__(*exc)
+
+    proto.urgent.lock = ClosedWhileAwaited()
+    assert proto.urgent.answer_request(_frame(_rqst(h, 1)), 1.0) is None
+    assert h.closed and calls == []

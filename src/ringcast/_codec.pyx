@@ -790,9 +790,10 @@ cdef class Urgent:
         (``Settler.answer``), and, when the outbox holds nothing (so that
         nothing else is to go), the frames are taken and returned
         (``owner.last_tx = now`` if any). Returns [] when the request was
-        answered but the outbox holds records (``data_to_send`` sends it all),
-        and None, having done nothing, for any other frame or one that does
-        not decode (``frame_received`` applies it)."""
+        answered but the outbox holds records, or nothing was taken (no
+        reply yet, a session not ready): ``data_to_send`` sends what there
+        is. Returns None, having done nothing, for any other frame or one
+        that does not decode (``frame_received`` applies it)."""
         cdef object proto = self.owner
         cdef Reader r = Reader(frame, proto.max_message, 1 << 20, proto.subjects)
         cdef PyObject *f
@@ -800,32 +801,40 @@ cdef class Urgent:
         cdef Message m
         cdef Outbox outbox
         cdef list out
+        cdef uint64_t tag
         try:
             if r._open() != RC_RQST or r.e != r.n:
                 return None
             handle = r._uv()
+            tag = r._uv()
+            r._uv()   # the timeout: the broker's
+            subject = r._subject()
+            headers = r._headers()
+            payload = r._payload()
+        except RingcastError:
+            return None
+        self._acquire()
+        try:
+            # looked up under the lock, as frame_received does: a close() on
+            # another thread takes the handler out under it
             f = PyDict_GetItem(<dict?>proto.inline, handle)
             if f == NULL:
                 return None
+            handler = <object>f   # held: the handler may close its handle
             o = PyDict_GetItem(<dict?>proto.owners, handle)
             if o == NULL or not isinstance(<object>o, Settler) or (<Settler>o).urgent is not self \
                     or (<Settler>o).handle.closed:
                 return None
+            settler = <object>o
             m = Message.__new__(Message)
-            m._tag = r._uv()
-            r._uv()   # the timeout: the broker's
+            m._tag = tag
             m.delivery_count = 1
-            m.subject = r._subject()
-            m.headers = r._headers()
-            m.payload = r._payload()
-            m.owner = <object>o
-        except RingcastError:
-            return None
-        handler = <object>f   # held: the handler may close its handle
-        self._acquire()
-        try:
+            m.subject = subject
+            m.headers = headers
+            m.payload = payload
+            m.owner = settler
             proto.last_rx = now
-            (<Settler>o)._answer(m, handler, True)   # the lock is held: not again
+            (<Settler>settler)._answer(m, handler, True)   # the lock is held: not again
             outbox = proto.outbox
             if outbox.w.length or outbox.queued:
                 return []
@@ -1935,9 +1944,10 @@ cdef class RequestPath:
     the same way, so this path only has to be right for the case it takes."""
 
     cdef object broker, remote, wire
-    # the one session a frame's runs wrote to (requests or answers); None
-    # when none, or more than one (_note_wrote)
-    cdef object wrote
+    # the one session a frame's runs wrote to (requests or answers), while
+    # frame() runs; wrote_many: more than one, or others may have been
+    # written to on the way; sole_written: what sole() hands out
+    cdef object wrote, sole_written
     cdef bint wrote_many
     cdef size_t split
     cdef double max_timeout_ms
@@ -1949,17 +1959,16 @@ cdef class RequestPath:
         self.split = split
         self.max_timeout_ms = max_timeout_ms
 
-    def frame(self, frame, session, bint eager=False):
+    def frame(self, frame, session):
         """A frame of ``session`` (none of its frames parked), read here as
         long as its records are requests and replies this path takes: the
         commonest frame of request traffic costs the broker one call.
         Returns None when that was all of it (an ordered frame's credit is
         then counted, as ``_on_frame`` would); else the Reader, at the first
-        record left for the broker's Python path. ``eager`` (the pass's
-        first frame): what it wrote leaves before the call returns, ahead of
-        the sender's own output and the pass's other work."""
+        record left for the broker's Python path. ``sole()`` then tells the
+        one session the frame wrote to, if it wrote to one only."""
         broker = self.broker
-        self.wrote = None
+        self.wrote = self.sole_written = None
         self.wrote_many = False
         cdef Reader r = Reader(frame, broker.max_message, broker.max_subject, broker._subjects)
         cdef int first = r.peek()
@@ -1968,33 +1977,40 @@ cdef class RequestPath:
             return r
         broker._eager = True   # the answer or the request leaves at once (_step)
         while True:
+            if cmd == -1 or not session.alive:   # the rest of a dropped session's is void
+                break
             if cmd == RC_REQ:
                 # an ordered record after an urgent first one is the Python
                 # path's protocol error to raise
                 if first != RC_REQ or not self._requests(r, session):
-                    return r
+                    return self._left(r)
                 if broker._queued > 1024 and broker._queued > 2 * broker._live:
                     broker._prune_deadlines()
             elif cmd == RC_REP:
                 if not self._replies(r, session):
-                    return r
-            elif cmd == -1 or not session.alive:   # the rest of a dropped session's is void
-                break
+                    return self._left(r)
             else:
-                return r
+                return self._left(r)
             cmd = r.peek()
         if first == RC_REQ:   # an ordered frame: its bytes are credit to give back
             if not session.credit_due:
                 session.credit_since = broker._now
             session.credit_due += r.n
-        if eager and self.wrote is not None and not self.wrote_many and self.wrote.alive:
-            # the one session written to: sent now, and the pass's eager
-            # flush (the sender's own output: credit, which may wait) skipped
-            broker._flush_out(self.wrote)
-            if not self.wrote.frames:   # a backlog stays dirty, to be retried
-                broker._dirty.discard(self.wrote)
-            broker._eager = False
+        if not self.wrote_many:
+            self.sole_written = self.wrote
+        self.wrote = None
         return None
+
+    cdef inline Reader _left(self, Reader r):
+        self.wrote = None   # the Python path may write anywhere: no sole session
+        return r
+
+    def sole(self):
+        """The one session the last ``frame()`` wrote to, when it took all
+        of the frame and wrote to one session only (a refill, a flush or an
+        expiry on the way may write to others: then None); once."""
+        session, self.sole_written = self.sole_written, None
+        return session
 
     cdef inline void _note_wrote(self, session):
         if self.wrote is None:
@@ -2006,7 +2022,10 @@ cdef class RequestPath:
         """REQ records of ``session`` while each goes straight to a lone
         remote responder with room, as ``_offer`` would write it; returns
         how many."""
-        return self._requests(r, session)
+        try:
+            return self._requests(r, session)
+        finally:
+            self.wrote = None   # for frame() only: no session kept alive here
 
     cdef Py_ssize_t _requests(self, Reader r, session) except -1:
         broker = self.broker
@@ -2073,7 +2092,8 @@ cdef class RequestPath:
                     broker._live += live   # a flush may drop a session: counts first
                     broker._queued += queued
                     live = queued = 0
-                    broker._flush_out(rs)
+                    broker._flush_out(rs)   # a drop in it may answer others' requests
+                    self.wrote_many = True
                     last = None
                 elif not marked:
                     dirty.add(rs)
@@ -2097,7 +2117,10 @@ cdef class RequestPath:
     def replies(self, Reader r not None, session):
         """REP records of ``session`` while each answers a remote request
         still waiting, as ``_respond`` would write it; returns how many."""
-        return self._replies(r, session)
+        try:
+            return self._replies(r, session)
+        finally:
+            self.wrote = None
 
     cdef Py_ssize_t _replies(self, Reader r, session) except -1:
         broker = self.broker
@@ -2161,7 +2184,8 @@ cdef class RequestPath:
                     broker._live -= owed
                     broker._answered = now
                     owed = 0
-                    responder.refill()
+                    responder.refill()   # writes the sender an RQST, others expiries
+                    self.wrote_many = True
                     last_rs = None
                     if not session.alive:
                         break

@@ -682,15 +682,11 @@ class Broker:
                 with self._wake_lock:
                     self._wake_pending = False
             else:
-                # a request or an answer in the pass's first frame leaves
-                # now, ahead of the EVENTS check for more input (later
-                # frames of a busy pass are batched): the native path sends
-                # what it wrote itself, the flush sends the rest
-                self._on_frame(ident, frame, now, n == 1)
+                self._on_frame(ident, frame, now)
                 if self._eager:
                     self._eager = False
                     if n == 1:
-                        self._flush_dirty()
+                        self._flush_first()
         if self._calls:
             self._run_calls()
         if self._retry:
@@ -714,6 +710,20 @@ class Broker:
         self._flush_dirty()
         return n
 
+    def _flush_first(self) -> None:
+        """A request or an answer in the pass's first frame leaves now, ahead
+        of the EVENTS check for more input (later frames of a busy pass are
+        batched): the one session the native path wrote to, if it wrote to
+        one only (the sender's own output, such as credit, may wait for the
+        pass's flush), else every session with output."""
+        sole = self._native.sole() if self._native is not None else None
+        if sole is None:
+            self._flush_dirty()
+        elif sole.alive:
+            self._flush_out(sole)
+            if not sole.frames:   # a backlog stays dirty, to be retried
+                self._dirty.discard(sole)
+
     def _flush_dirty(self) -> None:
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
@@ -722,7 +732,7 @@ class Broker:
                     self._flush_out(s)
 
     # -- inbound ----------------------------------------------------------------------------
-    def _on_frame(self, ident: bytes, frame: bytes, now: float, eager: bool = False) -> None:
+    def _on_frame(self, ident: bytes, frame: bytes, now: float) -> None:
         s = self._sessions.get(ident)
         if s is None:
             self._hello(ident, frame, now)
@@ -733,7 +743,7 @@ class Broker:
             if self._native is not None and not s.parked:
                 # requests and replies, natively: all of the frame, or up to
                 # the first record left for _process
-                reader = self._native.frame(frame, s, eager)
+                reader = self._native.frame(frame, s)
                 if reader is None:
                     return
             else:
