@@ -37,6 +37,7 @@ import time
 from typing import Callable, Dict, List
 
 import zmq
+from responder_overhead import RAW_ECHO
 
 from ringcast import _codec as C
 from ringcast import errors
@@ -108,14 +109,6 @@ while True:
         zsend(s, ident + frame, NOBLOCK)
 """
 
-ECHO = """
-import zmq
-s = zmq.Context().socket(zmq.DEALER)
-s.connect({url!r})
-s.send(b"responder")
-while True:
-    s.send(s.recv())
-"""
 FORWARDED_ID = b"requester"
 
 PROXY = """
@@ -265,7 +258,7 @@ def main() -> None:
         forwarder = spawn(FORWARDER, spin=REQUEST_SPIN, idlen=len(FORWARDED_ID))
         assert forwarder.stdout is not None
         forwarded = f"tcp://127.0.0.1:{forwarder.stdout.readline().strip()}"
-        spawn(ECHO, url=forwarded)
+        spawn(RAW_ECHO, url=forwarded)   # its b"hello" names it the responder
         forwarder.stdout.readline()   # "ready": the echo is its responder
         with connect(url, timeout=30) as client:
             for service in ("svc.rc", "svc.min"):

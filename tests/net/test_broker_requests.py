@@ -37,6 +37,21 @@ def _serving(router, name, timeout=10.0):
     raise AssertionError(f"nobody serves {name!r}")
 
 
+def _raw_responder(zsocket, router, broker, service):
+    """A raw session serving ``service`` (handle 1, concurrency 8), once
+    the router has it."""
+    from ringcast import _codec as C
+
+    from .conftest import raw_session
+
+    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    w = C.Writer()
+    w.record(C.SERVE, 1, service, 8)
+    rsock.send(w.take())
+    _serving(router, service)
+    return rsock
+
+
 def test_embedded_requester_reaches_a_remote_responder(shared):
     router, _, client = shared
     client.serve("remote.upper", lambda m: m.payload.upper())
@@ -585,12 +600,9 @@ def test_replies_late_unknown_and_in_time_in_one_frame(shared, zsocket):
     from .conftest import raw_session, wait_for
 
     router, broker, _ = shared
-    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    rsock = _raw_responder(zsocket, router, broker, "raw.svc")
     qsock, _ = raw_session(zsocket, broker.endpoints[0], "requester")
     w = C.Writer()
-    w.record(C.SERVE, 1, "raw.svc", 8)
-    rsock.send(w.take())
-    _serving(router, "raw.svc")
     for rid, ms in ((1, 10_000), (2, 100), (3, 10_000), (4, 10_000)):
         w.record(C.REQ, rid, "raw.svc", ms, None, b"q%d" % rid)
     qsock.send(w.take())
@@ -629,14 +641,10 @@ def test_a_request_after_a_reply_in_one_frame_is_a_protocol_error(shared, zsocke
     before it is applied; the native path and the Python one agree."""
     from ringcast import _codec as C
 
-    from .conftest import raw_session
 
     router, broker, client = shared
-    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    rsock = _raw_responder(zsocket, router, broker, "urgent.svc")
     w = C.Writer()
-    w.record(C.SERVE, 1, "urgent.svc", 8)
-    rsock.send(w.take())
-    _serving(router, "urgent.svc")
     answer = []
     thread = threading.Thread(
         target=lambda: answer.append(client.request("urgent.svc", b"q", timeout=10)))
@@ -696,11 +704,8 @@ def test_one_frame_answering_two_requesters_reaches_both(shared, zsocket):
     from .conftest import raw_session
 
     router, broker, _ = shared
-    rsock, _ = raw_session(zsocket, broker.endpoints[0], "responder")
+    rsock = _raw_responder(zsocket, router, broker, "two.svc")
     w = C.Writer()
-    w.record(C.SERVE, 1, "two.svc", 8)
-    rsock.send(w.take())
-    _serving(router, "two.svc")
     requesters = [raw_session(zsocket, broker.endpoints[0], f"requester-{i}")[0]
                   for i in range(2)]
     for i, qsock in enumerate(requesters):
