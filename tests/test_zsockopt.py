@@ -174,3 +174,51 @@ def test_a_non_socket_raises_and_is_never_dereferenced(impl):
         impl["get"](object(), EVENTS)
     with pytest.raises((TypeError, AttributeError, zmq.ZMQError)):
         impl["recv_message"](object())
+
+
+def test_a_broker_and_client_work_on_the_pyzmq_calls_alone(monkeypatch):
+    """Where libzmq's functions cannot be bound (another pyzmq backend, a
+    static libzmq, Windows), the broker and the sync client run on pyzmq's
+    calls: publishes, queued messages and requests all arrive, counted."""
+    import collections
+
+    from ringcast import aio_client, broker, client
+
+    used = collections.Counter()
+
+    def counted(name, fallback):
+        def call(*args):
+            used[name] += 1
+            return fallback(*args)
+        return call
+
+    for module in (broker, client, aio_client):
+        for name, fallback in (("zget", PYZMQ["get"]), ("zsend_parts", PYZMQ["send_parts"]),
+                               ("zrecv_message", PYZMQ["recv_message"])):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted(name, fallback))
+    with broker.Broker("tcp://127.0.0.1:0", spin=0.002) as b, \
+            client.connect(b.endpoints[0], timeout=10) as c:
+        sub = c.subscribe("fallback.>")
+        c.declare_queue("fallback.q")
+        consumer = c.consume("fallback.q", prefetch=8)
+        c.serve("fallback.svc", lambda m: m.payload[::-1])
+        c.flush()
+        c.stats()   # everything above is applied at the broker
+        for i in range(50):
+            c.publish("fallback.x", b"%d" % i)
+            c.send("fallback.q", b"q%d" % i)
+        c.flush()
+        got = [m.payload for m in sub.recv_many(50, timeout=10)]
+        while len(got) < 50:
+            got += [m.payload for m in sub.recv_many(50 - len(got), timeout=10)]
+        assert got == [b"%d" % i for i in range(50)]
+        queued = []
+        while len(queued) < 50:
+            for m in consumer.recv_many(8, timeout=10):
+                queued.append(m.payload)
+                m.ack()
+        assert queued == [b"q%d" % i for i in range(50)]
+        assert [c.request("fallback.svc", b"abc%d" % i, timeout=10).payload
+                for i in range(20)] == [(b"abc%d" % i)[::-1] for i in range(20)]
+    assert set(used) == {"zget", "zsend_parts", "zrecv_message"}   # each one was used
