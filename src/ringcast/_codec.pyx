@@ -1984,8 +1984,6 @@ cdef class RequestPath:
                 # path's protocol error to raise
                 if first != RC_REQ or not self._requests(r, session):
                     return self._left(r)
-                if broker._queued > 1024 and broker._queued > 2 * broker._live:
-                    broker._prune_deadlines()
             elif cmd == RC_REP:
                 if not self._replies(r, session):
                     return self._left(r)

@@ -704,6 +704,10 @@ class Broker:
             self._flush_ready()
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
+        if self._queued > 1024 and self._queued > 2 * self._live:
+            # answered requests leave the deadline deques in bulk, once a
+            # pass, so that they track the live ones
+            self._keep_deadlines(lambda p: not p.settled)
         if self._owed:
             self._dirty |= self._owed
             self._owed.clear()
@@ -844,8 +848,6 @@ class Broker:
                     self._native.requests(reader, s)
                 if s.alive and reader.peek() == C.REQ:
                     self._on_reqs(s, reader.run(cmd))
-                if self._queued > 1024 and self._queued > 2 * self._live:
-                    self._prune_deadlines()
                 continue
             if cmd in _PUBLISH:
                 try:
@@ -1374,11 +1376,6 @@ class Broker:
                     heapq.heappush(heap, (queue[0].deadline, next(self._seq), timeout))
                 else:
                     del timeouts[timeout]
-
-    def _prune_deadlines(self) -> None:
-        """Answered requests leave the deadline deques in bulk, so that they
-        track the live ones."""
-        self._keep_deadlines(lambda p: not p.settled)
 
     def _keep_deadlines(self, keep: Any) -> None:
         """Keep the requests in flight that ``keep(request)`` accepts, and the
