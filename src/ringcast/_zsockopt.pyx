@@ -56,28 +56,24 @@ def bind(dict functions, error, underlying):
     ``__getattr__`` hook, ~350 instructions a call)."""
     global _getsockopt, _send, _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more
     global _msg_close, _error, _underlying, _get_underlying
-    cdef size_t address
-    address = functions["zmq_getsockopt"]
-    _getsockopt = <getsockopt_t><void *>address
-    address = functions["zmq_send"]
-    _send = <send_t><void *>address
-    address = functions["zmq_msg_init"]
-    _msg_init = <msg_init_t><void *>address
-    address = functions["zmq_msg_recv"]
-    _msg_recv = <msg_recv_t><void *>address
-    address = functions["zmq_msg_data"]
-    _msg_data = <msg_data_t><void *>address
-    address = functions["zmq_msg_size"]
-    _msg_size = <msg_size_t><void *>address
-    address = functions["zmq_msg_more"]
-    _msg_more = <msg_more_t><void *>address
-    address = functions["zmq_msg_close"]
-    _msg_close = <msg_init_t><void *>address
+    _getsockopt = <getsockopt_t>_address(functions, "zmq_getsockopt")
+    _send = <send_t>_address(functions, "zmq_send")
+    _msg_init = <msg_init_t>_address(functions, "zmq_msg_init")
+    _msg_recv = <msg_recv_t>_address(functions, "zmq_msg_recv")
+    _msg_data = <msg_data_t>_address(functions, "zmq_msg_data")
+    _msg_size = <msg_size_t>_address(functions, "zmq_msg_size")
+    _msg_more = <msg_more_t>_address(functions, "zmq_msg_more")
+    _msg_close = <msg_init_t>_address(functions, "zmq_msg_close")
     _error = error
     _get_underlying = Py_TYPE(underlying).tp_descr_get
     if _get_underlying == NULL:
         raise TypeError(f"not a descriptor: {underlying!r}")
     _underlying = underlying
+
+
+cdef void *_address(dict functions, str name) except? NULL:
+    cdef size_t address = functions[name]
+    return <void *>address
 
 
 cdef inline void *_handle(sock) except? NULL:
@@ -92,9 +88,12 @@ cdef inline void *_handle(sock) except? NULL:
 def get_int(sock, int option):
     """An int-valued option of ``sock`` (EVENTS, RCVMORE; not a bytes or
     int64 one)."""
+    return _get_int(_handle(sock), option)
+
+
+cdef int _get_int(void *handle, int option) except? -1:
     cdef int value = 0
     cdef size_t size = sizeof(int)
-    cdef void *handle = _handle(sock)
     while _getsockopt(handle, option, &value, &size) != 0:
         if errno != EINTR:
             raise _error(errno)
@@ -151,17 +150,13 @@ def recv_message(sock, first=None):
     error); a message of its identity alone has ``frame`` None."""
     cdef void *handle = _handle(sock)
     cdef int more = 0
-    cdef size_t size = sizeof(int)
     cdef Py_ssize_t parts = 1
     if first is None:
         first = _recv_part(handle, &more)
         if first is None:
             return None
     else:
-        while _getsockopt(handle, _RCVMORE, &more, &size) != 0:
-            if errno != EINTR:
-                raise _error(errno)
-            size = sizeof(int)
+        more = _get_int(handle, _RCVMORE)
     frame = _recv_part(handle, &more) if more else None
     if frame is not None:
         parts = 2
