@@ -605,7 +605,6 @@ class _DirectRequester:
     "no session" without applying the request, and it is sent again once."""
 
     HEARTBEAT = 60.0
-    SLICE = _SLICE
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -767,7 +766,7 @@ class _DirectRequester:
 
     def close(self) -> None:
         """From Client.close(), on any thread: waits for a request in progress
-        on the owning thread to notice (within SLICE) and let go of the socket."""
+        on the owning thread to notice (within _SLICE) and let go of the socket."""
         if not self._lock.acquire(timeout=5):
             log.warning("a request did not stop in time; its socket is left open")
             return
